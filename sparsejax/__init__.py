@@ -1,0 +1,13 @@
+"""sparsejax: sparse deep networks by regularization, in JAX.
+
+Penalties and their exact proximal maps (`penalties`, `prox`) compose into
+optax chains (`transforms`), so any optax optimizer becomes a stochastic
+proximal-gradient method.
+"""
+
+from sparsejax import penalties
+from sparsejax import prox
+
+__version__ = "0.1.0"
+
+__all__ = ["penalties", "prox", "__version__"]

@@ -1,0 +1,153 @@
+"""Argument validation and pytree broadcasting shared by `penalties` and `prox`.
+
+Imports only jax (and numpy, which jax ships with). Checks run on concrete values (Python numbers, numpy or
+committed jax arrays) at call time, before any tracing; traced values are not
+checked (they cannot be inspected without a host round-trip).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "check_range",
+    "normalize_axes",
+    "map_leaves",
+    "as_float_array",
+]
+
+
+def _concrete_values(value: Any):
+  """Returns the leaves of `value` as host arrays, or None if any is traced."""
+  leaves = jax.tree.leaves(value)
+  if any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
+    return None
+  return [jax.device_get(leaf) for leaf in leaves if not callable(leaf)]
+
+
+def check_range(
+    name: str,
+    value: Any,
+    *,
+    lower: float | None = None,
+    upper: float | None = None,
+    lower_inclusive: bool = True,
+    upper_inclusive: bool = True,
+) -> None:
+  """Raises ValueError if a concrete `value` (or any pytree leaf) is out of range.
+
+  Args:
+    name: the argument's name, used in the message.
+    value: a number, array or pytree of them. Traced values are skipped.
+    lower: lower bound, or None.
+    upper: upper bound, or None.
+    lower_inclusive: whether `value == lower` is allowed.
+    upper_inclusive: whether `value == upper` is allowed.
+
+  Raises:
+    ValueError: naming the argument, the offending value and the allowed range.
+  """
+  leaves = _concrete_values(value)
+  if leaves is None:
+    return
+  for leaf in leaves:
+    try:
+      host = np.asarray(leaf)
+    except TypeError:
+      raise ValueError(f"{name} must be numeric, got {leaf!r}.") from None
+    if not (np.issubdtype(host.dtype, np.number) or host.dtype == np.bool_):
+      raise ValueError(f"{name} must be numeric, got {leaf!r}.")
+    host = host.astype(np.float64)
+    bad = host != host  # NaN
+    if lower is not None:
+      bad = bad | ((host < lower) if lower_inclusive else (host <= lower))
+    if upper is not None:
+      bad = bad | ((host > upper) if upper_inclusive else (host >= upper))
+    if bad.any():
+      offending = host[bad] if host.ndim else host
+      shown = offending.ravel()[0] if host.ndim else offending
+      lo = "" if lower is None else (f"{lower} <= " if lower_inclusive else f"{lower} < ")
+      hi = "" if upper is None else (f" <= {upper}" if upper_inclusive else f" < {upper}")
+      raise ValueError(
+          f"{name} must satisfy {lo}{name}{hi}; got {name}={shown!r}."
+      )
+
+
+def normalize_axes(axis: int | Sequence[int], ndim: int, name: str = "axis") -> tuple[int, ...]:
+  """Returns `axis` as a sorted tuple of non-negative ints, validated for `ndim`.
+
+  Raises:
+    ValueError: if an axis is outside [-ndim, ndim) or repeated.
+  """
+  axes = (axis,) if isinstance(axis, int) else tuple(axis)
+  if not axes:
+    raise ValueError(f"{name} must name at least one axis; got {axis!r}.")
+  out = []
+  for ax in axes:
+    if not isinstance(ax, int) or isinstance(ax, bool):
+      raise ValueError(f"{name} must be an int or a tuple of ints; got {axis!r}.")
+    if not -ndim <= ax < ndim:
+      raise ValueError(
+          f"{name}={axis!r} is out of range for an array of ndim={ndim}; "
+          f"allowed: {-ndim} <= {name} < {ndim}."
+      )
+    out.append(ax % ndim)
+  if len(set(out)) != len(out):
+    raise ValueError(f"{name}={axis!r} repeats an axis.")
+  return tuple(sorted(out))
+
+
+def as_float_array(x: Any) -> jax.Array:
+  """`x` as a jax array with a floating dtype (ints promote to the default float)."""
+  x = jnp.asarray(x)
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    x = x.astype(jnp.result_type(float))
+  return x
+
+
+def _per_leaf(name: str, value: Any, treedef, num_leaves: int) -> list:
+  """Broadcasts `value` to a list with one entry per leaf of `treedef`.
+
+  `value` is either one scalar/array shared by all leaves, or a pytree with the
+  same structure as the target (one entry per leaf; None entries allowed).
+  """
+  if value is None or callable(value):
+    return [value] * num_leaves
+  value_treedef = jax.tree.structure(value, is_leaf=lambda v: v is None)
+  if value_treedef.num_leaves == 1 and value_treedef.num_nodes == 1:
+    return [value] * num_leaves
+  if value_treedef != treedef:
+    raise ValueError(
+        f"{name} is a pytree whose structure does not match the input: "
+        f"got {value_treedef}, expected a scalar/array or {treedef}."
+    )
+  return treedef.flatten_up_to(value)
+
+
+def map_leaves(
+    leaf_fn: Callable[..., jax.Array],
+    x: Any,
+    per_leaf_args: dict[str, Any],
+    static_kwargs: dict[str, Any] | None = None,
+) -> Any:
+  """Applies `leaf_fn(leaf, **args_for_leaf, **static_kwargs)` over the leaves of `x`.
+
+  Each entry of `per_leaf_args` is a scalar/array broadcast to every leaf, or a
+  pytree with the structure of `x` giving one value per leaf.
+  """
+  leaves, treedef = jax.tree.flatten(x)
+  per_leaf = {
+      name: _per_leaf(name, value, treedef, len(leaves))
+      for name, value in per_leaf_args.items()
+  }
+  static_kwargs = static_kwargs or {}
+  out = [
+      leaf_fn(leaf, **{k: v[i] for k, v in per_leaf.items()}, **static_kwargs)
+      for i, leaf in enumerate(leaves)
+  ]
+  return jax.tree.unflatten(treedef, out)

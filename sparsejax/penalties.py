@@ -1,0 +1,370 @@
+"""Sparsity penalty values f(x; shape) and their zero thresholds.
+
+Every function `NAME(x, **shape)` returns the scalar f(x) summed over all
+elements (or groups) of every leaf of the pytree `x`. Shape parameters are
+scalars, arrays broadcasting against each leaf, or pytrees with the structure of
+`x` (one value per leaf). See MATH.md for every formula.
+
+Every penalty with a scalar zero threshold carries it as `NAME.threshold(tau,
+**shape)`: the largest |v| that `prox.NAME(v, tau, **shape)` maps to zero (the
+zero set is |v| <= threshold; ties go to zero). Equivalently, threshold =
+inf_{x>0} x/2 + tau f(x)/x. Group penalties give the threshold on the group's
+norm; `exclusive` and `cges_exclusive` have none (`threshold is None`): their
+zero level depends on the whole group.
+
+Gradients are finite everywhere: at x = 0 the non-smooth penalties use the
+subgradient 0 (double-where), never NaN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from sparsejax import _checks
+
+__all__ = [
+    "l1", "l0", "elastic_net", "tl1", "log_sum", "l_half", "l_two_thirds",
+    "scad", "mcp", "capped_l1", "group_lasso", "sparse_group_lasso",
+    "exclusive", "cges_exclusive", "PENALTIES", "get",
+]
+
+Axis = int | Sequence[int]
+
+
+def _sum_over_leaves(leaf_value: Callable[..., jax.Array], x: Any, per_leaf: dict,
+                     static: dict | None = None) -> jax.Array:
+  values = _checks.map_leaves(
+      lambda leaf, **kw: leaf_value(_checks.as_float_array(leaf), **kw), x, per_leaf, static)
+  return sum(jax.tree.leaves(values), start=jnp.zeros(()))
+
+
+def _safe_abs_power(x: jax.Array, power: float) -> jax.Array:
+  """|x|**power with gradient 0 (not inf/NaN) at x = 0."""
+  ax = jnp.abs(x)
+  nonzero = ax > 0
+  safe = jnp.where(nonzero, ax, 1.0)
+  return jnp.where(nonzero, safe**power, 0.0)
+
+
+def _group_norm(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+  """Euclidean norm over `axes` (keepdims) with a finite gradient at 0."""
+  sq = jnp.sum(x * x, axis=axes, keepdims=True)
+  nonzero = sq > 0
+  return jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, sq, 1.0)), 0.0)
+
+
+def _group_size(x: jax.Array, axes: tuple[int, ...]) -> int:
+  size = 1
+  for ax in axes:
+    size *= x.shape[ax]
+  return size
+
+
+def _with_threshold(threshold_fn: Callable[..., jax.Array] | None):
+  def attach(fn):
+    fn.threshold = threshold_fn
+    return fn
+  return attach
+
+
+# ---------------------------------------------------------------- thresholds
+
+
+def _as_float(v):
+  return _checks.as_float_array(v)
+
+
+def l1_threshold(tau) -> jax.Array:
+  """Zero threshold of prox_{tau|.|}: tau."""
+  _checks.check_range("tau", tau, lower=0.0)
+  return _as_float(tau)
+
+
+def l0_threshold(tau) -> jax.Array:
+  """Zero threshold of hard thresholding: sqrt(2 tau)."""
+  _checks.check_range("tau", tau, lower=0.0)
+  return jnp.sqrt(2.0 * _as_float(tau))
+
+
+def elastic_net_threshold(tau, l2=0.0) -> jax.Array:
+  """Zero threshold of the elastic-net prox: tau (independent of l2)."""
+  _checks.check_range("tau", tau, lower=0.0)
+  _checks.check_range("l2", l2, lower=0.0)
+  return _as_float(tau) + 0.0 * _as_float(l2)
+
+
+def tl1_threshold(tau, a=1.0) -> jax.Array:
+  """Zero threshold of the TL1 prox (Zhang & Xin 2017), MATH.md §2.2.
+
+  t* = tau (a+1)/a            if tau <= a^2/(2(a+1))   (sub-critical),
+  t* = sqrt(2 tau (a+1)) - a/2  otherwise               (super-critical).
+  """
+  _checks.check_range("tau", tau, lower=0.0)
+  _checks.check_range("a", a, lower=0.0, lower_inclusive=False)
+  tau, a = _as_float(tau), _as_float(a)
+  sub = tau <= a * a / (2.0 * (a + 1.0))
+  return jnp.where(sub, tau * (a + 1.0) / a, jnp.sqrt(2.0 * tau * (a + 1.0)) - 0.5 * a)
+
+
+def _log_sum_root(u, tau, eps):
+  """The only candidate local minimiser r+ > 0 of the log-sum prox (0 if none)."""
+  m = u - eps
+  d = (u + eps) ** 2 - 4.0 * tau
+  sqrt_d = jnp.sqrt(jnp.maximum(d, 0.0))
+  # r+ = (m + sqrt(D))/2, in the cancellation-free form 2(u eps - tau)/(sqrt(D) - m)
+  # when m < 0 (where sqrt(D) - m > 0).
+  big = m >= 0
+  r = jnp.where(big, 0.5 * (m + sqrt_d), 2.0 * (u * eps - tau) / jnp.where(big, 1.0, sqrt_d - m))
+  return jnp.maximum(r, 0.0), d
+
+
+def log_sum_threshold(tau, eps=1.0, num_bisections: int = 64) -> jax.Array:
+  """Zero threshold of the log-sum prox, MATH.md §3.2.
+
+  T = tau/eps if tau <= eps^2; otherwise the unique root in [2 sqrt(tau) - eps,
+  tau/eps] of Delta(u) = h_u(r+(u)) - u^2/2, found by bisection (the map jumps at
+  T; at the tie the prox returns 0).
+  """
+  _checks.check_range("tau", tau, lower=0.0)
+  _checks.check_range("eps", eps, lower=0.0, lower_inclusive=False)
+  tau, eps = jnp.broadcast_arrays(_as_float(tau), _as_float(eps))
+  lo0 = jnp.maximum(2.0 * jnp.sqrt(tau) - eps, 0.0)
+  hi0 = tau / eps
+
+  def zero_is_better(u):
+    r, d = _log_sum_root(u, tau, eps)
+    h_r = 0.5 * (r - u) ** 2 + tau * jnp.log1p(r / eps)
+    return (d < 0) | (r <= 0) | (h_r >= 0.5 * u * u)
+
+  def body(_, bounds):
+    lo, hi = bounds
+    mid = 0.5 * (lo + hi)
+    zero = zero_is_better(mid)
+    return jnp.where(zero, mid, lo), jnp.where(zero, hi, mid)
+
+  _, hi = lax.fori_loop(0, num_bisections, body, (lo0, hi0))
+  return jnp.where(tau <= eps * eps, tau / eps, hi)
+
+
+def l_half_threshold(tau) -> jax.Array:
+  """Zero threshold of half thresholding (Xu et al. 2012): (3/2) tau^(2/3)."""
+  _checks.check_range("tau", tau, lower=0.0)
+  return 1.5 * _as_float(tau) ** (2.0 / 3.0)
+
+
+def l_two_thirds_threshold(tau) -> jax.Array:
+  """Zero threshold of the l_{2/3} prox (Cao et al. 2013): 2 (2 tau/3)^(3/4)."""
+  _checks.check_range("tau", tau, lower=0.0)
+  return 2.0 * (2.0 * _as_float(tau) / 3.0) ** 0.75
+
+
+def scad_threshold(tau, lam=1.0, a=3.7) -> jax.Array:
+  """Zero threshold of the SCAD prox (both regimes).
+
+  T = min(tau lam, P3), P3 = inf_{x >= a lam} x/2 + tau lam^2 (a+1)/(2x), which
+  is below tau lam only in the non-convex regime tau > a + 1.
+  """
+  _checks.check_range("tau", tau, lower=0.0)
+  _checks.check_range("lam", lam, lower=0.0, lower_inclusive=False)
+  _checks.check_range("a", a, lower=2.0, lower_inclusive=False)
+  tau, lam, a = _as_float(tau), _as_float(lam), _as_float(a)
+  root = jnp.sqrt(tau * (a + 1.0))
+  p3 = jnp.where(root >= a, lam * root, 0.5 * a * lam + tau * lam * (a + 1.0) / (2.0 * a))
+  return jnp.minimum(tau * lam, p3)
+
+
+def mcp_threshold(tau, lam=1.0, gamma=3.0) -> jax.Array:
+  """Zero threshold of the MCP prox: tau lam if tau < gamma else sqrt(tau gamma) lam."""
+  _checks.check_range("tau", tau, lower=0.0)
+  _checks.check_range("lam", lam, lower=0.0, lower_inclusive=False)
+  _checks.check_range("gamma", gamma, lower=1.0, lower_inclusive=False)
+  tau, lam, gamma = _as_float(tau), _as_float(lam), _as_float(gamma)
+  return jnp.where(tau < gamma, tau * lam, jnp.sqrt(tau * gamma) * lam)
+
+
+def capped_l1_threshold(tau, lam=1.0, theta=1.0) -> jax.Array:
+  """Zero threshold of the capped-l1 prox: tau lam if tau lam <= 2 theta, else sqrt(2 tau lam theta)."""
+  _checks.check_range("tau", tau, lower=0.0)
+  _checks.check_range("lam", lam, lower=0.0, lower_inclusive=False)
+  _checks.check_range("theta", theta, lower=0.0, lower_inclusive=False)
+  tl = _as_float(tau) * _as_float(lam)
+  theta = _as_float(theta)
+  return jnp.where(tl <= 2.0 * theta, tl, jnp.sqrt(2.0 * tl * theta))
+
+
+def group_lasso_threshold(tau, group_size: int = 1, scale_by_group_size: bool = False) -> jax.Array:
+  """Zero threshold on the group norm ||v_g||_2: tau * (sqrt(|g|) if scaled else 1)."""
+  _checks.check_range("tau", tau, lower=0.0)
+  scale = jnp.sqrt(float(group_size)) if scale_by_group_size else 1.0
+  return _as_float(tau) * scale
+
+
+def sparse_group_lasso_threshold(tau, l1=1.0) -> jax.Array:
+  """Elementwise threshold of SGL: entries with |v| <= tau*l1 are always zero.
+
+  (A whole group is also zeroed when ||S_{tau l1}(v_g)||_2 <= tau w_g.)
+  """
+  _checks.check_range("tau", tau, lower=0.0)
+  _checks.check_range("l1", l1, lower=0.0)
+  return _as_float(tau) * _as_float(l1)
+
+
+# ---------------------------------------------------------------- penalties
+
+
+@_with_threshold(l1_threshold)
+def l1(x: Any) -> jax.Array:
+  """f(x) = sum |x_i|."""
+  return _sum_over_leaves(lambda v: jnp.sum(jnp.abs(v)), x, {})
+
+
+@_with_threshold(l0_threshold)
+def l0(x: Any) -> jax.Array:
+  """f(x) = #{i : x_i != 0} (as a float)."""
+  return _sum_over_leaves(lambda v: jnp.sum((v != 0).astype(v.dtype)), x, {})
+
+
+@_with_threshold(elastic_net_threshold)
+def elastic_net(x: Any, l2=0.0) -> jax.Array:
+  """f(x) = sum |x_i| + (l2/2) sum x_i^2  (the prox is S_tau(v)/(1 + tau l2))."""
+  _checks.check_range("l2", l2, lower=0.0)
+  return _sum_over_leaves(
+      lambda v, l2: jnp.sum(jnp.abs(v)) + 0.5 * jnp.sum(l2 * v * v), x, {"l2": l2})
+
+
+@_with_threshold(tl1_threshold)
+def tl1(x: Any, a=1.0) -> jax.Array:
+  """Transformed l1: f(x) = sum (a+1)|x_i| / (a + |x_i|), a > 0."""
+  _checks.check_range("a", a, lower=0.0, lower_inclusive=False)
+  return _sum_over_leaves(
+      lambda v, a: jnp.sum((a + 1.0) * jnp.abs(v) / (a + jnp.abs(v))), x, {"a": a})
+
+
+@_with_threshold(log_sum_threshold)
+def log_sum(x: Any, eps=1.0) -> jax.Array:
+  """Log-sum: f(x) = sum log(1 + |x_i|/eps), eps > 0."""
+  _checks.check_range("eps", eps, lower=0.0, lower_inclusive=False)
+  return _sum_over_leaves(lambda v, eps: jnp.sum(jnp.log1p(jnp.abs(v) / eps)), x, {"eps": eps})
+
+
+@_with_threshold(l_half_threshold)
+def l_half(x: Any) -> jax.Array:
+  """f(x) = sum |x_i|^(1/2)."""
+  return _sum_over_leaves(lambda v: jnp.sum(_safe_abs_power(v, 0.5)), x, {})
+
+
+@_with_threshold(l_two_thirds_threshold)
+def l_two_thirds(x: Any) -> jax.Array:
+  """f(x) = sum |x_i|^(2/3)."""
+  return _sum_over_leaves(lambda v: jnp.sum(_safe_abs_power(v, 2.0 / 3.0)), x, {})
+
+
+def _scad_elementwise(v, lam, a):
+  av = jnp.abs(v)
+  mid = (2.0 * a * lam * av - av * av - lam * lam) / (2.0 * (a - 1.0))
+  return jnp.where(av <= lam, lam * av, jnp.where(av <= a * lam, mid, 0.5 * lam * lam * (a + 1.0)))
+
+
+@_with_threshold(scad_threshold)
+def scad(x: Any, lam=1.0, a=3.7) -> jax.Array:
+  """SCAD (Fan & Li 2001), lam > 0, a > 2; f already contains lam.
+
+  p(x) = lam|x| (|x| <= lam); (2 a lam|x| - x^2 - lam^2)/(2(a-1)) (lam < |x| <= a lam);
+  lam^2 (a+1)/2 otherwise.
+  """
+  _checks.check_range("lam", lam, lower=0.0, lower_inclusive=False)
+  _checks.check_range("a", a, lower=2.0, lower_inclusive=False)
+  return _sum_over_leaves(lambda v, lam, a: jnp.sum(_scad_elementwise(v, lam, a)), x,
+                          {"lam": lam, "a": a})
+
+
+def _mcp_elementwise(v, lam, gamma):
+  av = jnp.abs(v)
+  return jnp.where(av <= gamma * lam, lam * av - av * av / (2.0 * gamma), 0.5 * gamma * lam * lam)
+
+
+@_with_threshold(mcp_threshold)
+def mcp(x: Any, lam=1.0, gamma=3.0) -> jax.Array:
+  """MCP (Zhang 2010), lam > 0, gamma > 1: lam|x| - x^2/(2 gamma) if |x| <= gamma lam, else gamma lam^2/2."""
+  _checks.check_range("lam", lam, lower=0.0, lower_inclusive=False)
+  _checks.check_range("gamma", gamma, lower=1.0, lower_inclusive=False)
+  return _sum_over_leaves(lambda v, lam, gamma: jnp.sum(_mcp_elementwise(v, lam, gamma)), x,
+                          {"lam": lam, "gamma": gamma})
+
+
+@_with_threshold(capped_l1_threshold)
+def capped_l1(x: Any, lam=1.0, theta=1.0) -> jax.Array:
+  """Capped l1 (T. Zhang 2010): f(x) = sum lam min(|x_i|, theta)."""
+  _checks.check_range("lam", lam, lower=0.0, lower_inclusive=False)
+  _checks.check_range("theta", theta, lower=0.0, lower_inclusive=False)
+  return _sum_over_leaves(lambda v, lam, theta: jnp.sum(lam * jnp.minimum(jnp.abs(v), theta)), x,
+                          {"lam": lam, "theta": theta})
+
+
+def _group_weight(v, axes, scale_by_group_size):
+  return jnp.sqrt(float(_group_size(v, axes))) if scale_by_group_size else 1.0
+
+
+def _group_lasso_leaf(v, axis, scale_by_group_size):
+  axes = _checks.normalize_axes(axis, v.ndim)
+  return _group_weight(v, axes, scale_by_group_size) * jnp.sum(_group_norm(v, axes))
+
+
+@_with_threshold(group_lasso_threshold)
+def group_lasso(x: Any, axis: Axis = -1, scale_by_group_size: bool = False) -> jax.Array:
+  """f(x) = sum_g w_g ||x_g||_2, groups = slices reduced over `axis`; w_g = sqrt(|g|) if scaled else 1.
+
+  With the default axis=-1 a Dense kernel (in, out) has one group per input unit
+  (its outgoing weights), MATH.md §0.
+  """
+  return _sum_over_leaves(_group_lasso_leaf, x, {},
+                          {"axis": axis, "scale_by_group_size": scale_by_group_size})
+
+
+@_with_threshold(sparse_group_lasso_threshold)
+def sparse_group_lasso(x: Any, l1=1.0, axis: Axis = -1, scale_by_group_size: bool = False) -> jax.Array:
+  """f(x) = l1 sum |x_i| + sum_g w_g ||x_g||_2 (Simon et al. 2013)."""
+  _checks.check_range("l1", l1, lower=0.0)
+  return _sum_over_leaves(
+      lambda v, l1, axis, scale_by_group_size: l1 * jnp.sum(jnp.abs(v))
+      + _group_lasso_leaf(v, axis, scale_by_group_size),
+      x, {"l1": l1}, {"axis": axis, "scale_by_group_size": scale_by_group_size})
+
+
+def _exclusive_leaf(v, axis):
+  axes = _checks.normalize_axes(axis, v.ndim)
+  return 0.5 * jnp.sum(jnp.sum(jnp.abs(v), axis=axes) ** 2)
+
+
+@_with_threshold(None)
+def exclusive(x: Any, axis: Axis = -1) -> jax.Array:
+  """Exclusive sparsity, the (1,2)-norm: f(x) = 1/2 sum_g ||x_g||_1^2."""
+  return _sum_over_leaves(_exclusive_leaf, x, {}, {"axis": axis})
+
+
+@_with_threshold(None)
+def cges_exclusive(x: Any, axis: Axis = -1) -> jax.Array:
+  """The exclusive penalty 1/2 sum_g ||x_g||_1^2 that the CGES one-shot operator targets."""
+  return exclusive(x, axis=axis)
+
+
+PENALTIES: dict[str, Callable[..., jax.Array]] = {
+    "l1": l1, "l0": l0, "elastic_net": elastic_net, "tl1": tl1, "log_sum": log_sum,
+    "l_half": l_half, "l_two_thirds": l_two_thirds, "scad": scad, "mcp": mcp,
+    "capped_l1": capped_l1, "group_lasso": group_lasso,
+    "sparse_group_lasso": sparse_group_lasso, "exclusive": exclusive,
+    "cges_exclusive": cges_exclusive,
+}
+
+
+def get(name: str) -> Callable[..., jax.Array]:
+  """Returns the penalty called `name`; ValueError listing the known names otherwise."""
+  try:
+    return PENALTIES[name]
+  except (KeyError, TypeError):
+    raise ValueError(f"unknown penalty {name!r}; known penalties: {sorted(PENALTIES)}.") from None
