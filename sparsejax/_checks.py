@@ -69,8 +69,7 @@ def check_range(
     if upper is not None:
       bad = bad | ((host > upper) if upper_inclusive else (host >= upper))
     if bad.any():
-      offending = host[bad] if host.ndim else host
-      shown = offending.ravel()[0] if host.ndim else offending
+      shown = float(host[bad].ravel()[0] if host.ndim else host)
       lo = "" if lower is None else (f"{lower} <= " if lower_inclusive else f"{lower} < ")
       hi = "" if upper is None else (f" <= {upper}" if upper_inclusive else f" < {upper}")
       raise ValueError(

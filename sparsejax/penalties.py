@@ -115,7 +115,8 @@ def _log_sum_root(u, tau, eps):
   """The only candidate local minimiser r+ > 0 of the log-sum prox (0 if none)."""
   m = u - eps
   d = (u + eps) ** 2 - 4.0 * tau
-  sqrt_d = jnp.sqrt(jnp.maximum(d, 0.0))
+  real = d > 0
+  sqrt_d = jnp.where(real, jnp.sqrt(jnp.where(real, d, 1.0)), 0.0)
   # r+ = (m + sqrt(D))/2, in the cancellation-free form 2(u eps - tau)/(sqrt(D) - m)
   # when m < 0 (where sqrt(D) - m > 0).
   big = m >= 0
@@ -160,7 +161,8 @@ def l_half_threshold(tau) -> jax.Array:
 def l_two_thirds_threshold(tau) -> jax.Array:
   """Zero threshold of the l_{2/3} prox (Cao et al. 2013): 2 (2 tau/3)^(3/4)."""
   _checks.check_range("tau", tau, lower=0.0)
-  return 2.0 * (2.0 * _as_float(tau) / 3.0) ** 0.75
+  q = jnp.sqrt(jnp.sqrt((2.0 / 3.0) * _as_float(tau)))  # the prox uses this same expression
+  return 2.0 * (q * q * q)
 
 
 def scad_threshold(tau, lam=1.0, a=3.7) -> jax.Array:

@@ -250,7 +250,7 @@ def _l_two_thirds_leaf(v, tau):
   positive = q > 0
   q = jnp.where(positive, q, 1.0)
   q3 = q * q * q
-  thr = 2.0 * q3
+  thr = 2.0 * q3  # == _pen.l_two_thirds_threshold(tau), same expression
   keep = (av > thr) & positive
   u = jnp.where(keep, av, 2.0 * thr + 1.0)
   # x = (q s)^3 where s >= 1 is the largest root of s^4 - nu s + 1 = 0,
@@ -288,12 +288,14 @@ def _scad_leaf(v, tau, lam, a):
   # Non-convex regime: the middle piece is concave, so the global minimiser is
   # one of 0, the clipped soft point, lam, a*lam, max(a lam, |v|); candidates in
   # increasing magnitude, strict improvement only (ties go to the smaller one).
-  def objective(z):
-    return 0.5 * (z - av) ** 2 + tau * _pen._scad_elementwise(z, lam, a)  # pylint: disable=protected-access
-  best, best_h = jnp.zeros_like(av), 0.5 * av * av
+  # Compared through h(z) - h(0) = z (z/2 - |v|) + tau p(z), which keeps the sign
+  # of small improvements that h(z) itself would round away.
+  def objective_minus_h0(z):
+    return z * (0.5 * z - av) + tau * _pen._scad_elementwise(z, lam, a)  # pylint: disable=protected-access
+  best, best_h = jnp.zeros_like(av), jnp.zeros_like(av)
   for cand in (jnp.minimum(jnp.maximum(av - tau * lam, 0.0), lam), lam + 0.0 * av,
                a * lam + 0.0 * av, jnp.maximum(a * lam, av)):
-    h = objective(cand)
+    h = objective_minus_h0(cand)
     better = h < best_h
     best, best_h = jnp.where(better, cand, best), jnp.where(better, h, best_h)
   x = jnp.where(convex, x_convex, best)
@@ -429,7 +431,7 @@ def _exclusive_leaf(v, tau, axis):
   s = -jnp.sort(-mag, axis=-1)
   k = jnp.arange(1, flat.shape[-1] + 1, dtype=flat.dtype)
   alpha = jnp.max(t * jnp.cumsum(s, axis=-1) / (1.0 + t * k), axis=-1, keepdims=True)
-  return undo(jnp.sign(flat) * jnp.maximum(mag - alpha, 0.0))
+  return undo(_soft(flat, alpha))
 
 
 @_with_threshold(None)
