@@ -7,7 +7,8 @@ proximal-gradient method.
 
 from sparsejax import penalties
 from sparsejax import prox
+from sparsejax import transforms
 
 __version__ = "0.1.0"
 
-__all__ = ["penalties", "prox", "__version__"]
+__all__ = ["penalties", "prox", "transforms", "__version__"]

@@ -123,7 +123,7 @@ def l1(x: Any, tau: Any) -> Any:
   """Soft thresholding: prox of tau*|.|, sign(x) max(|x| - tau, 0).
 
   Examples:
-    >>> float(l1(0.75, 0.3))
+    >>> round(float(l1(0.75, 0.3)), 6)
     0.45
   """
   return _apply(_soft, x, tau)

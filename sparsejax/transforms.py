@@ -1,0 +1,368 @@
+"""Proximal steps as optax `GradientTransformation`s.
+
+`proximal(prox_fn, strength, learning_rate)` placed after any optax optimizer
+turns it into a (stochastic) proximal-gradient method: if the inner optimizer
+proposes updates u, the chain's updates become prox_{lr*strength}(params + u) -
+params, so `optax.apply_updates` lands on the prox output (exact zeros
+included). Ready-made chains reproduce the papers' regularisers: `l1`,
+`sparse_group_lasso`, `cges` and `integrated_tl1`.
+
+`learning_rate` must be the step size the inner optimizer used (the prox step is
+prox_{eta f} for the same eta); both it and `strength` may be optax schedules.
+
+Example:
+  >>> import optax, jax.numpy as jnp
+  >>> from sparsejax import transforms
+  >>> tx = optax.chain(optax.sgd(0.1), transforms.l1(strength=0.2, learning_rate=0.1))
+  >>> params = {"kernel": jnp.array([[0.5, -0.001, 0.02]])}
+  >>> grads = {"kernel": jnp.array([[0.1, 0.05, -0.3]])}
+  >>> updates, _ = tx.update(grads, tx.init(params), params)
+  >>> [round(float(w), 6) for w in optax.apply_updates(params, updates)["kernel"][0]]
+  [0.47, 0.0, 0.03]
+
+Masking: `mask` (a pytree of bools, a prefix of one, or a callable params ->
+such a pytree) behaves as in `optax.masked`: leaves marked False get the inner
+updates unchanged. It is applied inside the transform rather than by wrapping in
+`optax.masked`, so a per-leaf `strength` pytree always lines up with `params`.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+from sparsejax import _checks
+from sparsejax import prox as _prox
+
+__all__ = [
+    "ProximalState", "proximal", "weights_only", "layer_balance", "layer_index",
+    "l1", "sparse_group_lasso", "cges", "integrated_tl1",
+]
+
+ScalarOrSchedule = float | jax.Array | Callable[[chex.Numeric], chex.Numeric]
+ProxFn = Callable[..., Any] | str
+Mask = Any  # pytree of bools (or a prefix), or callable params -> such a pytree
+
+
+class ProximalState(NamedTuple):
+  """State of `proximal`: the step count that schedules are evaluated at."""
+  count: chex.Array
+
+
+def weights_only(params: Any) -> Any:
+  """Default mask of the ready-made chains: True for kernels (ndim >= 2), False for biases/scales."""
+  return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
+
+
+def _resolve_prox(prox_fn: ProxFn, prox_kwargs: dict) -> Callable[..., Any]:
+  fn = _prox.get(prox_fn) if isinstance(prox_fn, str) else prox_fn
+  if not callable(fn):
+    raise ValueError(f"prox_fn must be a callable prox(x, tau, **shape) or a penalty name; got {prox_fn!r}.")
+  if fn in _prox.PROX.values():
+    # Validate shape parameters now (construction time), on a tiny input with
+    # enough dimensions for any group `axis`.
+    fn(jnp.zeros((1,) * 8), 0.0, **prox_kwargs)
+  return functools.partial(fn, **prox_kwargs) if prox_kwargs else fn
+
+
+def _mask_leaves(mask: Mask, params: Any, treedef) -> list[bool]:
+  if mask is None:
+    return [True] * treedef.num_leaves
+  mask_tree = mask(params) if callable(mask) else mask
+  try:
+    full = jax.tree.map(lambda m, sub: jax.tree.map(lambda _: m, sub), mask_tree, params)
+  except ValueError as err:
+    raise ValueError(f"mask does not match the structure of params: {err}") from None
+  return [bool(m) for m in treedef.flatten_up_to(full)]
+
+
+def _strength_leaves(strength: Any, params: Any, treedef) -> list:
+  """One strength (number, schedule or None) per leaf of params."""
+  leaf_or_none = lambda s: s is None  # noqa: E731
+  strength_def = jax.tree.structure(strength, is_leaf=leaf_or_none)
+  if strength_def.num_nodes == 1:  # one scalar, array or schedule for every leaf
+    return [strength] * treedef.num_leaves
+  if strength_def != jax.tree.structure(params, is_leaf=leaf_or_none):
+    raise ValueError(
+        "strength is a pytree whose structure does not match params: got "
+        f"{strength_def}, expected a scalar, a schedule, or {treedef}.")
+  return jax.tree.leaves(strength, is_leaf=leaf_or_none)
+
+
+def _evaluate(value: ScalarOrSchedule, count: chex.Array):
+  return value(count) if callable(value) else value
+
+
+def _proximal_from_leaf_strengths(
+    prox_fn: Callable[..., Any],
+    strengths_for: Callable[[Any, Any], list],
+    learning_rate: ScalarOrSchedule,
+    mask: Mask,
+) -> optax.GradientTransformation:
+  """The proximal step with per-leaf strengths computed from the params' structure."""
+
+  def init_fn(params):
+    leaves, treedef = jax.tree.flatten(params)
+    # Validate before any training step: strength/mask structure, and the prox
+    # on every regularised leaf's shape (e.g. a group axis out of range).
+    strengths = strengths_for(params, treedef)
+    for leaf, s, m in zip(leaves, strengths, _mask_leaves(mask, params, treedef)):
+      if m and s is not None:
+        jax.eval_shape(lambda x: prox_fn(x, 0.0), jax.ShapeDtypeStruct(jnp.shape(leaf), jnp.result_type(leaf)))
+    return ProximalState(count=jnp.zeros([], jnp.int32))
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError(
+          "sparsejax.transforms.proximal needs params: call tx.update(updates, state, params).")
+    param_leaves, treedef = jax.tree.flatten(params)
+    update_leaves = treedef.flatten_up_to(updates)
+    strengths = strengths_for(params, treedef)
+    masks = _mask_leaves(mask, params, treedef)
+    lr = _evaluate(learning_rate, state.count)
+    new_updates = []
+    for p, u, s, m in zip(param_leaves, update_leaves, strengths, masks):
+      if not m or s is None:
+        new_updates.append(u)
+        continue
+      z = prox_fn(p + u, lr * _evaluate(s, state.count))
+      new_updates.append((z - p).astype(jnp.result_type(u)))
+    return (jax.tree.unflatten(treedef, new_updates),
+            ProximalState(count=optax.safe_increment(state.count)))
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _check_strength_and_lr(strength: Any, learning_rate: ScalarOrSchedule) -> None:
+  _checks.check_range("strength", strength, lower=0.0)
+  if not callable(learning_rate):
+    _checks.check_range("learning_rate", learning_rate, lower=0.0)
+
+
+def proximal(
+    prox_fn: ProxFn,
+    strength: Any,
+    learning_rate: ScalarOrSchedule,
+    mask: Mask = None,
+    **prox_kwargs: Any,
+) -> optax.GradientTransformation:
+  """The proximal step of a penalty, after any optax optimizer.
+
+  Given inner updates u, returns prox_{lr*strength}(params + u) - params, so
+  that `optax.apply_updates` gives params_new = prox(params + u): one step of
+  (stochastic) proximal gradient when the inner optimizer is SGD.
+
+  Args:
+    prox_fn: a `sparsejax.prox` function (or any `prox(x, tau, **shape)`), or a
+      penalty name such as "tl1".
+    strength: regularisation strength lambda >= 0: a scalar, an optax schedule,
+      or a pytree with the structure of params whose leaves are scalars,
+      schedules or None (None leaves are not regularised): per-layer lambdas.
+    learning_rate: the inner optimizer's step size (scalar or schedule).
+    mask: which leaves to regularise (see module docstring); None = all.
+    **prox_kwargs: shape parameters of the penalty (e.g. a=1.0 for TL1).
+
+  Returns:
+    An optax `GradientTransformation` with state `ProximalState`.
+
+  Raises:
+    ValueError: negative strength or learning rate, invalid shape parameters,
+      or an unknown penalty name (at construction); a strength pytree that does
+      not match params (at init); params not passed to update.
+  """
+  _check_strength_and_lr(strength, learning_rate)
+  fn = _resolve_prox(prox_fn, prox_kwargs)
+  return _proximal_from_leaf_strengths(
+      fn, lambda params, treedef: _strength_leaves(strength, params, treedef), learning_rate, mask)
+
+
+# ----------------------------------------------------------- layer balance
+
+
+def _natural_key(path) -> list:
+  text = jax.tree_util.keystr(path)
+  return [int(tok) if tok.isdigit() else tok for tok in re.split(r"(\d+)", text)]
+
+
+def layer_index(params: Any, mask: Mask = weights_only) -> Any:
+  """1-based layer number l of every regularised leaf (None elsewhere), and L.
+
+  Layers are the masked-in leaves ordered by their path with numbers compared
+  numerically ("Dense_2" before "Dense_10"; "Conv_*" before "Dense_*"), which is
+  input-to-output order for flax's auto-named layers.
+
+  Returns:
+    (pytree of int-or-None with the structure of params, number of layers L).
+  """
+  leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
+  masks = _mask_leaves(mask, params, treedef)
+  chosen = sorted((i for i, m in enumerate(masks) if m),
+                  key=lambda i: _natural_key(leaves_with_path[i][0]))
+  index = [None] * len(masks)
+  for rank, i in enumerate(chosen):
+    index[i] = rank + 1
+  return jax.tree.unflatten(treedef, index), len(chosen)
+
+
+def layer_balance(num_layers: int, m: float) -> list[float]:
+  """mu_l = m + (1 - 2m)(l - 1)/(L - 1), l = 1..L (CGES / integrated TL1 layer schedule).
+
+  mu_1 = m and mu_L = 1 - m; a single layer gets mu = 1/2.
+  """
+  _checks.check_range("m", m, lower=0.0, upper=0.5)
+  if num_layers < 1:
+    raise ValueError(f"num_layers must be >= 1; got {num_layers}.")
+  if num_layers == 1:
+    return [0.5]
+  return [m + (1.0 - 2.0 * m) * (l - 1) / (num_layers - 1) for l in range(1, num_layers + 1)]
+
+
+def _scaled(strength: ScalarOrSchedule, factor: float) -> ScalarOrSchedule:
+  if callable(strength):
+    return lambda count: strength(count) * factor
+  return strength * factor
+
+
+def _layer_strengths(strength, m, weight_of_mu, layer_scale, mask):
+  """strengths_for(params, treedef) giving strength * weight_of_mu(mu_l) * c_l per layer."""
+
+  def strengths_for(params, treedef):
+    index_tree, num_layers = layer_index(params, mask)
+    mus = layer_balance(num_layers, m) if num_layers else []
+    scales = [1.0] * num_layers if layer_scale is None else list(layer_scale)
+    if len(scales) != num_layers:
+      raise ValueError(
+          f"layer_scale has {len(scales)} entries but params have {num_layers} regularised layers.")
+    out = []
+    for l in treedef.flatten_up_to(index_tree):
+      out.append(None if l is None else _scaled(strength, weight_of_mu(mus[l - 1]) * scales[l - 1]))
+    return out
+
+  return strengths_for
+
+
+# ------------------------------------------------------- ready-made chains
+
+
+def l1(strength: Any, learning_rate: ScalarOrSchedule, mask: Mask = weights_only) -> optax.GradientTransformation:
+  """Proximal l1 (soft thresholding at lr*strength) on the kernels: the L1 baseline.
+
+  Example: `optax.chain(optax.sgd(lr), transforms.l1(1e-4, lr))`.
+  """
+  return proximal(_prox.l1, strength, learning_rate, mask)
+
+
+def sparse_group_lasso(
+    l1_strength: Any,
+    group_strength: Any,
+    learning_rate: ScalarOrSchedule,
+    axis: int | Sequence[int] = -1,
+    scale_by_group_size: bool = True,
+    mask: Mask = weights_only,
+) -> optax.GradientTransformation:
+  """Exact prox of l1_strength*sum|w| + group_strength*sum_g sqrt(|g|)||w_g|| (Scardapane et al. 2017).
+
+  Soft thresholding followed by group shrinkage, which is the exact prox of the
+  sum (MATH.md §5.2). Groups reduce over `axis` (default: outgoing weights of a
+  unit).
+  """
+  _check_strength_and_lr(group_strength, learning_rate)
+  return optax.chain(
+      proximal(_prox.l1, l1_strength, learning_rate, mask),
+      proximal(_prox.group_lasso, group_strength, learning_rate, mask,
+               axis=axis, scale_by_group_size=scale_by_group_size),
+  )
+
+
+def _group_then(second_prox: Callable[..., Any], strength, learning_rate, m, group_scale,
+                second_scale, axis, mask, order=("group", "second")) -> optax.GradientTransformation:
+  _check_strength_and_lr(strength, learning_rate)
+  _checks.check_range("m", m, lower=0.0, upper=0.5)
+  group = _proximal_from_leaf_strengths(
+      functools.partial(_prox.group_lasso, axis=axis),
+      _layer_strengths(strength, m, lambda mu: 1.0 - mu, group_scale, mask), learning_rate, mask)
+  second = _proximal_from_leaf_strengths(
+      second_prox, _layer_strengths(strength, m, lambda mu: mu, second_scale, mask),
+      learning_rate, mask)
+  steps = {"group": group, "second": second}
+  return optax.chain(*(steps[name] for name in order))
+
+
+def cges(
+    strength: ScalarOrSchedule,
+    learning_rate: ScalarOrSchedule,
+    m: float = 0.2,
+    group_scale: Sequence[float] | None = None,
+    exclusive_scale: Sequence[float] | None = None,
+    axis: int | Sequence[int] = -1,
+    exact_exclusive: bool = False,
+    mask: Mask = weights_only,
+) -> optax.GradientTransformation:
+  """Combined group and exclusive sparsity (Yoon & Hwang 2017), MATH.md §5.4.
+
+  Per layer l (input to output, `layer_index`): group shrink with threshold
+  lr*strength*(1 - mu_l)*g_l, then the CGES exclusive operator with
+  tau = lr*strength*mu_l*e_l, mu_l = m + (1 - 2m)(l - 1)/(L - 1).
+
+  Args:
+    strength: lambda (scalar or schedule).
+    learning_rate: the inner optimizer's step size.
+    m: lowest layer balance (CGES code: 0.2).
+    group_scale: per-layer g_l (CGES code: [1, 1, 1/15, 1/144]); default all 1.
+    exclusive_scale: per-layer e_l (CGES code: [1, 1, 15, 144]); default all 1.
+    axis: group axes (default -1: outgoing weights of each input unit).
+    exact_exclusive: use the exact exclusive prox instead of the CGES one-shot
+      operator.
+    mask: regularised leaves (default: kernels).
+  """
+  op = _prox.exclusive if exact_exclusive else _prox.cges_exclusive
+  return _group_then(functools.partial(op, axis=axis), strength, learning_rate, m,
+                     group_scale, exclusive_scale, axis, mask)
+
+
+def integrated_tl1(
+    strength: ScalarOrSchedule,
+    learning_rate: ScalarOrSchedule,
+    a: float = 1.0,
+    m: float = 0.2,
+    layer_scale: Sequence[float] | None = None,
+    axis: int | Sequence[int] = -1,
+    order: tuple[str, str] = ("group", "tl1"),
+    mask: Mask = weights_only,
+) -> optax.GradientTransformation:
+  """Integrated transformed-l1 regulariser (Ma et al. 2019), MATH.md §2.5.
+
+  R_l(W) = mu_l sum rho_a(w) + (1 - mu_l) sum_g ||w_g||_2 with
+  mu_l = m + (1 - 2m)(l - 1)/(L - 1): group sparsity dominates lower layers, TL1
+  the top. Each step applies, per layer, the group shrink with threshold
+  lr*strength*(1 - mu_l)*c_l and then the exact TL1 prox with
+  tau = lr*strength*mu_l*c_l (sequential splitting, the reference code's order;
+  `order=("tl1", "group")` reverses it). The TL1 regime is re-evaluated every
+  step.
+
+  Args:
+    strength: lambda (scalar or schedule).
+    learning_rate: the inner optimizer's step size (scalar or schedule).
+    a: TL1 shape parameter, a > 0 (reference code: 0.01).
+    m: lowest layer balance (reference code: 0.2).
+    layer_scale: per-layer constants c_l (reference code: [1, 1, 1/15, 1/144]).
+    axis: group axes (default -1: outgoing weights of each input unit).
+    order: ("group", "tl1") or ("tl1", "group").
+    mask: regularised leaves (default: kernels; biases are not regularised).
+
+  Example:
+    `optax.chain(optax.sgd(0.05), transforms.integrated_tl1(3e-4, 0.05, a=0.01))`
+  """
+  _checks.check_range("a", a, lower=0.0, lower_inclusive=False)
+  if sorted(order) != ["group", "tl1"]:
+    raise ValueError(f"order must be ('group', 'tl1') or ('tl1', 'group'); got {order!r}.")
+  return _group_then(functools.partial(_prox.tl1, a=a), strength, learning_rate, m,
+                     layer_scale, layer_scale, axis, mask,
+                     order=tuple("second" if o == "tl1" else o for o in order))
