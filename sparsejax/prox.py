@@ -285,19 +285,18 @@ def _scad_leaf(v, tau, lam, a):
   middle = ((a - 1.0) * av - tau * a * lam) / denom
   x_convex = jnp.where(av <= (1.0 + tau) * lam, jnp.maximum(av - tau * lam, 0.0),
                        jnp.where(av <= a * lam, middle, av))
-  # Non-convex regime: the middle piece is concave, so the global minimiser is
-  # one of 0, the clipped soft point, lam, a*lam, max(a lam, |v|); candidates in
-  # increasing magnitude, strict improvement only (ties go to the smaller one).
-  # Compared through h(z) - h(0) = z (z/2 - |v|) + tau p(z), which keeps the sign
-  # of small improvements that h(z) itself would round away.
-  def objective_minus_h0(z):
-    return z * (0.5 * z - av) + tau * _pen._scad_elementwise(z, lam, a)  # pylint: disable=protected-access
-  best, best_h = jnp.zeros_like(av), jnp.zeros_like(av)
-  for cand in (jnp.minimum(jnp.maximum(av - tau * lam, 0.0), lam), lam + 0.0 * av,
-               a * lam + 0.0 * av, jnp.maximum(a * lam, av)):
-    h = objective_minus_h0(cand)
-    better = h < best_h
-    best, best_h = jnp.where(better, cand, best), jnp.where(better, h, best_h)
+  # Non-convex regime: the middle piece of h is concave, so the global minimiser
+  # is 0, c1 = clip(|v| - tau lam, 0, lam) (best on piece 1, dominating lam) or
+  # c3 = max(a lam, |v|) (best on piece 3, dominating a lam). Candidates are
+  # compared through h(z) - h(0) = z (z/2 - |v|) + tau p(z), which keeps the
+  # sign of small improvements; strict improvement only, so ties go to the
+  # smaller magnitude.
+  c1 = jnp.minimum(jnp.maximum(av - tau * lam, 0.0), lam)
+  gain1 = c1 * (0.5 * c1 - av + tau * lam)
+  c3 = jnp.maximum(a * lam, av)
+  gain3 = c3 * (0.5 * c3 - av) + 0.5 * tau * lam * lam * (a + 1.0)
+  best = jnp.where(gain1 < 0, c1, 0.0)
+  best = jnp.where(gain3 < jnp.minimum(gain1, 0.0), c3, best)
   x = jnp.where(convex, x_convex, best)
   return jnp.where(av > _pen.scad_threshold(tau, lam, a), sign * x, jnp.zeros_like(v))
 

@@ -1,0 +1,173 @@
+"""Prox speed as ratios measured in one run.
+
+1. Every elementwise prox on 2^24 float32 elements under jit, relative to a plain
+   elementwise copy `x * c` of the same array (median of >= 7 runs).
+2. sparsejax vs jaxopt where they overlap (lasso, elastic net, row-group lasso).
+3. One prox-SGD training step vs one plain SGD step for an MLP 784-300-100-10,
+   batch 128.
+
+Usage:
+  python -m benchmarks.prox [--log2-size 24] [--repeats 9] [--out benchmarks/results]
+
+Writes prox_<platform>.json and .csv beside a printed Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import functools
+import json
+import os
+import platform
+import time
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from sparsejax import prox, transforms
+from sparsejax.models import init_mlp
+
+# (name, tau, shape params, regime label): the regimes where the cost differs.
+ELEMENTWISE = [
+    ("l1", 0.3, {}, ""),
+    ("l0", 0.3, {}, ""),
+    ("elastic_net", 0.3, {"l2": 0.5}, ""),
+    ("tl1", 0.2, {"a": 1.0}, "sub-critical"),
+    ("tl1", 0.5, {"a": 0.5}, "super-critical"),
+    ("log_sum", 0.01, {"eps": 0.1}, "tau <= eps^2"),
+    ("log_sum", 0.05, {"eps": 0.1}, "tau > eps^2"),
+    ("l_half", 0.3, {}, ""),
+    ("l_two_thirds", 0.3, {}, ""),
+    ("scad", 1.0, {"lam": 0.5, "a": 3.7}, "convex"),
+    ("scad", 3.0, {"lam": 0.5, "a": 3.7}, "non-convex"),
+    ("mcp", 1.0, {"lam": 0.5, "gamma": 3.0}, ""),
+    ("capped_l1", 1.0, {"lam": 0.5, "theta": 1.0}, ""),
+]
+
+
+def median_time(fn, *args, repeats: int) -> float:
+  """Median wall time of `fn(*args)` (already jitted) over `repeats` runs, after warm-up."""
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return float(np.median(times))
+
+
+def bench_elementwise(x, repeats):
+  copy = jax.jit(lambda v: v * 2.0)
+  t_copy = median_time(copy, x, repeats=repeats)
+  rows = [{"section": "elementwise", "name": "copy (x*c)", "regime": "", "ms": 1e3 * t_copy, "ratio": 1.0,
+           "baseline": "copy"}]
+  for name, tau, kw, regime in ELEMENTWISE:
+    fn = jax.jit(functools.partial(prox.get(name), tau=tau, **kw))
+    t = median_time(fn, x, repeats=repeats)
+    rows.append({"section": "elementwise", "name": name, "regime": regime, "ms": 1e3 * t,
+                 "ratio": t / t_copy, "baseline": "copy"})
+  return rows
+
+
+def bench_jaxopt(x, repeats):
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")
+      from jaxopt import prox as jaxopt_prox  # deprecated upstream, still the reference
+  except ImportError:
+    print("jaxopt not installed (pip install jaxopt): skipping the jaxopt comparison.")
+    return []
+  side = int(np.sqrt(x.size))
+  matrix = x[: side * side].reshape(side, side)
+  cases = [
+      ("l1 vs prox_lasso", x, lambda v: prox.l1(v, 0.3), lambda v: jaxopt_prox.prox_lasso(v, 0.3)),
+      ("elastic_net vs prox_elastic_net", x, lambda v: prox.elastic_net(v, 0.3, l2=0.5),
+       lambda v: jaxopt_prox.prox_elastic_net(v, (0.3, 0.5))),
+      ("group_lasso (rows) vs vmap(prox_group_lasso)", matrix, lambda m: prox.group_lasso(m, 0.3),
+       jax.vmap(lambda r: jaxopt_prox.prox_group_lasso(r, 0.3))),
+  ]
+  rows = []
+  for label, arr, ours, theirs in cases:
+    ours_j, theirs_j = jax.jit(ours), jax.jit(theirs)
+    np.testing.assert_allclose(np.asarray(ours_j(arr)), np.asarray(theirs_j(arr)), rtol=2e-5, atol=2e-6)
+    t_ours = median_time(ours_j, arr, repeats=repeats)
+    t_theirs = median_time(theirs_j, arr, repeats=repeats)
+    rows.append({"section": "jaxopt", "name": label, "regime": "", "ms": 1e3 * t_ours,
+                 "ratio": t_ours / t_theirs, "baseline": f"jaxopt {1e3 * t_theirs:.2f} ms"})
+  return rows
+
+
+def bench_training_step(repeats, steps=100, batch=128):
+  model, params = init_mlp((300, 100, 10), 784, seed=0)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(0, 1, (batch, 784)), jnp.float32)
+  y = jnp.asarray(rng.integers(0, 10, batch))
+  lr = 0.05
+
+  def loss_fn(p):
+    logits = model.apply({"params": p}, x)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+  def make_steps(tx):
+    @jax.jit
+    def run(p, s):
+      def body(_, carry):
+        p, s = carry
+        updates, s = tx.update(jax.grad(loss_fn)(p), s, p)
+        return optax.apply_updates(p, updates), s
+      return jax.lax.fori_loop(0, steps, body, (p, s))
+    return run
+
+  txs = {
+      "sgd": optax.sgd(lr),
+      "sgd + l1": optax.chain(optax.sgd(lr), transforms.l1(1e-4, lr)),
+      "sgd + tl1": optax.chain(optax.sgd(lr), transforms.proximal("tl1", 1e-4, lr, transforms.weights_only, a=1.0)),
+      "sgd + integrated_tl1": optax.chain(optax.sgd(lr), transforms.integrated_tl1(1e-4, lr, a=0.01)),
+      "sgd + cges": optax.chain(optax.sgd(lr), transforms.cges(1e-4, lr)),
+  }
+  times = {}
+  for name, tx in txs.items():
+    run = make_steps(tx)
+    times[name] = median_time(run, params, tx.init(params), repeats=repeats) / steps
+  return [{"section": "train step (MLP 784-300-100-10, batch 128)", "name": name, "regime": "",
+           "ms": 1e3 * t, "ratio": t / times["sgd"], "baseline": "sgd step"} for name, t in times.items()]
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--log2-size", type=int, default=24)
+  parser.add_argument("--repeats", type=int, default=9)
+  parser.add_argument("--out", default=os.path.join("benchmarks", "results"))
+  args = parser.parse_args()
+
+  x = jnp.asarray(np.random.default_rng(0).normal(0, 1, 2**args.log2_size).astype(np.float32))
+  rows = bench_elementwise(x, args.repeats) + bench_jaxopt(x, args.repeats) + bench_training_step(args.repeats)
+
+  device = jax.devices()[0]
+  header = (f"device: {device.platform} ({device.device_kind}), {jax.local_device_count()} device(s); "
+            f"jax {jax.__version__}; array 2^{args.log2_size} float32; median of {args.repeats}")
+  print(header)
+  section = None
+  for row in rows:
+    if row["section"] != section:
+      section = row["section"]
+      print(f"\n### {section}\n\n| op | regime | ms | ratio | vs |\n|---|---|---:|---:|---|")
+    print(f"| {row['name']} | {row['regime']} | {row['ms']:.2f} | {row['ratio']:.2f}x | {row['baseline']} |")
+
+  os.makedirs(args.out, exist_ok=True)
+  stem = os.path.join(args.out, f"prox_{device.platform}")
+  with open(stem + ".json", "w") as f:
+    json.dump({"header": header, "machine": platform.processor() or platform.machine(), "rows": rows}, f, indent=1)
+  with open(stem + ".csv", "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+  print(f"\nwrote {stem}.json and {stem}.csv")
+
+
+if __name__ == "__main__":
+  main()

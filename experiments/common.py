@@ -1,0 +1,41 @@
+"""Shared CLI/config helpers for the experiments (flax-examples style configs)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from typing import Any, TypeVar
+
+C = TypeVar("C")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, config_cls: type) -> None:
+  """One --flag per dataclass field, typed by its default (tuples take several values)."""
+  defaults = config_cls()
+  for field in dataclasses.fields(config_cls):
+    default = getattr(defaults, field.name)
+    flag = f"--{field.name.replace('_', '-')}"
+    if isinstance(default, tuple):
+      item_type = type(default[0]) if default else str
+      parser.add_argument(flag, type=item_type, nargs="+", default=list(default))
+    elif isinstance(default, bool):
+      parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+    else:
+      parser.add_argument(flag, type=type(default) if default is not None else str, default=default)
+
+
+def config_from_args(config_cls: type[C], args: argparse.Namespace) -> C:
+  values = {}
+  for field in dataclasses.fields(config_cls):
+    value = getattr(args, field.name)
+    values[field.name] = tuple(value) if isinstance(value, list) else value
+  return config_cls(**values)
+
+
+def write_json(path: str, payload: Any) -> str:
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(payload, f, indent=1, default=float)
+  return path

@@ -1,0 +1,15 @@
+"""Small-config runs of the experiments (the README's main job included)."""
+
+import json
+import os
+
+from experiments import quickstart
+
+
+def test_quickstart_small_config(tmp_path):
+  results = quickstart.main(["--epochs", "40", "--workdir", str(tmp_path)])
+  assert results["test_accuracy"] > 0.93
+  assert results["sparsity"] > 0.5, "integrated TL1 makes most weights exactly zero"
+  assert sum(results["neurons_removed"]) > 0, "and removes whole neurons"
+  with open(os.path.join(tmp_path, "results.json")) as f:
+    assert json.load(f)["weights_nonzero"] == results["weights_nonzero"]
