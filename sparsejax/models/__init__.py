@@ -1,5 +1,7 @@
 """Flax (linen) models; hidden activations are sown into "intermediates"."""
 
+from sparsejax.models.cnn import ConvNet, ConvSpec, cnn8, cnn_2conv_mnist, init_model, lenet5, rvsm_cnn
 from sparsejax.models.mlp import MLP, init_mlp
 
-__all__ = ["MLP", "init_mlp"]
+__all__ = ["MLP", "init_mlp", "ConvNet", "ConvSpec", "cnn_2conv_mnist", "lenet5", "rvsm_cnn", "cnn8",
+           "init_model"]

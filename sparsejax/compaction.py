@@ -1,0 +1,83 @@
+"""Physical removal of dead units: a smaller network with the same outputs.
+
+A hidden unit is dropped when its outgoing weights are all zero (it has no
+effect), or when its incoming weights are all zero: it then outputs the
+constant relu(b), whose contribution is folded into the next layer's bias
+(exact for a Dense next layer, and for a VALID conv or flatten-to-Dense after a
+conv, where a constant map stays constant under max-pooling). A zero-input conv
+filter with relu(b) > 0 feeding a SAME-padded conv is kept, since padding
+makes its contribution position-dependent. Inputs of the first layer and the
+outputs of the last are never changed, so the compact model is a drop-in
+replacement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from sparsejax import metrics
+from sparsejax.models.mlp import MLP
+
+__all__ = ["compact"]
+
+
+def _fold_constant(next_layer: metrics.Layer, next_bias: np.ndarray, unit: int, value: float) -> None:
+  """Adds the effect of unit `unit` outputting the constant `value` to `next_bias` in place."""
+  k = next_layer.kernel
+  if next_layer.kind == "conv":
+    next_bias += value * k[:, :, unit, :].sum(axis=(0, 1))
+  elif next_layer.input_channels_period:
+    period = next_layer.input_channels_period
+    next_bias += value * k.reshape(-1, period, k.shape[-1])[:, unit, :].sum(axis=0)
+  else:
+    next_bias += value * k[unit]
+
+
+def compact(model: Any, params: Any, input_shape: Sequence[int]):
+  """Returns `(compact_model, compact_params, kept)` computing the same function as `model`.
+
+  Args:
+    model: an `MLP` or `ConvNet`.
+    params: its (sparse) parameters.
+    input_shape: one example's shape (no batch axis).
+
+  Returns:
+    The smaller model, its parameters (numpy -> jax arrays), and per layer the
+    indices of the units kept.
+  """
+  layer_list = metrics.layers(model, params, input_shape)
+  biases = [np.array(l.bias, np.float64) for l in layer_list]
+  keep = metrics.alive_units(layer_list)
+  for i in range(len(layer_list) - 1):
+    # Dropped units with a constant nonzero output: fold it into the next bias.
+    for unit in np.flatnonzero(~keep[i] & metrics.constant_units(layer_list, i)):
+      if not metrics._outgoing_zero(layer_list[i + 1], keep[i].size)[unit]:  # pylint: disable=protected-access
+        _fold_constant(layer_list[i + 1], biases[i + 1], unit, float(np.maximum(biases[i][unit], 0)))
+    if not keep[i].any():  # keep one (now inert) unit so every layer has a width
+      keep[i][0] = True
+      biases[i][0] = 0.0  # its constant (if any) was folded above; its outgoing weights are zero otherwise
+
+  new_params, prev = {}, None
+  for layer, kept, bias in zip(layer_list, keep, biases):
+    k = layer.kernel
+    if prev is not None:
+      rows = np.tile(prev, k.shape[0] // prev.size) if layer.input_channels_period else prev
+      k = k[..., rows, :] if layer.kind == "conv" else k[rows]
+    k = k[..., kept]
+    dtype = layer.kernel.dtype
+    new_params[layer.name] = {"kernel": jnp.asarray(k, dtype), "bias": jnp.asarray(bias[kept], dtype)}
+    prev = kept
+
+  widths = [int(m.sum()) for m in keep]
+  if isinstance(model, MLP):
+    new_model = model.clone(features=tuple(widths))
+  else:
+    n_conv = len(model.convs)
+    convs = tuple(spec._replace(features=w) for spec, w in zip(model.convs, widths[:n_conv]))
+    new_model = model.clone(convs=convs, dense=tuple(widths[n_conv:]))
+  kept_indices = {layer.name: np.flatnonzero(m) for layer, m in zip(layer_list, keep)}
+  return new_model, new_params, kept_indices

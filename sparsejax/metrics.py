@@ -1,0 +1,182 @@
+"""Sparsity metrics: nonzeros, neurons removed, parameters used and FLOPs.
+
+Counting conventions (every experiment reports these):
+  * a hidden unit (Dense output or conv filter) is *removed* when all its
+    outgoing weights are zero, or all its incoming weights are zero and its
+    constant output relu(b) is 0 or can be folded into the next layer's bias
+    (next layer Dense or VALID conv); output units are never removed. This is
+    exactly what `compact` removes;
+  * FLOPs = 2 x multiply-accumulates of the Dense/conv layers of one example
+    (bias adds, activations and pooling are not counted). Dense FLOPs use every
+    weight; sparse FLOPs count only nonzero weights between units that are not
+    removed, times the output positions of a conv;
+  * parameters used = nonzero weights between kept units + biases of kept units.
+
+`compact` (in `sparsejax.compaction`) removes dead units physically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from sparsejax.models.cnn import ConvNet
+from sparsejax.models.mlp import MLP
+
+__all__ = ["nnz", "sparsity_per_leaf", "summary", "Layer", "layers", "alive_units", "neurons_removed",
+           "flops_and_params", "report"]
+
+
+def nnz(tree: Any) -> int:
+  """Number of nonzero entries over all leaves."""
+  return int(sum(np.count_nonzero(np.asarray(leaf)) for leaf in jax.tree.leaves(tree)))
+
+
+def sparsity_per_leaf(params: Any) -> dict[str, dict]:
+  """{path: {"size", "nonzero", "zero_fraction"}} for every leaf."""
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    arr = np.asarray(leaf)
+    nz = int(np.count_nonzero(arr))
+    out[jax.tree_util.keystr(path)] = {"size": int(arr.size), "nonzero": nz,
+                                       "zero_fraction": 1.0 - nz / max(arr.size, 1)}
+  return out
+
+
+def summary(params: Any) -> dict:
+  """Total size, nonzeros and fraction of exact zeros over all leaves."""
+  size = int(sum(np.size(leaf) for leaf in jax.tree.leaves(params)))
+  nz = nnz(params)
+  return {"size": size, "nonzero": nz, "sparsity": 1.0 - nz / max(size, 1)}
+
+
+class Layer(NamedTuple):
+  """One Dense or conv layer in input-to-output order.
+
+  `positions` is the number of output positions per example (H*W before
+  pooling for a conv, 1 for Dense); `input_channels_period` is C when the
+  layer's input is a flattened (H, W, C) feature map (rows r belong to channel
+  r % C), else None.
+  """
+  name: str
+  kind: str
+  kernel: np.ndarray
+  bias: np.ndarray
+  positions: int
+  input_channels_period: int | None = None
+  padding: str | None = None
+
+
+def layers(model: Any, params: Any, input_shape: Sequence[int]) -> list[Layer]:
+  """The layer sequence of an `MLP` or `ConvNet` for inputs of `input_shape` (no batch axis)."""
+  if isinstance(model, MLP):
+    names = [f"Dense_{i}" for i in range(len(model.features))]
+    return [Layer(n, "dense", np.asarray(params[n]["kernel"]), np.asarray(params[n]["bias"]), 1) for n in names]
+  if not isinstance(model, ConvNet):
+    raise ValueError(f"metrics support MLP and ConvNet models; got {type(model).__name__}.")
+  shape = tuple(input_shape) if len(input_shape) == 3 else (*input_shape, 1)
+  h, w = shape[0], shape[1]
+  out = []
+  for i, spec in enumerate(model.convs):
+    if spec.padding == "VALID":
+      h, w = h - spec.kernel + 1, w - spec.kernel + 1
+    name = f"Conv_{i}"
+    out.append(Layer(name, "conv", np.asarray(params[name]["kernel"]), np.asarray(params[name]["bias"]), h * w,
+                     padding=spec.padding))
+    if spec.pool > 1:
+      h, w = h // spec.pool, w // spec.pool
+  period = model.convs[-1].features if model.convs else None
+  for i in range(len(model.dense)):
+    name = f"Dense_{i}"
+    out.append(Layer(name, "dense", np.asarray(params[name]["kernel"]), np.asarray(params[name]["bias"]), 1,
+                     period if i == 0 else None))
+  return out
+
+
+def _incoming_zero(layer: Layer) -> np.ndarray:
+  k = layer.kernel
+  return np.all(k.reshape(-1, k.shape[-1]) == 0, axis=0)
+
+
+def _outgoing_zero(next_layer: Layer, units: int) -> np.ndarray:
+  k = next_layer.kernel
+  if next_layer.kind == "conv":  # (kh, kw, cin, cout): unit c feeds k[:, :, c, :]
+    return np.all(np.moveaxis(k, 2, 0).reshape(units, -1) == 0, axis=1)
+  if next_layer.input_channels_period:  # flattened (H, W, C) rows
+    per_channel = k.reshape(-1, next_layer.input_channels_period, k.shape[-1])
+    return np.all(np.moveaxis(per_channel, 1, 0).reshape(units, -1) == 0, axis=1)
+  return np.all(k == 0, axis=1)
+
+
+def constant_units(layer_list: list[Layer], index: int) -> np.ndarray:
+  """Units of layer `index` with all-zero incoming weights whose constant output relu(b) is nonzero."""
+  layer = layer_list[index]
+  return _incoming_zero(layer) & (np.maximum(layer.bias, 0) != 0)
+
+
+def alive_units(layer_list: list[Layer]) -> list[np.ndarray]:
+  """Boolean mask of kept units per layer (the output layer keeps all); see module docstring."""
+  masks = []
+  for i, layer in enumerate(layer_list):
+    units = layer.kernel.shape[-1]
+    if i == len(layer_list) - 1:
+      masks.append(np.ones(units, bool))
+      continue
+    nxt = layer_list[i + 1]
+    foldable = nxt.kind == "dense" or nxt.padding == "VALID"
+    removable_input = _incoming_zero(layer) & (foldable | ~constant_units(layer_list, i))
+    masks.append(~(removable_input | _outgoing_zero(nxt, units)))
+  return masks
+
+
+def neurons_removed(model: Any, params: Any, input_shape: Sequence[int]) -> dict[str, dict]:
+  """{layer: {"removed", "total"}} for every hidden layer."""
+  layer_list = layers(model, params, input_shape)
+  masks = alive_units(layer_list)
+  return {l.name: {"removed": int((~m).sum()), "total": int(m.size)} for l, m in zip(layer_list[:-1], masks[:-1])}
+
+
+def _input_mask(layer: Layer, prev_alive: np.ndarray | None) -> np.ndarray:
+  rows = layer.kernel.shape[-2] if layer.kind == "conv" else layer.kernel.shape[0]
+  if prev_alive is None:
+    return np.ones(rows, bool)
+  if layer.input_channels_period:
+    return np.tile(prev_alive, rows // layer.input_channels_period)
+  return prev_alive
+
+
+def flops_and_params(model: Any, params: Any, input_shape: Sequence[int]) -> dict:
+  """Dense vs sparse FLOPs per example and parameter counts (see module docstring)."""
+  layer_list = layers(model, params, input_shape)
+  masks = alive_units(layer_list)
+  dense_flops = sparse_flops = dense_params = used_params = 0
+  prev = None
+  for layer, alive in zip(layer_list, masks):
+    k = layer.kernel
+    dense_flops += 2 * k.size * layer.positions
+    dense_params += k.size + layer.bias.size
+    in_mask = _input_mask(layer, prev)
+    kept = k[..., in_mask, :][..., alive]
+    nz = int(np.count_nonzero(kept))
+    sparse_flops += 2 * nz * layer.positions
+    used_params += nz + int(alive.sum())
+    prev = alive
+  return {"flops_dense": int(dense_flops), "flops_sparse": int(sparse_flops),
+          "flops_fraction": sparse_flops / max(dense_flops, 1),
+          "params_dense": int(dense_params), "params_used": int(used_params),
+          "params_fraction": used_params / max(dense_params, 1)}
+
+
+def report(model: Any, params: Any, input_shape: Sequence[int]) -> dict:
+  """Everything an experiment reports about a (sparse) network's size."""
+  removed = neurons_removed(model, params, input_shape)
+  kernels = {l.name: l.kernel for l in layers(model, params, input_shape)}
+  return {**flops_and_params(model, params, input_shape),
+          "weights_total": int(sum(k.size for k in kernels.values())),
+          "weights_nonzero": nnz(kernels),
+          "weight_sparsity": 1.0 - nnz(kernels) / max(sum(k.size for k in kernels.values()), 1),
+          "neurons_removed": {k: v["removed"] for k, v in removed.items()},
+          "neurons_total": {k: v["total"] for k, v in removed.items()}}

@@ -1,0 +1,78 @@
+"""Convolutional networks (flax.linen) as one configurable `ConvNet`.
+
+Every block is conv -> ReLU -> optional max-pool; then flatten and Dense layers
+with ReLU between them. Layers are named `Conv_i` / `Dense_i`, so
+`transforms.layer_index` orders them input to output. Post-activation feature
+maps are sown into "intermediates" as `conv_activation_i` / `activation_i`.
+
+Factories give the networks of the seed papers:
+  * `cnn_2conv_mnist`: conv5x5x32, pool, conv5x5x64, pool, FC 1024, FC 10
+    (integrated TL1 / CGES MNIST network, dropout 0.5 before the last layer);
+  * `lenet5`: conv 6@5x5 (SAME), pool, conv 16@5x5 (VALID), pool, FC 120, 84, 10;
+  * `rvsm_cnn`: 3 x (conv 3x3 + max-pool) + one FC layer (Xue & Xin 2019);
+  * `cnn8`: conv3x3 32/64/128 with 2x2 max-pool (28->14->7->3), FC 1152->512->10
+    (Shen et al. 2024, MATH.md §8.6).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class ConvSpec(NamedTuple):
+  """One conv block: `features` filters of `kernel` x `kernel`, then max-pool `pool` (1 = none)."""
+  features: int
+  kernel: int = 3
+  padding: str = "SAME"
+  pool: int = 2
+
+
+class ConvNet(nn.Module):
+  """conv blocks -> flatten -> Dense layers; the last Dense returns logits."""
+
+  convs: Sequence[ConvSpec]
+  dense: Sequence[int]
+  dropout_rate: float = 0.0
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    if x.ndim == 3:
+      x = x[..., None]
+    for i, spec in enumerate(self.convs):
+      x = nn.relu(nn.Conv(spec.features, (spec.kernel, spec.kernel), padding=spec.padding, name=f"Conv_{i}")(x))
+      if spec.pool > 1:
+        x = nn.max_pool(x, (spec.pool, spec.pool), strides=(spec.pool, spec.pool))
+      self.sow("intermediates", f"conv_activation_{i}", x)
+    x = x.reshape((x.shape[0], -1))
+    for i, width in enumerate(self.dense[:-1]):
+      x = nn.relu(nn.Dense(width, name=f"Dense_{i}")(x))
+      self.sow("intermediates", f"activation_{i}", x)
+      if self.dropout_rate > 0:
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    return nn.Dense(self.dense[-1], name=f"Dense_{len(self.dense) - 1}")(x)
+
+
+def cnn_2conv_mnist(num_classes: int = 10, dropout_rate: float = 0.5) -> ConvNet:
+  return ConvNet((ConvSpec(32, 5), ConvSpec(64, 5)), (1024, num_classes), dropout_rate)
+
+
+def lenet5(num_classes: int = 10) -> ConvNet:
+  return ConvNet((ConvSpec(6, 5, "SAME"), ConvSpec(16, 5, "VALID")), (120, 84, num_classes))
+
+
+def rvsm_cnn(num_classes: int = 2, width: int = 16) -> ConvNet:
+  return ConvNet((ConvSpec(width), ConvSpec(2 * width), ConvSpec(2 * width)), (num_classes,))
+
+
+def cnn8(num_classes: int = 10) -> ConvNet:
+  return ConvNet((ConvSpec(32), ConvSpec(64), ConvSpec(128)), (512, num_classes))
+
+
+def init_model(model: nn.Module, input_shape: Sequence[int], seed: int = 0):
+  """Parameters of `model` for inputs of shape `input_shape` (without the batch axis)."""
+  return model.init(jax.random.PRNGKey(seed), jnp.zeros((1, *input_shape)))["params"]
