@@ -316,7 +316,8 @@ def fit(model, tx: optax.GradientTransformation, train_data: tuple[np.ndarray, n
     manager.save(step_to_save, args=ocp.args.StandardSave(flax.serialization.to_state_dict(_unreplicate(rstate))))
     manager.wait_until_finished()
 
-  for epoch in range(start_step // steps_per_epoch, config.epochs):
+  epoch_bar = tqdm(range(start_step // steps_per_epoch, config.epochs), desc="epochs", disable=not config.progress)
+  for epoch in epoch_bar:
     start_time = time.time()
     batches = data.epoch_batches(len(x_train), config.batch_size, config.seed, epoch)
     first = step - epoch * steps_per_epoch
@@ -350,9 +351,8 @@ def fit(model, tx: optax.GradientTransformation, train_data: tuple[np.ndarray, n
     with open(log_path, "a") as f:
       f.write(json.dumps(record, default=float) + "\n")
     save(step, epoch_metrics)
-    if config.progress:
-      shown = {k: record[k] for k in ("train_loss", "eval_accuracy", "eval_mse", "weight_sparsity") if k in record}
-      tqdm.write(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()))
+    shown = {k: record[k] for k in ("train_loss", "eval_accuracy", "eval_mse", "weight_sparsity") if k in record}
+    epoch_bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()})
   final = jax.tree.map(jnp.asarray, _unreplicate(rstate))
   with open(os.path.join(workdir, "history.json"), "w") as f:
     json.dump(history, f, indent=1, default=float)

@@ -1,0 +1,122 @@
+"""Plots written beside the JSON results: training curves, sparsity per layer, filters.
+
+Uses matplotlib's Agg backend (no display needed). Every function writes a PNG
+and returns its path.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+__all__ = ["training_curves", "sparsity_per_layer", "first_layer_filters", "line_plot"]
+
+
+def _save(fig, path: str) -> str:
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
+def training_curves(history: Sequence[dict], path: str, title: str = "") -> str:
+  """Loss, accuracy (or MSE) and weight sparsity per epoch from `train.fit`'s history."""
+  epochs = [r["epoch"] for r in history]
+  panels = [("loss", ["train_loss", "eval_loss"]),
+            ("accuracy" if "eval_accuracy" in history[-1] or "train_accuracy" in history[-1] else "mse",
+             ["train_accuracy", "eval_accuracy", "train_mse", "eval_mse"]),
+            ("sparsity / fraction used", ["weight_sparsity", "flops_fraction", "params_fraction"])]
+  fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+  for ax, (label, keys) in zip(axes, panels):
+    for key in keys:
+      if any(key in r for r in history):
+        ax.plot(epochs, [r.get(key, np.nan) for r in history], marker=".", label=key)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3)
+    if ax.has_data():
+      ax.legend(fontsize=8)
+  if title:
+    fig.suptitle(title)
+  return _save(fig, path)
+
+
+def sparsity_per_layer(report: dict, path: str, title: str = "") -> str:
+  """Bars of exact-zero fraction per layer and neurons removed per hidden layer.
+
+  `report` needs "layer_sparsity" ({layer: zero fraction}) and optionally
+  "neurons_removed"/"neurons_total" as written by `metrics.report`.
+  """
+  layers = list(report["layer_sparsity"])
+  fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+  axes[0].bar(layers, [report["layer_sparsity"][l] for l in layers], color="tab:blue")
+  axes[0].set_ylim(0, 1)
+  axes[0].set_ylabel("fraction of weights exactly zero")
+  removed = report.get("neurons_removed", {})
+  if removed:
+    names = list(removed)
+    totals = [report["neurons_total"][n] for n in names]
+    axes[1].bar(names, totals, color="lightgray", label="units")
+    axes[1].bar(names, [removed[n] for n in names], color="tab:red", label="removed")
+    axes[1].legend(fontsize=8)
+  axes[1].set_ylabel("hidden units")
+  for ax in axes:
+    ax.tick_params(axis="x", rotation=30)
+  if title:
+    fig.suptitle(title)
+  return _save(fig, path)
+
+
+def first_layer_filters(kernel: np.ndarray, path: str, image_shape: Sequence[int] | None = None,
+                        max_filters: int = 64, title: str = "") -> str:
+  """Images of first-layer weights: conv filters (kh, kw, cin, cout) or Dense columns reshaped to `image_shape`.
+
+  Zero weights show as the mid-gray of a symmetric colour scale, so removed
+  filters appear blank.
+  """
+  kernel = np.asarray(kernel)
+  if kernel.ndim == 4:
+    filters = [kernel[:, :, :, j].mean(axis=-1) for j in range(kernel.shape[-1])]
+  else:
+    if image_shape is None:
+      side = int(round(np.sqrt(kernel.shape[0])))
+      image_shape = (side, side)
+    filters = [kernel[:, j].reshape(image_shape[:2]) for j in range(kernel.shape[1])]
+  filters = filters[:max_filters]
+  cols = int(np.ceil(np.sqrt(len(filters))))
+  rows = int(np.ceil(len(filters) / cols))
+  fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.3 * rows), squeeze=False)
+  scale = float(np.max(np.abs(kernel))) or 1.0
+  for ax in axes.ravel():
+    ax.axis("off")
+  for ax, f in zip(axes.ravel(), filters):
+    ax.imshow(f, cmap="RdBu_r", vmin=-scale, vmax=scale)
+  if title:
+    fig.suptitle(title)
+  return _save(fig, path)
+
+
+def line_plot(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: str, xlabel: str, ylabel: str,
+              title: str = "", logx: bool = False, logy: bool = False) -> str:
+  """One line per entry {label: (x, y)}."""
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for label, (xs, ys) in series.items():
+    ax.plot(xs, ys, marker="o", label=label)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  if logx:
+    ax.set_xscale("log")
+  if logy:
+    ax.set_yscale("log")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  if title:
+    ax.set_title(title)
+  return _save(fig, path)
