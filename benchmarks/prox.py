@@ -15,9 +15,7 @@ Writes prox_<platform>.json and .csv beside a printed Markdown table.
 from __future__ import annotations
 
 import argparse
-import csv
 import functools
-import json
 import os
 import platform
 import time
@@ -28,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from benchmarks import common
 from sparsejax import prox, transforms
 from sparsejax.models import init_mlp
 
@@ -158,15 +157,8 @@ def main():
       print(f"\n### {section}\n\n| op | regime | ms | ratio | vs |\n|---|---|---:|---:|---|")
     print(f"| {row['name']} | {row['regime']} | {row['ms']:.2f} | {row['ratio']:.2f}x | {row['baseline']} |")
 
-  os.makedirs(args.out, exist_ok=True)
-  stem = os.path.join(args.out, f"prox_{device.platform}")
-  with open(stem + ".json", "w") as f:
-    json.dump({"header": header, "machine": platform.processor() or platform.machine(), "rows": rows}, f, indent=1)
-  with open(stem + ".csv", "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-  print(f"\nwrote {stem}.json and {stem}.csv")
+  common.write_rows(args.out, f"prox_{device.platform}", rows, header=header,
+                    machine=platform.processor() or platform.machine())
 
 
 if __name__ == "__main__":

@@ -14,8 +14,6 @@ Run it with XLA_FLAGS=--xla_force_host_platform_device_count=2 on CPU for part 2
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import os
 import tempfile
 import time
@@ -25,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from benchmarks import common
 from sparsejax import compaction, prox, train, transforms
 from sparsejax.models import MLP, lenet5
 
@@ -120,15 +119,8 @@ def main():
   print("| benchmark | model | value | unit | detail |\n|---|---|---:|---|---|")
   for r in rows:
     print(f"| {r['benchmark']} | {r['model']} | {r['value']:.3g} | {r['unit']} | {r['detail']} |")
-  os.makedirs(args.out, exist_ok=True)
-  stem = os.path.join(args.out, f"train_{device.platform}")
-  with open(stem + ".json", "w") as f:
-    json.dump(rows, f, indent=1)
-  with open(stem + ".csv", "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-  print(f"\nwrote {stem}.json and {stem}.csv")
+  common.write_rows(args.out, f"train_{device.platform}", rows, device=device.device_kind,
+                    local_devices=jax.local_device_count())
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sparsejax.models.mlp import dense_stack
+
 
 class ConvSpec(NamedTuple):
   """One conv block: `features` filters of `kernel` x `kernel`, then max-pool `pool` (1 = none)."""
@@ -48,13 +50,7 @@ class ConvNet(nn.Module):
       if spec.pool > 1:
         x = nn.max_pool(x, (spec.pool, spec.pool), strides=(spec.pool, spec.pool))
       self.sow("intermediates", f"conv_activation_{i}", x)
-    x = x.reshape((x.shape[0], -1))
-    for i, width in enumerate(self.dense[:-1]):
-      x = nn.relu(nn.Dense(width, name=f"Dense_{i}")(x))
-      self.sow("intermediates", f"activation_{i}", x)
-      if self.dropout_rate > 0:
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    return nn.Dense(self.dense[-1], name=f"Dense_{len(self.dense) - 1}")(x)
+    return dense_stack(self, x.reshape((x.shape[0], -1)), self.dense, self.dropout_rate, train)
 
 
 def cnn_2conv_mnist(num_classes: int = 10, dropout_rate: float = 0.5) -> ConvNet:

@@ -9,6 +9,21 @@ import jax
 import jax.numpy as jnp
 
 
+def dense_stack(module: nn.Module, x: jax.Array, features: Sequence[int], dropout_rate: float,
+                train: bool) -> jax.Array:
+  """Dense layers `Dense_i` with ReLU (sown as `activation_i`) and dropout between them.
+
+  Call from inside a `@nn.compact` method of `module`; the last layer has no
+  activation (logits).
+  """
+  for i, width in enumerate(features[:-1]):
+    x = nn.relu(nn.Dense(width, name=f"Dense_{i}")(x))
+    module.sow("intermediates", f"activation_{i}", x)
+    if dropout_rate > 0:
+      x = nn.Dropout(dropout_rate, deterministic=not train)(x)
+  return nn.Dense(features[-1], name=f"Dense_{len(features) - 1}")(x)
+
+
 class MLP(nn.Module):
   """Dense layers with ReLU between them; the last layer returns logits.
 
@@ -27,13 +42,7 @@ class MLP(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    x = x.reshape((x.shape[0], -1))
-    for i, width in enumerate(self.features[:-1]):
-      x = nn.relu(nn.Dense(width, name=f"Dense_{i}")(x))
-      self.sow("intermediates", f"activation_{i}", x)
-      if self.dropout_rate > 0:
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    return nn.Dense(self.features[-1], name=f"Dense_{len(self.features) - 1}")(x)
+    return dense_stack(self, x.reshape((x.shape[0], -1)), self.features, self.dropout_rate, train)
 
 
 def init_mlp(features: Sequence[int], input_dim: int, seed: int = 0):
