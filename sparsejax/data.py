@@ -47,6 +47,8 @@ INSTALL_HINTS = {
                "or $SPARSEJAX_DATA/cifar10.npz with x_train, y_train, x_test, y_test.",
     "celeb_a": "pip install 'sparsejax[tfds]' and prepare celeb_a with tfds (manual download), "
                "or $SPARSEJAX_DATA/celeb_a.npz.",
+    "sdd": "download the UCI 'Dataset for Sensorless Drive Diagnosis' (Sensorless_drive_diagnosis.txt, "
+           "58,509 x 48 features, 11 classes) into $SPARSEJAX_DATA/sdd/, or provide $SPARSEJAX_DATA/sdd.npz.",
 }
 DATASETS = tuple(INSTALL_HINTS)
 TFDS_NAMES = {"mnist": "mnist", "fashion_mnist": "fashion_mnist", "cifar10": "cifar10", "celeb_a": "celeb_a"}
@@ -110,7 +112,25 @@ def _from_idx_dir(directory: str, split: str):
   return _images(x), y.astype(np.int32)
 
 
+SDD_TRAIN_FRACTION = 0.7
+
+
+def _sdd_text(directory: str, split: str):
+  """UCI Sensorless Drive Diagnosis: 48 standardised features, labels 1..11 -> 0..10, seeded 70/30 split."""
+  path = os.path.join(directory, "Sensorless_drive_diagnosis.txt")
+  if not os.path.exists(path):
+    return None
+  table = np.loadtxt(path)
+  x, y = table[:, :-1], table[:, -1].astype(np.int32) - 1
+  train, test = _stratified_split(y, int(round(SDD_TRAIN_FRACTION * len(y))), seed=SPLIT_SEED)
+  mean, std = x[train].mean(0), x[train].std(0) + 1e-12
+  idx = {"train": train, "test": test}.get(split)
+  return None if idx is None else (((x[idx] - mean) / std).astype(np.float32), y[idx])
+
+
 def _from_data_dir(name: str, split: str, data_dir: str):
+  if name == "sdd" and os.path.isdir(os.path.join(data_dir, "sdd")):
+    return _sdd_text(os.path.join(data_dir, "sdd"), split)
   npz = os.path.join(data_dir, f"{name}.npz")
   if os.path.exists(npz):
     with np.load(npz) as arrays:

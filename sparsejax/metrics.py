@@ -179,5 +179,6 @@ def report(model: Any, params: Any, input_shape: Sequence[int]) -> dict:
           "weights_nonzero": nnz(kernels),
           "weight_sparsity": 1.0 - nnz(kernels) / max(sum(k.size for k in kernels.values()), 1),
           "layer_sparsity": {k: 1.0 - np.count_nonzero(v) / v.size for k, v in kernels.items()},
+          "layer_nonzero": {k: int(np.count_nonzero(v)) for k, v in kernels.items()},
           "neurons_removed": {k: v["removed"] for k, v in removed.items()},
           "neurons_total": {k: v["total"] for k, v in removed.items()}}

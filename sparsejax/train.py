@@ -66,6 +66,7 @@ class TrainConfig:
   seed: int = 0
   task: str = "classification"  # or "regression" (MSE)
   num_devices: int = 0           # 0: all local devices
+  checkpoint: bool = True         # False: no checkpoints (grid searches, benchmarks)
   checkpoint_every_steps: int = 0  # 0: only at epoch ends
   keep_checkpoints: int = 2
   check_finite_inputs: bool = True
@@ -313,6 +314,8 @@ def fit(model, tx: optax.GradientTransformation, train_data: tuple[np.ndarray, n
       raise NonFiniteLossError(
           f"training loss became non-finite before step {step_to_save}; not checkpointed. Last good checkpoint: "
           f"step {manager.latest_step()} in {os.path.join(workdir, 'checkpoints')} (resume=True restarts there).")
+    if not config.checkpoint:
+      return
     manager.save(step_to_save, args=ocp.args.StandardSave(flax.serialization.to_state_dict(_unreplicate(rstate))))
     manager.wait_until_finished()
 

@@ -117,3 +117,17 @@ def test_check_finite_names_the_example_and_batch():
   x[37, 2] = np.nan
   with pytest.raises(ValueError, match=r"example 37 \(batch 3\)"):
     data.check_finite(x, "train inputs", batch_size=10)
+
+
+def test_sdd_text_from_data_dir(tmp_path):
+  rng = np.random.default_rng(0)
+  labels = np.repeat(np.arange(1, 12), 10)
+  table = np.column_stack([rng.normal(0, 3, (110, 48)), labels])
+  os.makedirs(tmp_path / "sdd")
+  np.savetxt(tmp_path / "sdd" / "Sensorless_drive_diagnosis.txt", table)
+  x, y = data.load("sdd", "train", data_dir=str(tmp_path))
+  xt, yt = data.load("sdd", "test", data_dir=str(tmp_path))
+  assert x.shape == (77, 48) and xt.shape == (33, 48)
+  assert set(y) == set(range(11)) and abs(float(x.mean())) < 0.1
+  with pytest.raises(data.DataNotFoundError, match="Sensorless"):
+    data.load("sdd", "train", data_dir=str(tmp_path / "nowhere"))

@@ -1,0 +1,85 @@
+"""Writes the tutorial notebooks (run: python notebooks/build_notebooks.py).
+
+Each notebook reads saved results; when they are missing (or SPARSEJAX_NOTEBOOK_SMALL=1,
+as in the test suite) it first runs a small config of the experiment into a
+temporary directory, so it always executes top to bottom.
+"""
+
+import os
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+SETUP = '''import os, sys, json, tempfile
+from IPython.display import Image, Markdown, display
+if os.path.exists(os.path.join("..", "sparsejax")):  # running from a checkout
+    sys.path.insert(0, os.path.abspath(".."))
+SMALL = os.environ.get("SPARSEJAX_NOTEBOOK_SMALL") == "1"
+'''
+
+
+def quickstart():
+  return new_notebook(cells=[
+      new_markdown_cell("# sparsejax quickstart\n\nAn MLP on scikit-learn's digits trained with proximal SGD and the "
+                        "integrated transformed-l1 regulariser (`sparsejax.transforms.integrated_tl1`): most weights "
+                        "become exactly zero and whole hidden neurons disappear; `sparsejax.compaction.compact` then "
+                        "removes them physically."),
+      new_code_cell(SETUP + '''from experiments import quickstart
+workdir = tempfile.mkdtemp() if SMALL else os.path.join("..", "results", "quickstart")
+results = quickstart.main(["--workdir", workdir] + (["--epochs", "20"] if SMALL else []))'''),
+      new_code_cell('''display(Image(os.path.join(workdir, "training_curves.png")))
+display(Image(os.path.join(workdir, "sparsity_per_layer.png")))
+display(Image(os.path.join(workdir, "first_layer.png"), width=500))'''),
+      new_markdown_cell("## The prox operators themselves\n\nEvery penalty's exact proximal map, applied to a ramp."),
+      new_code_cell('''import jax.numpy as jnp, matplotlib.pyplot as plt
+from sparsejax import prox
+v = jnp.linspace(-3, 3, 601)
+cases = [("l1", {}), ("l0", {}), ("tl1", {"a": 0.5}), ("log_sum", {"eps": 0.1}), ("l_half", {}),
+         ("l_two_thirds", {}), ("scad", {"lam": 0.7}), ("mcp", {"lam": 0.7}), ("capped_l1", {"lam": 1.0, "theta": 0.6})]
+fig, axes = plt.subplots(3, 3, figsize=(10, 9))
+for ax, (name, kw) in zip(axes.ravel(), cases):
+    ax.plot(v, prox.get(name)(v, 0.5, **kw)); ax.plot(v, v, ":", color="gray")
+    ax.set_title(f"{name}, tau=0.5, zero for |v| <= {float(prox.get(name).threshold(0.5, **kw)):.3f}", fontsize=9)
+fig.tight_layout()'''),
+  ])
+
+
+def tl1_comparison():
+  return new_notebook(cells=[
+      new_markdown_cell("# Integrated transformed-l1 vs L1, sparse group lasso and CGES\n\n"
+                        "Reproduction of Ma, Miao, Niu & Zhang (2019), `experiments/tl1_comparison.py`. "
+                        "This notebook loads the saved results (run the experiment first for the full "
+                        "configuration) and shows the table and the figures."),
+      new_code_cell(SETUP + '''from experiments import tl1_comparison
+DATASET = "digits"
+workdir = os.path.join("..", "results", "tl1_comparison")
+if SMALL or not os.path.exists(os.path.join(workdir, DATASET, "results.json")):
+    workdir = tempfile.mkdtemp()
+    tl1_comparison.main(["--dataset", DATASET, "--workdir", workdir, "--seeds", "0", "--epochs", "3",
+                         "--regularizers", "none", "l1", "tl1", "group", "integrated_tl1",
+                         "--a-grid", "0.01", "1.0", "--max-train-examples", "600"])
+out = os.path.join(workdir, DATASET)
+results = json.load(open(os.path.join(out, "results.json")))
+display(Markdown(open(os.path.join(out, "table.md")).read()))'''),
+      new_markdown_cell("## Accuracy vs. % FLOPs and % parameters over the λ grid (paper Fig. 4)"),
+      new_code_cell('''for key in ("flops_fraction", "params_fraction"):
+    display(Image(os.path.join(out, f"fig4_accuracy_vs_{key}.png")))'''),
+      new_markdown_cell("## Convergence (Fig. 5) and the effect of a (Fig. 7)"),
+      new_code_cell('''display(Image(os.path.join(out, "fig5_accuracy_vs_iteration.png")))
+display(Image(os.path.join(out, "fig7_a_sweep.png")))'''),
+      new_markdown_cell("## First-layer filters (Fig. 6): group sparsity removes whole filters, TL1 removes connections"),
+      new_code_cell('''for name in ("group", "tl1", "integrated_tl1"):
+    path = os.path.join(out, f"fig6_filters_{name}.png")
+    if os.path.exists(path):
+        display(Image(path, width=420))'''),
+  ])
+
+
+if __name__ == "__main__":
+  for name, build in (("quickstart", quickstart), ("tl1_comparison", tl1_comparison)):
+    nb = build()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, os.path.join(HERE, f"{name}.ipynb"))
+    print("wrote", name)

@@ -1,0 +1,22 @@
+"""Every notebook executes top to bottom (small configs, SPARSEJAX_NOTEBOOK_SMALL=1)."""
+
+import glob
+import os
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOKS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "notebooks", "*.ipynb")))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[os.path.basename(p) for p in NOTEBOOKS])
+def test_notebook_executes(path, monkeypatch):
+  monkeypatch.setenv("SPARSEJAX_NOTEBOOK_SMALL", "1")
+  monkeypatch.setenv("XLA_FLAGS", "")  # one CPU device inside the kernel
+  nb = nbformat.read(path, as_version=4)
+  NotebookClient(nb, timeout=600, kernel_name="python3",
+                 resources={"metadata": {"path": os.path.dirname(path)}}).execute()
+  outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+  assert not [o for o in outputs if o.get("output_type") == "error"]
+  assert any(o.get("output_type") == "display_data" for o in outputs), "shows figures/tables"
