@@ -317,3 +317,54 @@ def iterate(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, epoch: int
   """Padded batches `(x, y, weight)` of one epoch."""
   for idx in epoch_batches(len(x), batch_size, seed, epoch, shuffle):
     yield pad_batch(x[idx], y[idx], batch_size)
+
+
+# ---------------------------------------------------------------- generators
+
+
+def mackey_glass_series(length: int, tau: float = 17.0, beta: float = 0.2, gamma: float = 0.1, power: float = 10.0,
+                        dt: float = 0.1, x0: float = 1.2, discard: int = 500) -> np.ndarray:
+  """Samples x(t), t = 0, 1, ..., length-1 of dx/dt = beta x(t-tau)/(1 + x(t-tau)^power) - gamma x(t).
+
+  Integrated by RK4 with step `dt` (1/dt must be an integer); the delayed
+  value at half steps is linearly interpolated. The constant history x = x0 on
+  [-tau, 0] is used, and the first `discard` time units (the transient) are
+  dropped. tau = 17 gives the classic chaotic series.
+  """
+  per_unit = int(round(1.0 / dt))
+  if abs(per_unit * dt - 1.0) > 1e-12:
+    raise ValueError(f"1/dt must be an integer; got dt={dt}.")
+  if tau <= 0 or length <= 0:
+    raise ValueError(f"tau and length must be positive; got tau={tau}, length={length}.")
+  delay = int(round(tau / dt))
+  steps = (length + discard) * per_unit
+  x = np.empty(steps + delay + 1)
+  x[:delay + 1] = x0
+
+  def f(value, delayed):
+    return beta * delayed / (1.0 + delayed**power) - gamma * value
+
+  for i in range(delay, delay + steps):
+    lag0, lag1 = x[i - delay], x[i - delay + 1]
+    lag_half = 0.5 * (lag0 + lag1)
+    k1 = f(x[i], lag0)
+    k2 = f(x[i] + 0.5 * dt * k1, lag_half)
+    k3 = f(x[i] + 0.5 * dt * k2, lag_half)
+    k4 = f(x[i] + dt * k3, lag1)
+    x[i + 1] = x[i] + dt * (k1 + 2 * k2 + 2 * k3 + k4) / 6.0
+  return x[delay::per_unit][discard:discard + length].astype(np.float64)
+
+
+def mackey_glass(num_samples: int = 2000, lags: tuple[int, ...] = (30, 24, 18, 12, 6, 0), horizon: int = 6,
+                 tau: float = 17.0, **series_kwargs) -> tuple[np.ndarray, np.ndarray]:
+  """Regression pairs: inputs x(t - lag) for each lag (6 by default) -> target x(t + horizon).
+
+  Returns float32 `x` (num_samples, len(lags)) and `y` (num_samples, 1). The
+  λ-selection experiment trains on the first 1000 samples and tests on the rest.
+  """
+  first = max(lags)
+  series = mackey_glass_series(num_samples + first + horizon, tau=tau, **series_kwargs)
+  t = np.arange(first, first + num_samples)
+  x = np.stack([series[t - lag] for lag in lags], axis=1)
+  y = series[t + horizon][:, None]
+  return x.astype(np.float32), y.astype(np.float32)

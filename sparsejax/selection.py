@@ -1,0 +1,417 @@
+"""Choosing regularisation strengths that hit a target number of nonzero weights.
+
+Two ways:
+
+1. `select_strength` / `select_layer_strengths`: the iterative selection of Shen,
+   Wang, Xu & Yan (2024; MATH.md §8.3-8.4, reconstructed from the authors'
+   code). Train from a fixed initialisation with lambda_k, record (lambda_k,
+   NNZ_k), bracket the target between the largest lambda still too dense and
+   the smallest lambda already too sparse, and take as the next lambda the
+   *lower median* of the unregularised loss-gradient magnitudes |dL/dw_j| that
+   fall strictly inside the bracket (midpoint when none does). The first-order
+   condition of L + lambda||w||_1 says a weight is zero only if |dL/dw_j| <=
+   lambda, so these magnitudes are the lambdas at which weights switch on or
+   off. Stop when |NNZ - target| <= r * target (per layer: when at least
+   `min_layers` layers are within tolerance). The training function is the
+   user's, so any model and optimizer works; the history is written to disk as
+   it goes.
+
+   Beyond L1: for a penalty whose prox has a zero threshold T(tau) and step
+   size eta, a zero weight stays zero while eta|dL/dw| <= T(eta lambda);
+   `threshold_inverse` maps gradient magnitudes g to the lambdas solving
+   T(eta lambda) = eta g (for L1 this is lambda = g), so the same loop serves
+   TL1, log-sum, MCP, SCAD, l0, ...
+
+2. `nnz_controller`: an optax proximal transform whose strength is adjusted
+   *during* one training run by an integral controller in log-space,
+   log lambda += gain (NNZ - target)/target every `interval` steps, so a
+   single training meets the target instead of many.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from sparsejax import _checks
+from sparsejax import prox as _prox
+
+__all__ = ["TrainOutcome", "SelectionResult", "SelectionError", "bracket", "next_strength", "select_strength",
+           "select_layer_strengths", "threshold_inverse", "weight_leaves", "count_nonzero", "gradient_magnitudes",
+           "ControllerState", "nnz_controller"]
+
+
+class TrainOutcome(NamedTuple):
+  """What the user's training function returns for one strength.
+
+  Attributes:
+    params: the trained parameters.
+    nnz: number of nonzero regularised weights (an int), or per-layer counts
+      (a sequence) for the layer-wise selection.
+    gradient_magnitudes: |dL/dw| of the *unregularised* loss over the full
+      training set at `params`, flattened over all regularised weights (1-D), or
+      one such array per layer.
+    extras: anything else to keep in the history (loss, accuracy, ...).
+  """
+  params: Any
+  nnz: int | Sequence[int]
+  gradient_magnitudes: np.ndarray | Sequence[np.ndarray]
+  extras: dict | None = None
+
+
+@dataclasses.dataclass
+class SelectionResult:
+  strength: float | list[float]   # the chosen lambda (or per-layer lambdas)
+  params: Any                     # parameters trained with it
+  nnz: int | list[int]
+  history: list[dict]             # every training: strength(s), nnz, extras
+  trainings: int
+  converged: bool
+
+
+class SelectionError(RuntimeError):
+  """The selection cannot continue (e.g. the training returned NaN); `history` holds the trainings so far."""
+
+  def __init__(self, message: str, history: list[dict]):
+    super().__init__(message)
+    self.history = history
+
+
+def bracket(history: Sequence[tuple[float, float]], target: float) -> tuple[float, float]:
+  """(lambda_low, lambda_up) around `target` from (lambda, nnz) pairs (MATH.md §8.3).
+
+  lambda_low = the largest lambda among those with the smallest NNZ still >= target
+  (too dense); lambda_up = the smallest lambda among those with the largest
+  NNZ still <= target (too sparse). A missing side is 0 (low) or inf (up),
+  instead of the reference code's silent fallback to the first entry.
+  """
+  dense = [(lam, n) for lam, n in history if n >= target]
+  sparse = [(lam, n) for lam, n in history if n <= target]
+  low = 0.0
+  if dense:
+    n_min = min(n for _, n in dense)
+    low = max(lam for lam, n in dense if n == n_min)
+  up = math.inf
+  if sparse:
+    n_max = max(n for _, n in sparse)
+    up = min(lam for lam, n in sparse if n == n_max)
+  return low, up
+
+
+def next_strength(history: Sequence[tuple[float, float]], target: float, candidates: np.ndarray) -> float:
+  """The lower median of the candidates strictly inside the bracket; the midpoint if none is.
+
+  Two safeguards the reference code lacks: while every training so far was too
+  dense (no upper side), lambda grows tenfold (the gradient magnitudes of a
+  too-dense solution all sit at or below its lambda, so they cannot propose a
+  larger one); and a candidate equal to an already-tried lambda (to 1e-9
+  relative) is replaced by the midpoint, so the loop cannot stall.
+  """
+  low, up = bracket(history, target)
+  if math.isinf(up):
+    return 10.0 * low if low > 0 else 1.0
+  candidates = np.asarray(candidates, np.float64).ravel()
+  inside = np.sort(candidates[(candidates > low) & (candidates < up)])
+  tried = np.asarray([lam for lam, _ in history], np.float64)
+  if inside.size:
+    choice = float(inside[(inside.size - 1) // 2])  # lower median, as torch.median
+    if not np.any(np.abs(tried - choice) <= 1e-9 * choice):
+      return choice
+  return 0.5 * (low + up)
+
+
+def threshold_inverse(prox_fn: Callable[..., Any] | str, learning_rate: float, **shape: Any) -> Callable:
+  """Maps gradient magnitudes g to the lambdas with T(eta*lambda) = eta*g for the prox's threshold T.
+
+  A weight at zero stays zero under w <- prox_{eta lambda}(w - eta dL/dw) iff
+  eta|dL/dw| <= T(eta lambda). T is increasing in lambda; the inverse is found by
+  bisection in log-space (vectorised). For `prox.l1` it is the identity.
+  """
+  fn = _prox.get(prox_fn) if isinstance(prox_fn, str) else prox_fn
+  threshold = getattr(fn, "threshold", None)
+  if threshold is None:
+    raise ValueError(f"{getattr(fn, '__name__', fn)!r} has no scalar zero threshold; pass candidates yourself.")
+  _checks.check_range("learning_rate", learning_rate, lower=0.0, lower_inclusive=False)
+
+  def invert(g: np.ndarray) -> np.ndarray:
+    g = np.asarray(g, np.float64)
+    target = learning_rate * g
+    lo, hi = np.full_like(g, -40.0), np.full_like(g, 20.0)  # log10(lambda) bounds
+    for _ in range(80):
+      mid = 0.5 * (lo + hi)
+      value = np.asarray(threshold(learning_rate * 10.0**mid, **shape), np.float64)
+      below = value < target
+      lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+    return np.where(g > 0, 10.0 ** (0.5 * (lo + hi)), 0.0)
+
+  return invert
+
+
+def _check_target(target: float, r: float) -> None:
+  _checks.check_range("target_nnz", target, lower=0.0, lower_inclusive=False)
+  _checks.check_range("r", r, lower=0.0, upper=1.0, lower_inclusive=False, upper_inclusive=False)
+
+
+def _bad(outcome: TrainOutcome) -> bool:
+  values = [np.asarray(outcome.nnz, np.float64).ravel()]
+  values += [np.asarray(g, np.float64).ravel() for g in
+             (outcome.gradient_magnitudes if isinstance(outcome.gradient_magnitudes, (list, tuple))
+              else [outcome.gradient_magnitudes])]
+  values += [np.asarray(v, np.float64).ravel() for v in (outcome.extras or {}).values()
+             if isinstance(v, (int, float, np.ndarray, np.floating))]
+  return any(not np.all(np.isfinite(v)) for v in values)
+
+
+class _History:
+  """In-memory history mirrored to a JSON-lines file after every training."""
+
+  def __init__(self, path: str | None):
+    self.records: list[dict] = []
+    self.path = path
+    if path:
+      os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+      open(path, "w").close()
+
+  def add(self, record: dict) -> None:
+    self.records.append(record)
+    if self.path:
+      with open(self.path, "a") as f:
+        f.write(json.dumps(record, default=float) + "\n")
+
+
+def select_strength(
+    train_fn: Callable[[float], TrainOutcome],
+    target_nnz: int,
+    r: float = 0.001,
+    initial_strengths: Sequence[float] = (1e-3, 1e-7),
+    max_trainings: int = 100,
+    num_weights: int | None = None,
+    candidate_fn: Callable[[np.ndarray], np.ndarray] | None = None,
+    history_path: str | None = None,
+) -> SelectionResult:
+  """One lambda such that the trained network has |NNZ - target_nnz| <= r * target_nnz.
+
+  Args:
+    train_fn: lambda -> `TrainOutcome`; must train from the same initialisation
+      every time (the method assumes it).
+    target_nnz: wanted number of nonzero regularised weights.
+    r: relative tolerance, 0 < r < 1.
+    initial_strengths: the first trainings (reference code: 1e-3 then 1e-7).
+    max_trainings: give up (converged=False) after this many trainings.
+    num_weights: total regularised weights, to reject impossible targets early
+      (otherwise checked after the first training from the gradient count).
+    candidate_fn: maps gradient magnitudes to candidate lambdas
+      (`threshold_inverse` for non-L1 penalties); default identity (L1).
+    history_path: JSON-lines file written after every training.
+
+  Raises:
+    ValueError: target_nnz <= 0 or above the number of weights; r outside (0, 1).
+    SelectionError: a training returned NaN/inf; `.history` has the trainings so far.
+  """
+  _check_target(target_nnz, r)
+  if num_weights is not None and target_nnz > num_weights:
+    raise ValueError(f"target_nnz={target_nnz} exceeds the {num_weights} regularised weights.")
+  candidate_fn = candidate_fn or (lambda g: g)
+  history = _History(history_path)
+  pairs: list[tuple[float, float]] = []
+  strength = float(initial_strengths[0])
+  best = None
+  for k in range(max_trainings):
+    outcome = train_fn(strength)
+    record = {"training": k + 1, "strength": strength, "nnz": int(np.sum(outcome.nnz)), **(outcome.extras or {})}
+    if _bad(outcome):
+      history.add({**record, "error": "non-finite"})
+      raise SelectionError(f"training {k + 1} with strength {strength:g} returned non-finite values; "
+                           f"history of {len(history.records)} trainings kept" +
+                           (f" in {history.path}" if history.path else ""), history.records)
+    history.add(record)
+    grads = np.asarray(outcome.gradient_magnitudes, np.float64).ravel()
+    if k == 0 and target_nnz > grads.size:
+      raise ValueError(f"target_nnz={target_nnz} exceeds the {grads.size} regularised weights.")
+    nnz = record["nnz"]
+    pairs.append((strength, nnz))
+    if best is None or abs(nnz - target_nnz) < abs(best[1] - target_nnz):
+      best = (strength, nnz, outcome.params)
+    if abs(nnz - target_nnz) <= r * target_nnz:
+      return SelectionResult(strength, outcome.params, nnz, history.records, k + 1, True)
+    if k + 1 < len(initial_strengths):
+      strength = float(initial_strengths[k + 1])
+    else:
+      strength = next_strength(pairs, target_nnz, candidate_fn(grads))
+  return SelectionResult(best[0], best[2], best[1], history.records, max_trainings, False)
+
+
+def select_layer_strengths(
+    train_fn: Callable[[list[float]], TrainOutcome],
+    target_nnz: Sequence[int],
+    r: float = 0.05,
+    min_layers: int | None = None,
+    initial_strengths: Sequence[float] = (1e-3, 1e-7),
+    max_trainings: int = 100,
+    candidate_fns: Sequence[Callable[[np.ndarray], np.ndarray]] | None = None,
+    history_path: str | None = None,
+) -> SelectionResult:
+  """Per-layer lambdas: the single-lambda rule run per layer on per-layer histories (MATH.md §8.4).
+
+  `train_fn(lambdas)` returns per-layer `nnz` and per-layer `gradient_magnitudes`.
+  Stops when at least `min_layers` (default: all) layers satisfy
+  |NNZ_k - target_k| <= r target_k; layers already within tolerance keep their lambda.
+  """
+  targets = [float(t) for t in target_nnz]
+  for t in targets:
+    _check_target(t, r)
+  num_layers = len(targets)
+  min_layers = num_layers if min_layers is None else min_layers
+  if not 1 <= min_layers <= num_layers:
+    raise ValueError(f"min_layers must satisfy 1 <= min_layers <= {num_layers}; got {min_layers}.")
+  candidate_fns = candidate_fns or [lambda g: g] * num_layers
+  history = _History(history_path)
+  pairs: list[list[tuple[float, float]]] = [[] for _ in range(num_layers)]
+  strengths = [float(initial_strengths[0])] * num_layers
+  best = None
+  for k in range(max_trainings):
+    outcome = train_fn(list(strengths))
+    nnz = [int(n) for n in outcome.nnz]
+    if len(nnz) != num_layers or len(outcome.gradient_magnitudes) != num_layers:
+      raise ValueError(f"train_fn returned {len(nnz)} layer counts and {len(outcome.gradient_magnitudes)} gradient "
+                       f"arrays; expected {num_layers} (one per target).")
+    record = {"training": k + 1, "strengths": list(strengths), "nnz": nnz, **(outcome.extras or {})}
+    if _bad(outcome):
+      history.add({**record, "error": "non-finite"})
+      raise SelectionError(f"training {k + 1} returned non-finite values; history kept", history.records)
+    history.add(record)
+    if k == 0:
+      for layer, (t, g) in enumerate(zip(targets, outcome.gradient_magnitudes)):
+        if t > np.size(g):
+          raise ValueError(f"target_nnz[{layer}]={t:g} exceeds the {np.size(g)} weights of layer {layer}.")
+    ok = [abs(n - t) <= r * t for n, t in zip(nnz, targets)]
+    score = sum(abs(n - t) / t for n, t in zip(nnz, targets))
+    if best is None or score < best[0]:
+      best = (score, list(strengths), nnz, outcome.params)
+    if sum(ok) >= min_layers:
+      return SelectionResult(list(strengths), outcome.params, nnz, history.records, k + 1, True)
+    for layer in range(num_layers):
+      pairs[layer].append((strengths[layer], nnz[layer]))
+      if k + 1 < len(initial_strengths):
+        strengths[layer] = float(initial_strengths[k + 1])
+      elif not ok[layer]:
+        g = np.asarray(outcome.gradient_magnitudes[layer], np.float64).ravel()
+        strengths[layer] = next_strength(pairs[layer], targets[layer], candidate_fns[layer](g))
+  return SelectionResult(best[1], best[3], best[2], history.records, max_trainings, False)
+
+
+# ------------------------------------------------------- helpers for train_fn
+
+
+def weight_leaves(params: Any, mask: Callable[[Any], Any] | None = None) -> list:
+  """The regularised leaves (default: kernels, ndim >= 2) in natural layer order."""
+  from sparsejax import transforms  # pylint: disable=import-outside-toplevel
+  mask = mask or transforms.weights_only
+  index, _ = transforms.layer_index(params, mask)
+  pairs = [(l, leaf) for l, leaf in zip(jax.tree.leaves(index, is_leaf=lambda v: v is None),
+                                         jax.tree.leaves(params)) if l is not None]
+  return [leaf for _, leaf in sorted(pairs, key=lambda p: p[0])]
+
+
+def count_nonzero(params: Any, mask=None, per_layer: bool = False):
+  """Nonzero regularised weights, in total or per layer."""
+  counts = [int(np.count_nonzero(np.asarray(leaf))) for leaf in weight_leaves(params, mask)]
+  return counts if per_layer else int(sum(counts))
+
+
+def gradient_magnitudes(loss_fn: Callable[[Any], jax.Array], params: Any, mask=None, per_layer: bool = False):
+  """|dL/dw| of `loss_fn(params)` over the regularised weights (flattened, or per layer)."""
+  grads = jax.grad(loss_fn)(params)
+  layers = [np.abs(np.asarray(g, np.float64)).ravel() for g in weight_leaves(grads, mask)]
+  return layers if per_layer else np.concatenate(layers)
+
+
+# ------------------------------------------------------ in-training controller
+
+
+class ControllerState(NamedTuple):
+  count: chex.Array
+  log_strength: chex.Array   # current log(lambda)
+  nnz: chex.Array            # nonzeros after the last step
+
+
+def nnz_controller(
+    prox_fn: Callable[..., Any] | str,
+    target_nnz: int,
+    learning_rate: Any,
+    initial_strength: float = 1e-4,
+    gain: float = 0.05,
+    interval: int = 1,
+    max_log_change: float = 0.5,
+    mask: Any = None,
+    **prox_kwargs: Any,
+) -> optax.GradientTransformation:
+  """A proximal step whose strength an integral controller drives to `target_nnz` nonzeros in one run.
+
+  After each prox step the nonzero count N of the regularised leaves is
+  measured; every `interval` steps log(lambda) += clip(gain (N - target)/target,
+  +-max_log_change). Too many nonzeros raise lambda, too few lower it. The
+  current lambda is `exp(state.log_strength)` of this transform's state.
+
+  Args:
+    prox_fn: a `sparsejax.prox` function or name (l1, tl1, log_sum, ...).
+    target_nnz: the wanted number of nonzero regularised weights.
+    learning_rate: the inner optimizer's step size (scalar or schedule).
+    initial_strength: lambda at step 0 (> 0).
+    gain: integral gain on the relative error (per update of lambda).
+    interval: steps between updates of lambda.
+    max_log_change: bound on one update of log(lambda).
+    mask: regularised leaves (default: kernels, ndim >= 2).
+    **prox_kwargs: penalty shape parameters (e.g. a=1.0).
+  """
+  from sparsejax import transforms  # pylint: disable=import-outside-toplevel
+  _checks.check_range("target_nnz", target_nnz, lower=0.0, lower_inclusive=False)
+  _checks.check_range("initial_strength", initial_strength, lower=0.0, lower_inclusive=False)
+  _checks.check_range("gain", gain, lower=0.0, lower_inclusive=False)
+  if interval < 1:
+    raise ValueError(f"interval must be >= 1; got {interval}.")
+  fn = _prox.get(prox_fn) if isinstance(prox_fn, str) else prox_fn
+  mask = transforms.weights_only if mask is None else mask
+  target = float(target_nnz)
+
+  def init_fn(params):
+    masks = jax.tree.leaves(mask(params) if callable(mask) else mask)
+    total = sum(int(np.size(p)) for p, m in zip(jax.tree.leaves(params), masks) if m)
+    if target_nnz > total:
+      raise ValueError(f"target_nnz={target_nnz} exceeds the {total} regularised weights.")
+    return ControllerState(jnp.zeros([], jnp.int32), jnp.asarray(math.log(initial_strength), jnp.float32),
+                           jnp.asarray(total, jnp.float32))
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError("nnz_controller needs params: call tx.update(updates, state, params).")
+    lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
+    strength = jnp.exp(state.log_strength)
+    masks = jax.tree.leaves(mask(params) if callable(mask) else mask)
+    leaves_p, treedef = jax.tree.flatten(params)
+    leaves_u = treedef.flatten_up_to(updates)
+    new_u, nnz = [], jnp.zeros([], jnp.float32)
+    for p, u, m in zip(leaves_p, leaves_u, masks):
+      if not m:
+        new_u.append(u)
+        continue
+      z = fn(p + u, lr * strength, **prox_kwargs)
+      nnz = nnz + jnp.count_nonzero(z).astype(jnp.float32)
+      new_u.append((z - p).astype(jnp.result_type(u)))
+    step = jnp.clip(gain * (nnz - target) / target, -max_log_change, max_log_change)
+    adjust = (state.count + 1) % interval == 0
+    log_strength = jnp.where(adjust, state.log_strength + step, state.log_strength)
+    return (jax.tree.unflatten(treedef, new_u),
+            ControllerState(optax.safe_increment(state.count), log_strength.astype(jnp.float32), nnz))
+
+  return optax.GradientTransformation(init_fn, update_fn)

@@ -1,0 +1,177 @@
+"""Tests of `sparsejax.selection`: the bracket/median rule, target hitting, controller."""
+
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from sparsejax import data, prox, selection, transforms
+from sparsejax.models import MLP
+
+
+def test_math_worked_example_lower_median():
+  history = [(1e-2, 100), (1e-7, 5000)]  # bracket (1e-7, 1e-2) for a target in between
+  g = np.array([5e-8, 2e-5, 3e-4, 4e-3, 2e-2, 0.5, 6e-3])
+  assert selection.bracket(history, 2000) == (1e-7, 1e-2)
+  assert selection.next_strength(history, 2000, g) == pytest.approx(3e-4)
+  assert float(np.median(g[(g > 1e-7) & (g < 1e-2)])) == pytest.approx(2.15e-3)  # numpy's median differs
+
+
+def test_bracket_rules_on_hand_histories():
+  # Smallest NNZ >= target is 300 (reached by 0.1 and 0.2): low = the largest, 0.2.
+  # Largest NNZ <= target is 150 (reached by 0.5 and 0.4): up = the smallest, 0.4.
+  history = [(0.01, 900), (0.1, 300), (0.2, 300), (0.4, 150), (0.5, 150), (1.0, 10)]
+  assert selection.bracket(history, 200) == (0.2, 0.4)
+  assert selection.bracket([(0.1, 500)], 200) == (0.1, math.inf)
+  assert selection.bracket([(0.1, 50)], 200) == (0.0, 0.1)
+  assert selection.next_strength([(0.1, 500), (0.3, 50)], 200, np.array([1.0, 2.0])) == pytest.approx(0.2)
+  assert selection.next_strength([(0.1, 500)], 200, np.array([0.05, 0.1000001])) == pytest.approx(1.0)  # open: x10
+  # A candidate equal to a tried lambda falls back to the midpoint.
+  assert selection.next_strength([(0.1, 500), (0.3, 50)], 200, np.array([0.1 * (1 + 1e-12)])) == pytest.approx(0.2)
+
+
+def _lasso_problem(seed=0, n=200, d=60, informative=15):
+  rng = np.random.default_rng(seed)
+  x = rng.normal(0, 1, (n, d))
+  w = np.zeros(d)
+  w[:informative] = rng.normal(0, 2, informative)
+  y = x @ w + 0.1 * rng.normal(0, 1, n)
+  return jnp.asarray(x), jnp.asarray(y)
+
+
+def _make_lasso_train_fn(x, y, steps=3000):
+  lr = 1.0 / float(jnp.linalg.norm(x, 2) ** 2 / x.shape[0])
+
+  def loss(params):
+    return 0.5 * jnp.mean((x @ params["kernel"][:, 0] - y) ** 2)
+
+  @jax.jit
+  def solve(strength):
+    params = {"kernel": jnp.zeros((x.shape[1], 1))}
+    def body(p, _):
+      g = jax.grad(loss)(p)
+      return {"kernel": prox.l1(p["kernel"] - lr * g["kernel"], lr * strength)}, None
+    return jax.lax.scan(body, params, None, length=steps)[0]
+
+  def train_fn(strength):
+    params = solve(strength)
+    return selection.TrainOutcome(params, selection.count_nonzero(params),
+                                  selection.gradient_magnitudes(loss, params), {"loss": float(loss(params))})
+
+  return train_fn
+
+
+def test_single_strength_reaches_target_in_few_trainings(tmp_path):
+  x, y = _lasso_problem()
+  path = str(tmp_path / "history.jsonl")
+  result = selection.select_strength(_make_lasso_train_fn(x, y), target_nnz=10, r=0.05, history_path=path)
+  assert result.converged and result.nnz == 10
+  assert result.trainings <= 12
+  with open(path) as f:
+    lines = [json.loads(l) for l in f]
+  assert len(lines) == result.trainings and lines[-1]["nnz"] == 10
+  assert [h["strength"] for h in result.history[:2]] == [1e-3, 1e-7]
+
+
+def test_layer_strengths_meet_every_layer_target():
+  x, y = data.mackey_glass(400)
+  x, y = jnp.asarray(x), jnp.asarray(y)
+  model = MLP((24, 16, 1))
+  init = model.init(jax.random.PRNGKey(0), x[:1])["params"]
+  lr = 0.05
+
+  def loss(p):
+    return jnp.mean((model.apply({"params": p}, x) - y) ** 2)
+
+  @jax.jit
+  def solve(strengths):
+    tx = optax.chain(optax.sgd(lr), transforms.proximal(prox.l1, {
+        "Dense_0": {"kernel": strengths[0], "bias": None}, "Dense_1": {"kernel": strengths[1], "bias": None},
+        "Dense_2": {"kernel": strengths[2], "bias": None}}, lr))
+    def body(carry, _):
+      p, s = carry
+      u, s = tx.update(jax.grad(loss)(p), s, p)
+      return (optax.apply_updates(p, u), s), None
+    return jax.lax.scan(body, (init, tx.init(init)), None, length=1500)[0][0]
+
+  def train_fn(strengths):
+    params = solve(jnp.asarray(strengths))
+    return selection.TrainOutcome(params, selection.count_nonzero(params, per_layer=True),
+                                  selection.gradient_magnitudes(loss, params, per_layer=True))
+
+  targets = [60, 150, 10]
+  result = selection.select_layer_strengths(train_fn, targets, r=0.1, max_trainings=40)
+  assert result.converged, result.history[-1]
+  for n, t in zip(result.nnz, targets):
+    assert abs(n - t) <= 0.1 * t
+
+
+def test_threshold_inverse():
+  g = np.array([1e-4, 3e-3, 0.2])
+  np.testing.assert_allclose(selection.threshold_inverse("l1", 0.1)(g), g, rtol=1e-9)
+  lam = selection.threshold_inverse("tl1", 0.1, a=0.5)(g)
+  np.testing.assert_allclose(np.asarray(prox.tl1.threshold(0.1 * lam, a=0.5)), 0.1 * g, rtol=1e-9)
+  with pytest.raises(ValueError, match="no scalar zero threshold"):
+    selection.threshold_inverse("exclusive", 0.1)
+
+
+def test_controller_meets_target_in_one_run():
+  (x, y), _ = data.load("digits", "train"), None
+  x = jnp.asarray(x.reshape(len(x), -1))
+  y = jnp.asarray(y)
+  model = MLP((64, 10))
+  params = model.init(jax.random.PRNGKey(0), x[:1])["params"]
+  lr, target = 0.1, 800
+
+  def loss(p):
+    return optax.softmax_cross_entropy_with_integer_labels(model.apply({"params": p}, x), y).mean()
+
+  tx = optax.chain(optax.sgd(lr), selection.nnz_controller("l1", target, lr, initial_strength=1e-4, gain=0.1))
+
+  @jax.jit
+  def run(p, s):
+    def body(carry, _):
+      p, s = carry
+      u, s = tx.update(jax.grad(loss)(p), s, p)
+      return (optax.apply_updates(p, u), s), jnp.exp(s[1].log_strength)
+    return jax.lax.scan(body, (p, s), None, length=3000)
+
+  (params, state), strengths = run(params, tx.init(params))
+  nnz = selection.count_nonzero(params)
+  assert abs(nnz - target) <= 0.05 * target, nnz
+  assert float(state[1].nnz) == nnz
+  acc = float(jnp.mean(jnp.argmax(model.apply({"params": params}, x), -1) == y))
+  assert acc > 0.9
+  assert float(strengths[-1]) > 1e-4  # the controller raised lambda from its start
+
+
+def test_bad_input_and_nan_keep_history(tmp_path):
+  x, y = _lasso_problem()
+  train_fn = _make_lasso_train_fn(x, y, steps=200)
+  with pytest.raises(ValueError, match=r"r must satisfy 0.0 < r < 1.0; got r=1.5"):
+    selection.select_strength(train_fn, 10, r=1.5)
+  with pytest.raises(ValueError, match=r"target_nnz=500 exceeds the 60 regularised weights"):
+    selection.select_strength(train_fn, 500, r=0.1)
+  with pytest.raises(ValueError, match=r"target_nnz must satisfy 0.0 < target_nnz"):
+    selection.select_strength(train_fn, 0, r=0.1)
+  calls = []
+
+  def flaky(strength):
+    calls.append(strength)
+    outcome = train_fn(strength)
+    if len(calls) == 3:
+      return outcome._replace(extras={"loss": float("nan")})
+    return outcome
+
+  path = str(tmp_path / "h.jsonl")
+  with pytest.raises(selection.SelectionError, match=r"training 3 .* non-finite") as err:
+    selection.select_strength(flaky, 10, r=0.01, history_path=path)
+  assert len(err.value.history) == 3
+  with open(path) as f:
+    assert len(f.readlines()) == 3
+  with pytest.raises(ValueError, match=r"target_nnz=10000 exceeds"):
+    selection.nnz_controller("l1", 10_000, 0.1).init({"w": jnp.ones((10, 10))})
