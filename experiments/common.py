@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import os
+import typing
 from typing import Any, TypeVar
 
 C = TypeVar("C")
@@ -14,11 +15,13 @@ C = TypeVar("C")
 def add_config_flags(parser: argparse.ArgumentParser, config_cls: type) -> None:
   """One --flag per dataclass field, typed by its default (tuples take several values)."""
   defaults = config_cls()
+  hints = typing.get_type_hints(config_cls)
   for field in dataclasses.fields(config_cls):
     default = getattr(defaults, field.name)
     flag = f"--{field.name.replace('_', '-')}"
     if isinstance(default, tuple):
-      item_type = type(default[0]) if default else str
+      args = typing.get_args(hints.get(field.name))
+      item_type = args[0] if args and isinstance(args[0], type) else (type(default[0]) if default else str)
       parser.add_argument(flag, type=item_type, nargs="+", default=list(default))
     elif isinstance(default, bool):
       parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)

@@ -23,9 +23,12 @@ Two ways:
    TL1, log-sum, MCP, SCAD, l0, ...
 
 2. `nnz_controller`: an optax proximal transform whose strength is adjusted
-   *during* one training run by an integral controller in log-space,
-   log lambda += gain (NNZ - target)/target every `interval` steps, so a
-   single training meets the target instead of many.
+   *during* one training run so a single training meets the target instead of
+   many: every `interval` steps it computes lambda*, the strength at which
+   exactly `target` weights survive this step's prox (from the (target+1)-th
+   largest |w + u| and the penalty's threshold), and moves log lambda toward
+   log lambda* at `rate`. It cannot wind up (lambda never overshoots the
+   quantile that keeps `target` weights), so no unit is killed for good.
 """
 
 from __future__ import annotations
@@ -345,50 +348,67 @@ class ControllerState(NamedTuple):
   nnz: chex.Array            # nonzeros after the last step
 
 
+def _invert_threshold(threshold_fn, value, learning_rate, shape, iterations: int = 60):
+  """lambda with threshold_fn(learning_rate * lambda) = value, by bisection on log(lambda) (jit-friendly)."""
+  def body(_, bounds):
+    lo, hi = bounds
+    mid = 0.5 * (lo + hi)
+    below = threshold_fn(learning_rate * jnp.exp(mid), **shape) < value
+    return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
+  lo, hi = jax.lax.fori_loop(0, iterations, body, (jnp.asarray(-60.0), jnp.asarray(20.0)))
+  return 0.5 * (lo + hi)
+
+
 def nnz_controller(
     prox_fn: Callable[..., Any] | str,
     target_nnz: int,
     learning_rate: Any,
     initial_strength: float = 1e-4,
-    gain: float = 0.05,
+    rate: float = 0.05,
     interval: int = 1,
-    max_log_change: float = 0.5,
     mask: Any = None,
     **prox_kwargs: Any,
 ) -> optax.GradientTransformation:
-  """A proximal step whose strength an integral controller drives to `target_nnz` nonzeros in one run.
+  """A proximal step whose strength tracks, during one run, the lambda that keeps `target_nnz` weights.
 
-  After each prox step the nonzero count N of the regularised leaves is
-  measured; every `interval` steps log(lambda) += clip(gain (N - target)/target,
-  +-max_log_change). Too many nonzeros raise lambda, too few lower it. The
-  current lambda is `exp(state.log_strength)` of this transform's state.
+  Every `interval` steps, with v = params + updates over the regularised
+  leaves and q the (target_nnz + 1)-th largest |v|, lambda* solves
+  T(lr lambda*) = q for the penalty's zero threshold T (lambda* = q/lr for l1),
+  i.e. the strength at which this prox step would keep exactly `target_nnz`
+  weights; then log lambda += rate (log lambda* - log lambda). rate = 1 is
+  exact top-k soft thresholding every step; smaller rates give a slowly
+  varying strength, so the run ends near a stationary point of L + lambda f
+  with about `target_nnz` nonzeros. The current lambda is
+  `exp(state.log_strength)`.
 
   Args:
-    prox_fn: a `sparsejax.prox` function or name (l1, tl1, log_sum, ...).
+    prox_fn: a `sparsejax.prox` function with a `threshold` (l1, tl1, log_sum, mcp, ...), or its name.
     target_nnz: the wanted number of nonzero regularised weights.
     learning_rate: the inner optimizer's step size (scalar or schedule).
     initial_strength: lambda at step 0 (> 0).
-    gain: integral gain on the relative error (per update of lambda).
+    rate: fraction of the log-distance to lambda* moved per update, 0 < rate <= 1.
     interval: steps between updates of lambda.
-    max_log_change: bound on one update of log(lambda).
     mask: regularised leaves (default: kernels, ndim >= 2).
     **prox_kwargs: penalty shape parameters (e.g. a=1.0).
   """
   from sparsejax import transforms  # pylint: disable=import-outside-toplevel
   _checks.check_range("target_nnz", target_nnz, lower=0.0, lower_inclusive=False)
   _checks.check_range("initial_strength", initial_strength, lower=0.0, lower_inclusive=False)
-  _checks.check_range("gain", gain, lower=0.0, lower_inclusive=False)
+  _checks.check_range("rate", rate, lower=0.0, upper=1.0, lower_inclusive=False)
   if interval < 1:
     raise ValueError(f"interval must be >= 1; got {interval}.")
   fn = _prox.get(prox_fn) if isinstance(prox_fn, str) else prox_fn
+  threshold = getattr(fn, "threshold", None)
+  if threshold is None:
+    raise ValueError(f"{getattr(fn, '__name__', fn)!r} has no scalar zero threshold to invert.")
   mask = transforms.weights_only if mask is None else mask
-  target = float(target_nnz)
+  k = int(target_nnz)
 
   def init_fn(params):
     masks = jax.tree.leaves(mask(params) if callable(mask) else mask)
     total = sum(int(np.size(p)) for p, m in zip(jax.tree.leaves(params), masks) if m)
-    if target_nnz > total:
-      raise ValueError(f"target_nnz={target_nnz} exceeds the {total} regularised weights.")
+    if target_nnz >= total:
+      raise ValueError(f"target_nnz={target_nnz} must be below the {total} regularised weights.")
     return ControllerState(jnp.zeros([], jnp.int32), jnp.asarray(math.log(initial_strength), jnp.float32),
                            jnp.asarray(total, jnp.float32))
 
@@ -396,21 +416,26 @@ def nnz_controller(
     if params is None:
       raise ValueError("nnz_controller needs params: call tx.update(updates, state, params).")
     lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
-    strength = jnp.exp(state.log_strength)
     masks = jax.tree.leaves(mask(params) if callable(mask) else mask)
     leaves_p, treedef = jax.tree.flatten(params)
     leaves_u = treedef.flatten_up_to(updates)
-    new_u, nnz = [], jnp.zeros([], jnp.float32)
+    pre_prox = [p + u for p, u, m in zip(leaves_p, leaves_u, masks) if m]
+    magnitudes = jnp.concatenate([jnp.abs(v).ravel() for v in pre_prox])
+    quantile = jax.lax.top_k(magnitudes, k + 1)[0][-1]
+    log_target = _invert_threshold(threshold, quantile, lr, prox_kwargs)
+    adjust = state.count % interval == 0
+    log_strength = jnp.where(adjust, state.log_strength + rate * (log_target - state.log_strength),
+                             state.log_strength)
+    strength = jnp.exp(log_strength)
+    new_u, nnz, i = [], jnp.zeros([], jnp.float32), 0
     for p, u, m in zip(leaves_p, leaves_u, masks):
       if not m:
         new_u.append(u)
         continue
-      z = fn(p + u, lr * strength, **prox_kwargs)
+      z = fn(pre_prox[i], lr * strength, **prox_kwargs)
+      i += 1
       nnz = nnz + jnp.count_nonzero(z).astype(jnp.float32)
       new_u.append((z - p).astype(jnp.result_type(u)))
-    step = jnp.clip(gain * (nnz - target) / target, -max_log_change, max_log_change)
-    adjust = (state.count + 1) % interval == 0
-    log_strength = jnp.where(adjust, state.log_strength + step, state.log_strength)
     return (jax.tree.unflatten(treedef, new_u),
             ControllerState(optax.safe_increment(state.count), log_strength.astype(jnp.float32), nnz))
 

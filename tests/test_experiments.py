@@ -3,6 +3,8 @@
 import json
 import os
 
+import pytest
+
 from experiments import quickstart
 
 
@@ -36,3 +38,27 @@ def test_tl1_comparison_small_config(tmp_path):
   with open(tmp_path / "digits" / "table.md") as f:
     table = f.read()
   assert "integrated TL1" in table and "Table 3" in table
+
+
+def test_l1_selection_small_config(tmp_path):
+  from experiments import l1_selection
+  out = l1_selection.main(["--task", "regression", "--workdir", str(tmp_path), "--max-steps", "1500",
+                           "--r", "0.02", "--target", "1500", "--layer-targets", "500", "700", "500", "30",
+                           "--layer-r", "0.1", "--max-trainings", "15"])
+  single, layer, ctrl = out["single"], out["layerwise"], out["controller"]
+  assert single["converged"] and abs(single["nnz"] - 1500) <= 30
+  assert layer["converged"] and sum(abs(n - t) <= 0.1 * t for n, t in zip(layer["nnz"], [500, 700, 500, 30])) >= 3
+  assert ctrl["trainings"] == 1 and abs(ctrl["nnz"] - 1500) <= 0.1 * 1500
+  for name in ("results.json", "table.md", "history_single.jsonl", "lambda_trajectory.png", "nnz_vs_lambda.png"):
+    assert os.path.exists(os.path.join(tmp_path, "regression", name))
+
+
+@pytest.mark.slow
+def test_l1_selection_mnist_cnn8_reduced():
+  """CNN8 on an MNIST subset, one epoch per training (the paper: up to 200 epochs on all of MNIST)."""
+  from experiments import l1_selection
+  import tempfile
+  out = l1_selection.main(["--task", "mnist", "--workdir", tempfile.mkdtemp(), "--epochs", "1",
+                           "--max-train-examples", "5000", "--target", "50000", "--r", "0.01",
+                           "--studies", "single", "--max-trainings", "12"])
+  assert out["single"]["converged"]
