@@ -77,8 +77,38 @@ display(Image(os.path.join(out, "fig7_a_sweep.png")))'''),
   ])
 
 
+def target_sparsity():
+  return new_notebook(cells=[
+      new_markdown_cell("# A network with a given number of nonzero weights\n\n"
+                        "`sparsejax.selection` picks the l1 strength λ that yields a target number of nonzero weights "
+                        "(Shen, Wang, Xu & Yan 2024): the paper's outer loop (bracket the target, next λ = lower "
+                        "median of the loss-gradient magnitudes inside the bracket) and our in-training controller "
+                        "(one training). Results of `experiments/l1_selection.py` on the Mackey-Glass regression."),
+      new_code_cell(SETUP + '''from experiments import l1_selection
+workdir = os.path.join("..", "results", "l1_selection")
+if SMALL or not os.path.exists(os.path.join(workdir, "regression", "results.json")):
+    workdir = tempfile.mkdtemp()
+    l1_selection.main(["--task", "regression", "--workdir", workdir, "--max-steps", "1500", "--r", "0.02",
+                       "--target", "1500", "--layer-targets", "500", "700", "500", "30", "--layer-r", "0.1",
+                       "--max-trainings", "15"])
+out = os.path.join(workdir, "regression")
+results = json.load(open(os.path.join(out, "results.json")))
+display(Markdown(open(os.path.join(out, "table.md")).read()))'''),
+      new_markdown_cell("## λ per training and NNZ vs λ"),
+      new_code_cell('''for name in ("lambda_trajectory.png", "nnz_vs_lambda.png", "controller_lambda.png"):
+    if os.path.exists(os.path.join(out, name)):
+        display(Image(os.path.join(out, name)))'''),
+      new_markdown_cell("## The selection rule on the paper's worked example (MATH.md §8.3)"),
+      new_code_cell('''import numpy as np
+from sparsejax import selection
+g = np.array([5e-8, 2e-5, 3e-4, 4e-3, 2e-2, 0.5, 6e-3])
+print(selection.bracket([(1e-2, 100), (1e-7, 5000)], 2000), selection.next_strength([(1e-2, 100), (1e-7, 5000)], 2000, g))'''),
+  ])
+
+
 if __name__ == "__main__":
-  for name, build in (("quickstart", quickstart), ("tl1_comparison", tl1_comparison)):
+  for name, build in (("quickstart", quickstart), ("tl1_comparison", tl1_comparison),
+                      ("target_sparsity", target_sparsity)):
     nb = build()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, os.path.join(HERE, f"{name}.ipynb"))

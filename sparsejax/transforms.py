@@ -5,7 +5,8 @@ turns it into a (stochastic) proximal-gradient method: if the inner optimizer
 proposes updates u, the chain's updates become prox_{lr*strength}(params + u) -
 params, so `optax.apply_updates` lands on the prox output (exact zeros
 included). Ready-made chains reproduce the papers' regularisers: `l1`,
-`sparse_group_lasso`, `cges` and `integrated_tl1`.
+`sparse_group_lasso`, `cges` and `integrated_tl1`; `rvsm` (relaxed variable
+splitting, in `sparsejax.rvsm`) is chained before the optimizer instead.
 
 `learning_rate` must be the step size the inner optimizer used (the prox step is
 prox_{eta f} for the same eta); both it and `strength` may be optax schedules.
@@ -40,10 +41,11 @@ import optax
 
 from sparsejax import _checks
 from sparsejax import prox as _prox
+from sparsejax.rvsm import RVSMState, rvsm, sparse_params as rvsm_sparse_params  # noqa: F401  (re-export)
 
 __all__ = [
     "ProximalState", "proximal", "weights_only", "layer_balance", "layer_index",
-    "l1", "sparse_group_lasso", "cges", "integrated_tl1",
+    "l1", "sparse_group_lasso", "cges", "integrated_tl1", "rvsm", "RVSMState", "rvsm_sparse_params",
 ]
 
 ScalarOrSchedule = float | jax.Array | Callable[[chex.Numeric], chex.Numeric]
