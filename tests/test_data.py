@@ -131,3 +131,32 @@ def test_sdd_text_from_data_dir(tmp_path):
   assert set(y) == set(range(11)) and abs(float(x.mean())) < 0.1
   with pytest.raises(data.DataNotFoundError, match="Sensorless"):
     data.load("sdd", "train", data_dir=str(tmp_path / "nowhere"))
+
+
+def test_shaky_curves_deterministic_balanced_and_classes_differ():
+  x, y = data.shaky_curves(200, seed=3)
+  x2, y2 = data.shaky_curves(200, seed=3)
+  np.testing.assert_array_equal(x, x2)
+  assert not np.array_equal(x, data.shaky_curves(200, seed=4)[0])
+  assert x.shape == (200, 28, 28, 1) and 0 <= x.min() and x.max() <= 1 and y.mean() == 0.5
+  # Tremor: shaky pen paths turn far more per unit length than regular ones.
+  _, labels, paths = data.shaky_curves(200, seed=3, return_trajectories=True)
+  steps = np.diff(paths, axis=1)
+  angles = np.arctan2(steps[..., 1], steps[..., 0])
+  turning = np.abs(np.angle(np.exp(1j * np.diff(angles, axis=1)))).sum(axis=1)
+  per_length = turning / np.linalg.norm(steps, axis=-1).sum(axis=1)
+  assert np.median(per_length[labels == 1]) > 2 * np.median(per_length[labels == 0])
+  xt, yt = data.load("shaky_curves", "test")
+  assert xt.shape == (2000, 28, 28, 1)
+
+
+def test_mackey_glass_generator():
+  series = data.mackey_glass_series(600)
+  assert series.shape == (600,) and 0.2 < series.min() and series.max() < 1.5
+  np.testing.assert_array_equal(series, data.mackey_glass_series(600))
+  x, y = data.mackey_glass(100)
+  full = data.mackey_glass_series(100 + 30 + 6)
+  np.testing.assert_allclose(x[:, -1], full[30:130], rtol=1e-6)     # lag 0
+  np.testing.assert_allclose(y[:, 0], full[36:136], rtol=1e-6)       # 6 steps ahead
+  with pytest.raises(ValueError, match="1/dt must be an integer"):
+    data.mackey_glass_series(10, dt=0.3)
