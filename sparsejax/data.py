@@ -450,3 +450,34 @@ def shaky_curves(num_samples: int = 2000, image_size: int = 28, seed: int = 0, p
   if return_trajectories:
     return images[..., None].astype(np.float32), labels, paths
   return images[..., None].astype(np.float32), labels
+
+
+def high_dim_small_sample(num_samples: int = 200, num_features: int = 2000, informative: int = 20, seed: int = 0,
+                          class_sep: float = 2.0, clusters_per_class: int = 2) -> tuple[np.ndarray, np.ndarray]:
+  """Binary classification with few informative features among thousands (n in the low hundreds).
+
+  A stand-in for the LSES-DNN paper's MRI data (not public): scikit-learn's
+  `make_classification` with `informative` informative features (two Gaussian
+  clusters per class by default, so the classes are not linearly separable),
+  no redundant ones, the rest pure noise, shuffled columns, 2% label noise,
+  then standardised. Deterministic per seed.
+
+  Returns:
+    x: float32 (num_samples, num_features); y: int32 in {0, 1}.
+  """
+  from sklearn.datasets import make_classification  # pylint: disable=import-outside-toplevel
+  if not 0 < informative <= num_features:
+    raise ValueError(f"informative must satisfy 0 < informative <= num_features; got {informative}.")
+  x, y = make_classification(n_samples=num_samples, n_features=num_features, n_informative=informative,
+                             n_redundant=0, n_repeated=0, n_clusters_per_class=clusters_per_class, class_sep=class_sep,
+                             flip_y=0.02, shuffle=True, random_state=seed)
+  x = (x - x.mean(0)) / (x.std(0) + 1e-12)
+  return x.astype(np.float32), y.astype(np.int32)
+
+
+def breast_cancer() -> tuple[np.ndarray, np.ndarray]:
+  """scikit-learn's Wisconsin breast-cancer data (569 x 30, standardised): a real small-sample set."""
+  from sklearn.datasets import load_breast_cancer  # pylint: disable=import-outside-toplevel
+  x, y = load_breast_cancer(return_X_y=True)
+  x = (x - x.mean(0)) / (x.std(0) + 1e-12)
+  return x.astype(np.float32), y.astype(np.int32)

@@ -62,3 +62,25 @@ def test_l1_selection_mnist_cnn8_reduced():
                            "--max-train-examples", "5000", "--target", "50000", "--r", "0.01",
                            "--studies", "single", "--max-trainings", "12"])
   assert out["single"]["converged"]
+
+
+def test_rvsm_curves_small_config(tmp_path):
+  from experiments import rvsm_curves
+  out = rvsm_curves.main(["--workdir", str(tmp_path), "--epochs", "2", "--max-train-examples", "1500",
+                          "--methods", "plain", "rvsm_l0", "rvsm_tl1"])
+  methods = out["methods"]
+  assert methods["plain"]["fc_zero_fraction"] == 0.0
+  assert methods["rvsm_l0"]["fc_zero_fraction"] > 0.5, "RVSM's sparse copy u has exact zeros"
+  assert all(m["test_accuracy"] > 0.55 for m in methods.values())
+  assert os.path.exists(os.path.join(tmp_path, "shaky_curves", "example_images.png"))
+
+
+def test_lses_dnn_small_config(tmp_path):
+  from experiments import lses_dnn
+  out = lses_dnn.main(["--workdir", str(tmp_path), "--datasets", "breast_cancer", "--folds", "3", "--epochs", "15",
+                       "--beta-grid", "0.01", "--l1-grid", "0.1"])
+  summary = out["datasets"]["breast_cancer"]["summary"]
+  assert set(summary) == {"lses", "dnn", "l1_dnn", "logreg", "svm", "rf"}
+  assert all(s["accuracy"][0] > 0.85 for s in summary.values())
+  assert summary["lses"]["connection_sparsity"][0] > summary["dnn"]["connection_sparsity"][0]
+  assert os.path.exists(os.path.join(tmp_path, "table.md"))
