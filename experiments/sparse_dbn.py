@@ -9,7 +9,11 @@ L1 (rate-distortion), L_{1/2} (eq. (5)) and the combined nsRBM + L_{1/2}
 (lambda1 = 3, lambda2 = 0.005). The sparsity gradient is added to the CD
 gradient and scaled by the learning rate (UNVERIFIED: DeeBNet adds it unscaled);
 the single-term strengths are our choice (the paper gives only the combined
-ones; sparseRBM uses Lee et al.'s form with target p = 0.1, lambda = 1). The paper trains 1,000 epochs; `--epochs` sets ours.
+ones; sparseRBM uses Lee et al.'s form with target p = 0.1, lambda = 1). The
+global L_{1/2} term defaults to the Xu form sum_j sqrt(k_j): with eq. (5)'s
+(sum_j sqrt(k_j))^2 at lambda2 = 0.005 the gradient on unit j is
+0.005 (sum sqrt k)/sqrt(k_j), hundreds of times larger over 500 units, and
+every hidden unit dies within the first epoch (measured; `--global-form eq5`). The paper trains 1,000 epochs; `--epochs` sets ours.
 
   python -m experiments.sparse_dbn [--epochs 10] [--workdir results/sparse_dbn]
 
@@ -21,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import os
 import time
 
@@ -59,20 +62,30 @@ class Config:
   lambda_global: float = 0.005
   lee_p: float = 0.1        # sparseRBM target activation (Lee et al.; p = 0 drives every unit off)
   lee_lambda: float = 1.0
+  global_form: str = "xu"   # L_{1/2}: "xu" = sum_j sqrt(k_j); "eq5" = (sum_j sqrt(k_j))^2 (kills all 500 units here)
+  global_eps: float = 1e-8  # regularises the 1/sqrt(k) gradient at k = 0
   classifier_sizes: tuple[int, ...] = (100, 500, 1000)
   test_examples: int = 10000
   seed: int = 0
 
 
 def penalty_for(method: str, config: Config):
+  if config.global_form not in ("xu", "eq5"):
+    raise ValueError(f"global_form must be 'xu' or 'eq5'; got {config.global_form!r}.")
+
+  def global_term(k):
+    if config.global_form == "eq5":
+      return activity.lq_global(k, 0.5, eps=config.global_eps)
+    return activity.l_half_sum(k, eps=config.global_eps)
+
   k_penalties = {
       "rbm": None,
       "sparse_rbm": lambda k: config.lee_lambda * activity.sparse_rbm(k, config.lee_p),
       "nsrbm": lambda k: config.lambda_local * activity.normal_sparse_rbm(k, config.p, config.sigma),
       "l1": lambda k: config.lambda_global * activity.l1_mean(k),
-      "l_half": lambda k: config.lambda_global * activity.lq_global(k, 0.5),
-      "combined": functools.partial(activity.local_global, lambda_local=config.lambda_local,
-                                    lambda_global=config.lambda_global, p=config.p, sigma=config.sigma),
+      "l_half": lambda k: config.lambda_global * global_term(k),
+      "combined": lambda k: (config.lambda_local * activity.normal_sparse_rbm(k, config.p, config.sigma)
+                             + config.lambda_global * global_term(k)),
   }
   if method not in k_penalties:
     raise ValueError(f"unknown method {method!r}; choose from {list(METHODS)}.")
