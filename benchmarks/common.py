@@ -5,7 +5,22 @@ from __future__ import annotations
 import csv
 import json
 import os
+import time
 from typing import Any
+
+import jax
+import numpy as np
+
+
+def median_time(fn, *args, repeats: int) -> float:
+  """Median wall time of `fn(*args)` (already jitted) over `repeats` runs, after one warm-up call."""
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return float(np.median(times))
 
 
 def write_rows(out_dir: str, stem: str, rows: list[dict], **extra: Any) -> str:

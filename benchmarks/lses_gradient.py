@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 import jax
 import jax.numpy as jnp
@@ -16,16 +15,6 @@ import numpy as np
 from benchmarks import common
 from sparsejax import lses
 from sparsejax.models import init_mlp
-
-
-def median_time(fn, *args, repeats):
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
 
 
 def main():
@@ -46,8 +35,8 @@ def main():
     explicit = jax.jit(lambda p, x, y: lses.explicit_gradient(p, x, y, **kw))
     for a, e in zip(jax.tree.leaves(auto(params, x, y)), jax.tree.leaves(explicit(params, x, y))):
       np.testing.assert_allclose(np.asarray(e), np.asarray(a), rtol=2e-4, atol=1e-7)
-    t_auto = median_time(auto, params, x, y, repeats=args.repeats)
-    t_explicit = median_time(explicit, params, x, y, repeats=args.repeats)
+    t_auto = common.median_time(auto, params, x, y, repeats=args.repeats)
+    t_explicit = common.median_time(explicit, params, x, y, repeats=args.repeats)
     net = f"{args.features}-{'-'.join(map(str, hidden))}-2, batch {args.samples}"
     rows.append({"network": net, "autodiff_ms": 1e3 * t_auto, "explicit_ms": 1e3 * t_explicit,
                  "explicit_over_autodiff": t_explicit / t_auto})

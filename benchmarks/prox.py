@@ -18,7 +18,6 @@ import argparse
 import functools
 import os
 import platform
-import time
 import warnings
 
 import jax
@@ -48,25 +47,14 @@ ELEMENTWISE = [
 ]
 
 
-def median_time(fn, *args, repeats: int) -> float:
-  """Median wall time of `fn(*args)` (already jitted) over `repeats` runs, after warm-up."""
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
-
-
 def bench_elementwise(x, repeats):
   copy = jax.jit(lambda v: v * 2.0)
-  t_copy = median_time(copy, x, repeats=repeats)
+  t_copy = common.median_time(copy, x, repeats=repeats)
   rows = [{"section": "elementwise", "name": "copy (x*c)", "regime": "", "ms": 1e3 * t_copy, "ratio": 1.0,
            "baseline": "copy"}]
   for name, tau, kw, regime in ELEMENTWISE:
     fn = jax.jit(functools.partial(prox.get(name), tau=tau, **kw))
-    t = median_time(fn, x, repeats=repeats)
+    t = common.median_time(fn, x, repeats=repeats)
     rows.append({"section": "elementwise", "name": name, "regime": regime, "ms": 1e3 * t,
                  "ratio": t / t_copy, "baseline": "copy"})
   return rows
@@ -93,8 +81,8 @@ def bench_jaxopt(x, repeats):
   for label, arr, ours, theirs in cases:
     ours_j, theirs_j = jax.jit(ours), jax.jit(theirs)
     np.testing.assert_allclose(np.asarray(ours_j(arr)), np.asarray(theirs_j(arr)), rtol=2e-5, atol=2e-6)
-    t_ours = median_time(ours_j, arr, repeats=repeats)
-    t_theirs = median_time(theirs_j, arr, repeats=repeats)
+    t_ours = common.median_time(ours_j, arr, repeats=repeats)
+    t_theirs = common.median_time(theirs_j, arr, repeats=repeats)
     rows.append({"section": "jaxopt", "name": label, "regime": "", "ms": 1e3 * t_ours,
                  "ratio": t_ours / t_theirs, "baseline": f"jaxopt {1e3 * t_theirs:.2f} ms"})
   return rows
@@ -131,7 +119,7 @@ def bench_training_step(repeats, steps=100, batch=128):
   times = {}
   for name, tx in txs.items():
     run = make_steps(tx)
-    times[name] = median_time(run, params, tx.init(params), repeats=repeats) / steps
+    times[name] = common.median_time(run, params, tx.init(params), repeats=repeats) / steps
   return [{"section": "train step (MLP 784-300-100-10, batch 128)", "name": name, "regime": "",
            "ms": 1e3 * t, "ratio": t / times["sgd"], "baseline": "sgd step"} for name, t in times.items()]
 

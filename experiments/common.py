@@ -42,3 +42,26 @@ def write_json(path: str, payload: Any) -> str:
   with open(path, "w") as f:
     json.dump(payload, f, indent=1, default=float)
   return path
+
+
+def parse_config(config_cls: type[C], description: str, default_workdir: str,
+                 argv: list[str] | None = None) -> tuple[C, str]:
+  """Parses `argv` into (config, workdir): one flag per config field plus --workdir."""
+  parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+  add_config_flags(parser, config_cls)
+  parser.add_argument("--workdir", default=default_workdir)
+  args = parser.parse_args(argv)
+  return config_from_args(config_cls, args), args.workdir
+
+
+def write_lines(path: str, lines: list[str]) -> str:
+  """Writes a Markdown table (or any text) line by line; returns the path."""
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  with open(path, "w") as f:
+    f.write("\n".join(lines) + "\n")
+  return path
+
+
+def print_file(path: str) -> None:
+  with open(path) as f:
+    print(f.read())

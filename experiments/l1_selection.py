@@ -24,7 +24,6 @@ Writes <workdir>/<task>/: results.json, history_*.jsonl, table.md, lambda_trajec
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import time
@@ -301,18 +300,13 @@ def _plots_and_table(config: Config, results: dict, out_dir: str) -> None:
       lam = ", ".join(f"{v:.3g}" for v in lam) if isinstance(lam, list) else f"{lam:.3g}"
       lines.append(f"| {label} | {target} | {r['nnz']} | {r['trainings']} | {lam} | {r[metric]:.4g} | "
                    f"{r['wall_time_s']:.0f} |")
-  with open(os.path.join(out_dir, "table.md"), "w") as f:
-    f.write("\n".join(lines) + "\n")
+  common.write_lines(os.path.join(out_dir, "table.md"), lines)
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  common.add_config_flags(parser, Config)
-  parser.add_argument("--workdir", default=os.path.join("results", "l1_selection"))
-  args = parser.parse_args(argv)
-  config = common.config_from_args(Config, args)
-  results = train_and_evaluate(config, args.workdir)
-  print(open(os.path.join(args.workdir, config.task, "table.md")).read())
+  config, workdir = common.parse_config(Config, __doc__, os.path.join("results", "l1_selection"), argv)
+  results = train_and_evaluate(config, workdir)
+  common.print_file(os.path.join(workdir, config.task, "table.md"))
   return results
 
 

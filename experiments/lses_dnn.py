@@ -23,7 +23,6 @@ activations exactly zero on the held-out fold) and connection sparsity.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import os
@@ -168,8 +167,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
       conn = f"{100 * s['connection_sparsity'][0]:.1f}" if "connection_sparsity" in s else "-"
       lines.append(f"| {name} ({res['shape'][0]} x {res['shape'][1]}) | {method} | "
                    f"{100 * s['accuracy'][0]:.1f} ± {100 * s['accuracy'][1]:.1f} | {resp} | {conn} |")
-  with open(os.path.join(workdir, "table.md"), "w") as f:
-    f.write("\n".join(lines) + "\n")
+  common.write_lines(os.path.join(workdir, "table.md"), lines)
   plotting.line_plot({name: (list(range(len(res["summary"]))), [100 * s["accuracy"][0] for s in res["summary"].values()])
                       for name, res in results["datasets"].items()},
                      os.path.join(workdir, "accuracy_by_method.png"), xlabel=" / ".join(config.methods),
@@ -179,12 +177,9 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  common.add_config_flags(parser, Config)
-  parser.add_argument("--workdir", default=os.path.join("results", "lses_dnn"))
-  args = parser.parse_args(argv)
-  results = train_and_evaluate(common.config_from_args(Config, args), args.workdir)
-  print(open(os.path.join(args.workdir, "table.md")).read())
+  config, workdir = common.parse_config(Config, __doc__, os.path.join("results", "lses_dnn"), argv)
+  results = train_and_evaluate(config, workdir)
+  common.print_file(os.path.join(workdir, "table.md"))
   return results
 
 

@@ -13,7 +13,6 @@ checkpoints/, training_curves.png, sparsity_per_layer.png, first_layer.png.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import time
@@ -76,11 +75,8 @@ def train_and_evaluate(config: Config, workdir: str, progress: bool = True) -> d
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  common.add_config_flags(parser, Config)
-  parser.add_argument("--workdir", default=os.path.join("results", "quickstart"))
-  args = parser.parse_args(argv)
-  r = train_and_evaluate(common.config_from_args(Config, args), args.workdir)
+  config, workdir = common.parse_config(Config, __doc__, os.path.join("results", "quickstart"), argv)
+  r = train_and_evaluate(config, workdir)
   hidden = [k for k in r["neurons_total"]]
   print(f"test accuracy {r['test_accuracy']:.4f} (train {r['train_accuracy']:.4f})")
   print(f"nonzero weights {r['weights_nonzero']}/{r['weights_total']} ({100 * r['weight_sparsity']:.1f}% exact zeros); "
@@ -88,7 +84,7 @@ def main(argv=None):
   print("neurons removed: " + ", ".join(f"{k} {r['neurons_removed'][k]}/{r['neurons_total'][k]}" for k in hidden))
   print(f"compacted hidden widths {r['compact_hidden_widths']} (max output difference "
         f"{r['compact_max_abs_output_difference']:.1e})")
-  print(f"wall time {r['wall_time_s']:.1f} s; results and plots in {args.workdir}/")
+  print(f"wall time {r['wall_time_s']:.1f} s; results and plots in {workdir}/")
   return r
 
 

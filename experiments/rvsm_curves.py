@@ -19,12 +19,10 @@ Writes <workdir>/<dataset>/: results.json, table.md, example_images.png, trainin
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import time
 
-import jax
 import numpy as np
 import optax
 
@@ -137,18 +135,13 @@ def _write_table(config, results, out_dir):
   for method, r in results["methods"].items():
     lines.append(f"| {method} | {100 * r['test_accuracy']:.2f} | {100 * r['fc_zero_fraction']:.1f} "
                  f"| {100 * r['params_fraction']:.1f} | {r['wall_time_s']:.0f} |")
-  with open(os.path.join(out_dir, "table.md"), "w") as f:
-    f.write("\n".join(lines) + "\n")
+  common.write_lines(os.path.join(out_dir, "table.md"), lines)
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  common.add_config_flags(parser, Config)
-  parser.add_argument("--workdir", default=os.path.join("results", "rvsm_curves"))
-  args = parser.parse_args(argv)
-  config = common.config_from_args(Config, args)
-  results = train_and_evaluate(config, args.workdir)
-  print(open(os.path.join(args.workdir, config.dataset, "table.md")).read())
+  config, workdir = common.parse_config(Config, __doc__, os.path.join("results", "rvsm_curves"), argv)
+  results = train_and_evaluate(config, workdir)
+  common.print_file(os.path.join(workdir, config.dataset, "table.md"))
   return results
 
 

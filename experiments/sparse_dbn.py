@@ -23,7 +23,6 @@ hidden_activation_histograms.png and filters_<method>.png.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import time
@@ -193,17 +192,13 @@ def _write_table(config, results, workdir):
       ref = (paper[2 * i], paper[2 * i + 1]) if paper and n in (100, 500, 1000) and len(sizes) == 3 else ("-", "-")
       cells += [f"{c['train_error']:.2f} / {ref[0]}", f"{c['test_error']:.2f} / {ref[1]}"]
     lines.append(f"| {method} | " + " | ".join(cells) + f" | {r['mean_hidden_activation']:.3f} |")
-  with open(os.path.join(workdir, "table.md"), "w") as f:
-    f.write("\n".join(lines) + "\n")
+  common.write_lines(os.path.join(workdir, "table.md"), lines)
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  common.add_config_flags(parser, Config)
-  parser.add_argument("--workdir", default=os.path.join("results", "sparse_dbn"))
-  args = parser.parse_args(argv)
-  results = train_and_evaluate(common.config_from_args(Config, args), args.workdir)
-  print(open(os.path.join(args.workdir, "table.md")).read())
+  config, workdir = common.parse_config(Config, __doc__, os.path.join("results", "sparse_dbn"), argv)
+  results = train_and_evaluate(config, workdir)
+  common.print_file(os.path.join(workdir, "table.md"))
   return results
 
 

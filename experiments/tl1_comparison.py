@@ -27,7 +27,6 @@ a_sweep.json and the figures (PNG).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import os
@@ -255,8 +254,7 @@ def _write_table(config: Config, summary: dict, out_dir: str) -> None:
       removed = s["neurons_removed"].get(layer)
       cells.append(f"{nz:.0f} weights" + (f", {removed[0]:.0f}/{s['neurons_total'][layer]} units removed" if removed else ""))
     lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
-  with open(os.path.join(out_dir, "table.md"), "w") as f:
-    f.write("\n".join(lines) + "\n")
+  common.write_lines(os.path.join(out_dir, "table.md"), lines)
 
 
 def a_sweep_study(config: Config, setup: DatasetSetup, train_data, test_data, strength: float, out_dir: str) -> list:
@@ -298,16 +296,12 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  common.add_config_flags(parser, Config)
-  parser.add_argument("--workdir", default=os.path.join("results", "tl1_comparison"))
-  args = parser.parse_args(argv)
-  config = common.config_from_args(Config, args)
-  out = train_and_evaluate(config, args.workdir)
-  table = os.path.join(args.workdir, config.dataset, "table.md")
+  config, workdir = common.parse_config(Config, __doc__, os.path.join("results", "tl1_comparison"), argv)
+  results = train_and_evaluate(config, workdir)
+  table = os.path.join(workdir, config.dataset, "table.md")
   if os.path.exists(table) and "main" in config.studies:
-    print(open(table).read())
-  return out
+    common.print_file(table)
+  return results
 
 
 if __name__ == "__main__":

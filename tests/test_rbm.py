@@ -6,7 +6,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import pytest
 
 from sparsejax import activity, data
 from sparsejax.models import rbm

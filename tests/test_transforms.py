@@ -1,6 +1,5 @@
 """Tests of `sparsejax.transforms`: exact proximal steps inside optax chains."""
 
-import functools
 
 import jax
 import jax.numpy as jnp
