@@ -24,25 +24,21 @@ import jax
 import jax.numpy as jnp
 
 from sparsejax import _checks
+from sparsejax.penalties import abs_zero_subgradient
 
 __all__ = ["log_sum_responses", "l1_responses", "from_intermediates", "mean_activation", "sparse_rbm",
            "normal_sparse_rbm", "l1_mean", "lq_global", "l_half_sum", "local_global"]
 
 
-def _abs0(x):
-  """|x| with subgradient 0 at 0."""
-  return jnp.where(x != 0, jnp.abs(x), 0.0)
-
-
 def log_sum_responses(a: jax.Array, eps: float = 0.1) -> jax.Array:
   """(1/n) sum over samples and units of log(1 + |a|/eps), n = a.shape[0]."""
   _checks.check_range("eps", eps, lower=0.0, lower_inclusive=False)
-  return jnp.sum(jnp.log1p(_abs0(a) / eps)) / a.shape[0]
+  return jnp.sum(jnp.log1p(abs_zero_subgradient(a) / eps)) / a.shape[0]
 
 
 def l1_responses(a: jax.Array) -> jax.Array:
   """(1/n) sum over samples and units of |a|."""
-  return jnp.sum(_abs0(a)) / a.shape[0]
+  return jnp.sum(abs_zero_subgradient(a)) / a.shape[0]
 
 
 def from_intermediates(penalty: Callable[[jax.Array], jax.Array], strength: float,
@@ -86,12 +82,12 @@ def normal_sparse_rbm(k: jax.Array, p: float = 0.0, sigma: float = 1.0) -> jax.A
 
 def l1_mean(k: jax.Array) -> jax.Array:
   """Rate-distortion L1 (Ji et al. 2014): sum_j |k_j|."""
-  return jnp.sum(_abs0(k))
+  return jnp.sum(abs_zero_subgradient(k))
 
 
 def _safe_power(k, q, eps):
   """(|k| + eps)^q with a finite gradient at 0."""
-  return (_abs0(k) + eps) ** q
+  return (abs_zero_subgradient(k) + eps) ** q
 
 
 def lq_global(k: jax.Array, q: float = 0.5, eps: float = 0.0) -> jax.Array:

@@ -23,6 +23,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from sparsejax.penalties import abs_zero_subgradient
+
 __all__ = ["objective", "explicit_gradient", "ACTIVATIONS"]
 
 ACTIVATIONS = {
@@ -40,9 +42,6 @@ def _sign(x):
   return jnp.sign(x)  # sign(0) = 0
 
 
-def _abs0(x):
-  """|x| with subgradient sign(0) = 0 (jnp.abs differentiates to 1 at 0)."""
-  return jnp.where(x != 0, jnp.abs(x), 0.0)
 
 
 def objective(params: Any, x: jax.Array, y: jax.Array, alpha: float, beta: float, eps_a: float = 0.1,
@@ -53,11 +52,11 @@ def objective(params: Any, x: jax.Array, y: jax.Array, alpha: float, beta: float
   a, response_penalty = x.reshape(x.shape[0], -1), 0.0
   for w, b in layers[:-1]:
     a = act(a @ w + b)
-    response_penalty += jnp.sum(jnp.log1p(_abs0(a) / eps_a)) / x.shape[0]
+    response_penalty += jnp.sum(jnp.log1p(abs_zero_subgradient(a) / eps_a)) / x.shape[0]
   w, b = layers[-1]
   logits = a @ w + b
   ce = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], axis=1))
-  weight_penalty = sum(jnp.sum(jnp.log1p(_abs0(w) / eps_w)) for w, _ in layers)
+  weight_penalty = sum(jnp.sum(jnp.log1p(abs_zero_subgradient(w) / eps_w)) for w, _ in layers)
   return ce + alpha * response_penalty + beta * weight_penalty
 
 

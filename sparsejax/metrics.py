@@ -135,7 +135,10 @@ def alive_units(layer_list: list[Layer]) -> list[np.ndarray]:
 def neurons_removed(model: Any, params: Any, input_shape: Sequence[int]) -> dict[str, dict]:
   """{layer: {"removed", "total"}} for every hidden layer."""
   layer_list = layers(model, params, input_shape)
-  masks = alive_units(layer_list)
+  return _neurons_removed(layer_list, alive_units(layer_list))
+
+
+def _neurons_removed(layer_list: list[Layer], masks: list[np.ndarray]) -> dict[str, dict]:
   return {l.name: {"removed": int((~m).sum()), "total": int(m.size)} for l, m in zip(layer_list[:-1], masks[:-1])}
 
 
@@ -151,7 +154,10 @@ def _input_mask(layer: Layer, prev_alive: np.ndarray | None) -> np.ndarray:
 def flops_and_params(model: Any, params: Any, input_shape: Sequence[int]) -> dict:
   """Dense vs sparse FLOPs per example and parameter counts (see module docstring)."""
   layer_list = layers(model, params, input_shape)
-  masks = alive_units(layer_list)
+  return _flops_and_params(layer_list, alive_units(layer_list))
+
+
+def _flops_and_params(layer_list: list[Layer], masks: list[np.ndarray]) -> dict:
   dense_flops = sparse_flops = dense_params = used_params = 0
   prev = None
   for layer, alive in zip(layer_list, masks):
@@ -172,9 +178,11 @@ def flops_and_params(model: Any, params: Any, input_shape: Sequence[int]) -> dic
 
 def report(model: Any, params: Any, input_shape: Sequence[int]) -> dict:
   """Everything an experiment reports about a (sparse) network's size."""
-  removed = neurons_removed(model, params, input_shape)
-  kernels = {l.name: l.kernel for l in layers(model, params, input_shape)}
-  return {**flops_and_params(model, params, input_shape),
+  layer_list = layers(model, params, input_shape)
+  masks = alive_units(layer_list)
+  removed = _neurons_removed(layer_list, masks)
+  kernels = {l.name: l.kernel for l in layer_list}
+  return {**_flops_and_params(layer_list, masks),
           "weights_total": int(sum(k.size for k in kernels.values())),
           "weights_nonzero": nnz(kernels),
           "weight_sparsity": 1.0 - nnz(kernels) / max(sum(k.size for k in kernels.values()), 1),

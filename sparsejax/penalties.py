@@ -30,7 +30,7 @@ from sparsejax import _checks
 __all__ = [
     "l1", "l0", "elastic_net", "tl1", "log_sum", "l_half", "l_two_thirds",
     "scad", "mcp", "capped_l1", "group_lasso", "sparse_group_lasso",
-    "exclusive", "cges_exclusive", "PENALTIES", "get",
+    "exclusive", "cges_exclusive", "PENALTIES", "get", "abs_zero_subgradient",
 ]
 
 Axis = int | Sequence[int]
@@ -43,8 +43,8 @@ def _sum_over_leaves(leaf_value: Callable[..., jax.Array], x: Any, per_leaf: dic
   return sum(jax.tree.leaves(values), start=jnp.zeros(()))
 
 
-def _abs(x: jax.Array) -> jax.Array:
-  """|x| whose gradient at 0 is the subgradient 0 (jnp.abs gives 1)."""
+def abs_zero_subgradient(x: jax.Array) -> jax.Array:
+  """|x| whose gradient at 0 is the subgradient 0 (jnp.abs gives 1): sign(0) = 0."""
   return jnp.where(x != 0, jnp.abs(x), 0.0)
 
 
@@ -227,7 +227,7 @@ def sparse_group_lasso_threshold(tau, l1=1.0) -> jax.Array:
 @_with_threshold(l1_threshold)
 def l1(x: Any) -> jax.Array:
   """f(x) = sum |x_i|."""
-  return _sum_over_leaves(lambda v: jnp.sum(_abs(v)), x, {})
+  return _sum_over_leaves(lambda v: jnp.sum(abs_zero_subgradient(v)), x, {})
 
 
 @_with_threshold(l0_threshold)
@@ -241,7 +241,7 @@ def elastic_net(x: Any, l2=0.0) -> jax.Array:
   """f(x) = sum |x_i| + (l2/2) sum x_i^2  (the prox is S_tau(v)/(1 + tau l2))."""
   _checks.check_range("l2", l2, lower=0.0)
   return _sum_over_leaves(
-      lambda v, l2: jnp.sum(_abs(v)) + 0.5 * jnp.sum(l2 * v * v), x, {"l2": l2})
+      lambda v, l2: jnp.sum(abs_zero_subgradient(v)) + 0.5 * jnp.sum(l2 * v * v), x, {"l2": l2})
 
 
 @_with_threshold(tl1_threshold)
@@ -249,14 +249,14 @@ def tl1(x: Any, a=1.0) -> jax.Array:
   """Transformed l1: f(x) = sum (a+1)|x_i| / (a + |x_i|), a > 0."""
   _checks.check_range("a", a, lower=0.0, lower_inclusive=False)
   return _sum_over_leaves(
-      lambda v, a: jnp.sum((a + 1.0) * _abs(v) / (a + _abs(v))), x, {"a": a})
+      lambda v, a: jnp.sum((a + 1.0) * abs_zero_subgradient(v) / (a + abs_zero_subgradient(v))), x, {"a": a})
 
 
 @_with_threshold(log_sum_threshold)
 def log_sum(x: Any, eps=1.0) -> jax.Array:
   """Log-sum: f(x) = sum log(1 + |x_i|/eps), eps > 0."""
   _checks.check_range("eps", eps, lower=0.0, lower_inclusive=False)
-  return _sum_over_leaves(lambda v, eps: jnp.sum(jnp.log1p(_abs(v) / eps)), x, {"eps": eps})
+  return _sum_over_leaves(lambda v, eps: jnp.sum(jnp.log1p(abs_zero_subgradient(v) / eps)), x, {"eps": eps})
 
 
 @_with_threshold(l_half_threshold)
@@ -272,7 +272,7 @@ def l_two_thirds(x: Any) -> jax.Array:
 
 
 def _scad_elementwise(v, lam, a):
-  av = _abs(v)
+  av = abs_zero_subgradient(v)
   mid = (2.0 * a * lam * av - av * av - lam * lam) / (2.0 * (a - 1.0))
   return jnp.where(av <= lam, lam * av, jnp.where(av <= a * lam, mid, 0.5 * lam * lam * (a + 1.0)))
 
@@ -291,7 +291,7 @@ def scad(x: Any, lam=1.0, a=3.7) -> jax.Array:
 
 
 def _mcp_elementwise(v, lam, gamma):
-  av = _abs(v)
+  av = abs_zero_subgradient(v)
   return jnp.where(av <= gamma * lam, lam * av - av * av / (2.0 * gamma), 0.5 * gamma * lam * lam)
 
 
@@ -309,7 +309,7 @@ def capped_l1(x: Any, lam=1.0, theta=1.0) -> jax.Array:
   """Capped l1 (T. Zhang 2010): f(x) = sum lam min(|x_i|, theta)."""
   _checks.check_range("lam", lam, lower=0.0, lower_inclusive=False)
   _checks.check_range("theta", theta, lower=0.0, lower_inclusive=False)
-  return _sum_over_leaves(lambda v, lam, theta: jnp.sum(lam * jnp.minimum(_abs(v), theta)), x,
+  return _sum_over_leaves(lambda v, lam, theta: jnp.sum(lam * jnp.minimum(abs_zero_subgradient(v), theta)), x,
                           {"lam": lam, "theta": theta})
 
 
@@ -338,14 +338,14 @@ def sparse_group_lasso(x: Any, l1=1.0, axis: Axis = -1, scale_by_group_size: boo
   """f(x) = l1 sum |x_i| + sum_g w_g ||x_g||_2 (Simon et al. 2013)."""
   _checks.check_range("l1", l1, lower=0.0)
   return _sum_over_leaves(
-      lambda v, l1, axis, scale_by_group_size: l1 * jnp.sum(_abs(v))
+      lambda v, l1, axis, scale_by_group_size: l1 * jnp.sum(abs_zero_subgradient(v))
       + _group_lasso_leaf(v, axis, scale_by_group_size),
       x, {"l1": l1}, {"axis": axis, "scale_by_group_size": scale_by_group_size})
 
 
 def _exclusive_leaf(v, axis):
   axes = _checks.normalize_axes(axis, v.ndim)
-  return 0.5 * jnp.sum(jnp.sum(_abs(v), axis=axes) ** 2)
+  return 0.5 * jnp.sum(jnp.sum(abs_zero_subgradient(v), axis=axes) ** 2)
 
 
 @_with_threshold(None)

@@ -37,10 +37,7 @@ class RVSMState(NamedTuple):
 
 def _split_leaves(mask, params):
   from sparsejax import transforms  # pylint: disable=import-outside-toplevel
-  mask = transforms.weights_only if mask is None else mask
-  mask_tree = mask(params) if callable(mask) else mask
-  full = jax.tree.map(lambda m, sub: jax.tree.map(lambda _: m, sub), mask_tree, params)
-  return jax.tree.leaves(full)
+  return transforms.mask_leaves(transforms.weights_only if mask is None else mask, params)
 
 
 def sparse_copy(params: Any, prox_fn: Callable[..., Any] | str, strength: float, beta: float, mask: Any = None,

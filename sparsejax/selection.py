@@ -405,7 +405,7 @@ def nnz_controller(
   k = int(target_nnz)
 
   def init_fn(params):
-    masks = jax.tree.leaves(mask(params) if callable(mask) else mask)
+    masks = transforms.mask_leaves(mask, params)
     total = sum(int(np.size(p)) for p, m in zip(jax.tree.leaves(params), masks) if m)
     if target_nnz >= total:
       raise ValueError(f"target_nnz={target_nnz} must be below the {total} regularised weights.")
@@ -416,7 +416,7 @@ def nnz_controller(
     if params is None:
       raise ValueError("nnz_controller needs params: call tx.update(updates, state, params).")
     lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
-    masks = jax.tree.leaves(mask(params) if callable(mask) else mask)
+    masks = transforms.mask_leaves(mask, params)
     leaves_p, treedef = jax.tree.flatten(params)
     leaves_u = treedef.flatten_up_to(updates)
     pre_prox = [p + u for p, u, m in zip(leaves_p, leaves_u, masks) if m]

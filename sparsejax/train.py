@@ -195,23 +195,12 @@ def evaluate(model, state: TrainState | Any, x: np.ndarray, y: np.ndarray, task:
   if not isinstance(state, TrainState):
     state = TrainState(step=jnp.zeros([], jnp.int32), params=state, opt_state=None, rng=jax.random.PRNGKey(0),
                        model_state={})
-  step = jax.jit(lambda s, x, y, w: jax.tree.map(lambda v: v[None], _eval_single(model, task)(s, x, y, w)))
-  results = [step(state, *data.pad_batch(x[i:i + batch_size], y[i:i + batch_size], min(batch_size, len(x))))
+  # The eval step of `fit`, mapped over a leading axis of size 1 (same collectives, no pmap).
+  step = jax.jit(jax.vmap(make_eval_step(model, task), axis_name=AXIS, in_axes=(None, 0, 0, 0)))
+  results = [step(state, *(a[None] for a in data.pad_batch(x[i:i + batch_size], y[i:i + batch_size],
+                                                          min(batch_size, len(x)))))
              for i in range(0, len(x), batch_size)]
   return _summarize(task, _sum_metrics(results))
-
-
-def _eval_single(model, task):
-  per_example = _per_example_loss(task)
-
-  def step(state, x, y, w):
-    outputs = model.apply({"params": state.params, **state.model_state}, x, train=False)
-    out = {"loss_sum": jnp.sum(per_example(outputs, y) * w), "count": jnp.sum(w)}
-    if task == "classification":
-      out["correct"] = jnp.sum((jnp.argmax(outputs, -1) == y) * w)
-    return out
-
-  return step
 
 
 @dataclasses.dataclass

@@ -44,7 +44,7 @@ from sparsejax import prox as _prox
 from sparsejax.rvsm import RVSMState, rvsm, sparse_params as rvsm_sparse_params  # noqa: F401  (re-export)
 
 __all__ = [
-    "ProximalState", "proximal", "weights_only", "layer_balance", "layer_index",
+    "ProximalState", "proximal", "weights_only", "mask_leaves", "layer_balance", "layer_index",
     "l1", "sparse_group_lasso", "cges", "integrated_tl1", "rvsm", "RVSMState", "rvsm_sparse_params",
 ]
 
@@ -74,7 +74,9 @@ def _resolve_prox(prox_fn: ProxFn, prox_kwargs: dict) -> Callable[..., Any]:
   return functools.partial(fn, **prox_kwargs) if prox_kwargs else fn
 
 
-def _mask_leaves(mask: Mask, params: Any, treedef) -> list[bool]:
+def mask_leaves(mask: Mask, params: Any) -> list[bool]:
+  """One bool per leaf of params (flatten order) from a mask pytree, a prefix of one, or a callable; None = all."""
+  treedef = jax.tree.structure(params)
   if mask is None:
     return [True] * treedef.num_leaves
   mask_tree = mask(params) if callable(mask) else mask
@@ -115,7 +117,7 @@ def _proximal_from_leaf_strengths(
     # Validate before any training step: strength/mask structure, and the prox
     # on every regularised leaf's shape (e.g. a group axis out of range).
     strengths = strengths_for(params, treedef)
-    for leaf, s, m in zip(leaves, strengths, _mask_leaves(mask, params, treedef)):
+    for leaf, s, m in zip(leaves, strengths, mask_leaves(mask, params)):
       if m and s is not None:
         jax.eval_shape(lambda x: prox_fn(x, 0.0), jax.ShapeDtypeStruct(jnp.shape(leaf), jnp.result_type(leaf)))
     return ProximalState(count=jnp.zeros([], jnp.int32))
@@ -127,7 +129,7 @@ def _proximal_from_leaf_strengths(
     param_leaves, treedef = jax.tree.flatten(params)
     update_leaves = treedef.flatten_up_to(updates)
     strengths = strengths_for(params, treedef)
-    masks = _mask_leaves(mask, params, treedef)
+    masks = mask_leaves(mask, params)
     lr = _evaluate(learning_rate, state.count)
     new_updates = []
     for p, u, s, m in zip(param_leaves, update_leaves, strengths, masks):
@@ -204,7 +206,7 @@ def layer_index(params: Any, mask: Mask = weights_only) -> Any:
     (pytree of int-or-None with the structure of params, number of layers L).
   """
   leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
-  masks = _mask_leaves(mask, params, treedef)
+  masks = mask_leaves(mask, params)
   chosen = sorted((i for i, m in enumerate(masks) if m),
                   key=lambda i: _natural_key(leaves_with_path[i][0]))
   index = [None] * len(masks)
