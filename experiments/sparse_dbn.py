@@ -47,6 +47,7 @@ METHODS = tuple(PAPER_TABLE1)
 
 @dataclasses.dataclass
 class Config:
+  dataset: str = "mnist"    # the paper's; any image dataset of sparsejax.data works (e.g. digits offline)
   methods: tuple[str, ...] = METHODS
   per_class: int = 2000
   hidden: int = 500
@@ -137,8 +138,8 @@ def classifier_errors(features_train, y_train, features_test, y_test, sizes, see
 
 def train_and_evaluate(config: Config, workdir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
-  x, y = data.load("mnist", "train")
-  xt, yt = data.load("mnist", "test")
+  x, y = data.load(config.dataset, "train")
+  xt, yt = data.load(config.dataset, "test")
   keep = balanced_subset(y, config.per_class)
   v = jnp.asarray(x[keep].reshape(len(keep), -1))
   y_rbm = y[keep]
@@ -157,7 +158,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
         "fraction_activations_below_0.05": float(np.mean(f_train < 0.05)), "wall_time_s": time.time() - start}
     histograms[method] = f_train.mean(axis=0)
     plotting.first_layer_filters(np.asarray(params["kernel"]), os.path.join(workdir, f"filters_{method}.png"),
-                                 image_shape=(28, 28), max_filters=36, title=method)
+                                 image_shape=x.shape[1:3], max_filters=36, title=method)
   _histogram_plot(histograms, os.path.join(workdir, "hidden_activation_histograms.png"))
   _write_table(config, results, workdir)
   common.write_json(os.path.join(workdir, "results.json"), results)
@@ -182,7 +183,8 @@ def _histogram_plot(histograms, path):
 def _write_table(config, results, workdir):
   sizes = config.classifier_sizes
   head = " | ".join(f"{n} spc train | {n} spc test" for n in sizes)
-  lines = [f"Recognition error (%) on MNIST, ours after {config.epochs} epochs (paper: 1000) / paper's Table 1", "",
+  lines = [f"Recognition error (%) on {config.dataset}, ours after {config.epochs} epochs (paper: 1000) / "
+           "paper's Table 1", "",
            f"| method | {head} | mean activation |", "|---|" + "---:|" * (2 * len(sizes) + 1)]
   for method, r in results["methods"].items():
     paper = PAPER_TABLE1.get(method)

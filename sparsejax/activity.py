@@ -6,6 +6,9 @@ Two families, all pure jnp and differentiable (finite gradients everywhere):
   (LSES-DNN: (1/n) sum_samples sum_j log(1 + |a_j|/eps)) and `l1_responses`.
   `from_intermediates` applies one of them to every activation a flax model
   sowed into "intermediates", so it plugs into `train.fit(..., penalty_fn=...)`.
+  `from_mean_activations` applies a penalty on mean activations k to every
+  sown map (conv maps pooled per channel), e.g. the sparse DCGAN's eqs.
+  (14)-(15).
 
 * Penalties on the mean activation k_j = (1/m) sum_l P(h_j = 1 | v_l) of hidden
   unit j (Zhang et al.; seed 004): `sparse_rbm` (Lee et al. 2008),
@@ -26,7 +29,8 @@ import jax.numpy as jnp
 from sparsejax import _checks
 from sparsejax.penalties import abs_zero_subgradient
 
-__all__ = ["log_sum_responses", "l1_responses", "from_intermediates", "mean_activation", "sparse_rbm",
+__all__ = ["log_sum_responses", "l1_responses", "from_intermediates", "from_mean_activations", "mean_activation",
+           "sparse_rbm",
            "normal_sparse_rbm", "l1_mean", "lq_global", "l_half_sum", "local_global"]
 
 
@@ -54,12 +58,50 @@ def from_intermediates(penalty: Callable[[jax.Array], jax.Array], strength: floa
 
   def penalty_fn(params, intermediates):
     del params
-    total = jnp.zeros(())
-    for path, value in jax.tree_util.tree_flatten_with_path(intermediates)[0]:
-      name = "/".join(str(getattr(k, "key", k)) for k in path)
-      if select is None or select(name):
-        total = total + penalty(value)
-    return strength * total
+    return strength * sum((penalty(value) for value in _sown(intermediates, select)), jnp.zeros(()))
+
+  return penalty_fn
+
+
+def _sown(intermediates: Any, select: Callable[[str], bool] | None) -> list[jax.Array]:
+  """The sown arrays whose "/"-joined path passes `select` (all when None)."""
+  out = []
+  for path, value in jax.tree_util.tree_flatten_with_path(intermediates)[0]:
+    name = "/".join(str(getattr(k, "key", k)) for k in path)
+    if select is None or select(name):
+      out.append(value)
+  return out
+
+
+POOLS = ("channel", "unit")
+
+
+def from_mean_activations(k_penalty: Callable[[jax.Array], jax.Array], pool: str = "channel",
+                          axis_name: str | None = None,
+                          select: Callable[[str], bool] | None = None) -> Callable[[Any], jax.Array]:
+  """`fn(intermediates)`: sum over sown activation maps of `k_penalty(k)`, k the mean activation per unit.
+
+  For a map a of shape (n, ..., c): with `pool="channel"`, k_c is the mean of
+  a[..., c] over the batch and every spatial position (one "hidden unit" per
+  conv filter); with `pool="unit"`, k is the batch mean of every position and
+  channel (eq. (4) per neuron). Inside pmap/vmap, `axis_name` averages k over
+  the mapped axis, so k is the mean over the global batch.
+
+  Args:
+    k_penalty: e.g. `lambda k: 3 * normal_sparse_rbm(k) + 0.005 * l_half_sum(k, eps=1e-8)`.
+    pool: "channel" or "unit".
+    axis_name: the pmap/vmap axis of the data-parallel step, or None.
+    select: which sown names to include (default: all).
+  """
+  if pool not in POOLS:
+    raise ValueError(f"pool must be one of {list(POOLS)}; got {pool!r}.")
+
+  def mean_of(a):
+    k = jnp.mean(a.reshape(-1, a.shape[-1]), axis=0) if pool == "channel" else jnp.mean(a, axis=0)
+    return jax.lax.pmean(k, axis_name) if axis_name is not None else k
+
+  def penalty_fn(intermediates):
+    return sum((k_penalty(mean_of(a)) for a in _sown(intermediates, select)), jnp.zeros(()))
 
   return penalty_fn
 

@@ -30,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DATASETS", "load", "DataNotFoundError", "epoch_batches", "pad_batch", "shard",
+__all__ = ["DATASETS", "load", "load_celeb_a_64", "center_crop_resize", "DataNotFoundError",
+           "epoch_batches", "pad_batch", "shard",
            "check_finite", "INSTALL_HINTS"]
 
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
@@ -263,6 +264,65 @@ def load(name: str, split: str = "train", data_dir: str | None = None, download:
   raise DataNotFoundError(
       f"dataset {name!r} split {split!r} not found (tried: {', '.join(tried)}). To get it: {INSTALL_HINTS[name]} "
       "Or run scripts/get_offline_data.sh for every offline source.")
+
+
+CELEB_A_CROP = 108  # DCGAN's CelebA preprocessing: central 108x108 crop, resized to 64x64
+
+
+def center_crop_resize(image: np.ndarray, crop: int, size: int) -> np.ndarray:
+  """Central `crop` x `crop` square of a uint8 (H, W, C) image, resized to `size` x `size` (PIL, antialiased)."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  image = np.asarray(image)
+  h, w = image.shape[:2]
+  if crop > min(h, w):
+    raise ValueError(f"crop={crop} exceeds the image size {h}x{w}.")
+  top, left = (h - crop) // 2, (w - crop) // 2
+  patch = Image.fromarray(image[top:top + crop, left:left + crop].squeeze())
+  return np.asarray(patch.resize((size, size), Image.LANCZOS)).reshape(size, size, -1)
+
+
+def load_celeb_a_64(split: str = "train", max_examples: int | None = None, attribute: str = "Male",
+                    data_dir: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """CelebA as DCGAN uses it: (N, 64, 64, 3) float32 in [0, 1], labels = a binary attribute.
+
+  Reads `$SPARSEJAX_DATA/celeb_a.npz` (already 64x64, arrays x_<split>, y_<split>)
+  or a prepared tfds `celeb_a` (never downloads), cropping and resizing one
+  image at a time so the full 218x178 set is never held in memory.
+
+  Args:
+    split: "train", "validation" or "test".
+    max_examples: keep the first this many (None: all).
+    attribute: the CelebA attribute used as the label (for the scoring classifier).
+    data_dir: directory tried first, also passed to tfds.
+  """
+  if split not in SPLITS:
+    raise ValueError(f"unknown split {split!r}; allowed: {list(SPLITS)}.")
+  if max_examples is not None and max_examples < 1:
+    raise ValueError(f"max_examples must be >= 1 or None; got {max_examples}.")
+  data_dir = data_dir or os.environ.get("SPARSEJAX_DATA")
+  if data_dir and os.path.exists(os.path.join(data_dir, "celeb_a.npz")):
+    out = _from_data_dir("celeb_a", split, data_dir)
+    if out is not None:
+      return out[0][:max_examples], out[1][:max_examples]
+  source = None
+  if importlib.util.find_spec("tensorflow_datasets") is not None:
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+    try:
+      source = tfds.data_source("celeb_a", split=split, data_dir=data_dir, download=False)
+    except Exception:  # not prepared
+      source = None
+  if source is None or len(source) == 0:
+    raise DataNotFoundError(f"dataset 'celeb_a' split {split!r} not found. To get it: {INSTALL_HINTS['celeb_a']}")
+  count = len(source) if max_examples is None else min(max_examples, len(source))
+  x = np.empty((count, 64, 64, 3), np.uint8)
+  y = np.zeros(count, np.int32)
+  for i in range(count):
+    record = source[i]
+    x[i] = center_crop_resize(record["image"], CELEB_A_CROP, 64)
+    if attribute not in record["attributes"]:
+      raise ValueError(f"unknown CelebA attribute {attribute!r}; known: {sorted(record['attributes'])}.")
+    y[i] = int(record["attributes"][attribute])
+  return x.astype(np.float32) / 255.0, y
 
 
 # ------------------------------------------------------------------ batching

@@ -15,7 +15,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["training_curves", "sparsity_per_layer", "first_layer_filters", "line_plot"]
+__all__ = ["training_curves", "sparsity_per_layer", "first_layer_filters", "line_plot", "tile_images",
+           "image_grid", "image_panels"]
 
 
 def _save(fig, path: str) -> str:
@@ -119,4 +120,52 @@ def line_plot(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: 
   ax.legend(fontsize=8)
   if title:
     ax.set_title(title)
+  return _save(fig, path)
+
+
+def tile_images(images: np.ndarray, columns: int | None = None, pad: int = 1) -> np.ndarray:
+  """Tiles (N, H, W[, C]) images in [0, 1] into one (rows*(H+pad)-pad, columns*(W+pad)-pad, C) image."""
+  images = np.asarray(images, np.float32)
+  if images.ndim == 3:
+    images = images[..., None]
+  if images.ndim != 4 or len(images) == 0:
+    raise ValueError(f"images must have shape (N, H, W[, C]) with N >= 1; got {images.shape}.")
+  n, h, w, c = images.shape
+  columns = columns or int(np.ceil(np.sqrt(n)))
+  rows = int(np.ceil(n / columns))
+  canvas = np.ones((rows * (h + pad) - pad, columns * (w + pad) - pad, c), np.float32)
+  for i, image in enumerate(np.clip(images, 0.0, 1.0)):
+    r, col = divmod(i, columns)
+    canvas[r * (h + pad):r * (h + pad) + h, col * (w + pad):col * (w + pad) + w] = image
+  return canvas
+
+
+def _show(ax, canvas: np.ndarray) -> None:
+  ax.imshow(canvas[..., 0] if canvas.shape[-1] == 1 else canvas, cmap="gray", vmin=0.0, vmax=1.0)
+  ax.axis("off")
+
+
+def image_grid(images: np.ndarray, path: str, columns: int | None = None, title: str = "") -> str:
+  """One PNG of (N, H, W[, C]) images in [0, 1] tiled in a grid (e.g. GAN samples of an epoch)."""
+  canvas = tile_images(images, columns)
+  fig, ax = plt.subplots(figsize=(max(2.0, canvas.shape[1] / 40), max(2.0, canvas.shape[0] / 40)))
+  _show(ax, canvas)
+  if title:
+    ax.set_title(title, fontsize=9)
+  return _save(fig, path)
+
+
+def image_panels(panels: dict[str, np.ndarray], path: str, columns: int | None = None,
+                 panels_per_row: int | None = None) -> str:
+  """Several titled image grids side by side, e.g. {"standard, epoch 1": samples, ...}."""
+  if not panels:
+    raise ValueError("panels must not be empty.")
+  per_row = panels_per_row or len(panels)
+  rows = int(np.ceil(len(panels) / per_row))
+  fig, axes = plt.subplots(rows, per_row, figsize=(3.0 * per_row, 3.2 * rows), squeeze=False)
+  for ax in axes.ravel():
+    ax.axis("off")
+  for ax, (label, images) in zip(axes.ravel(), panels.items()):
+    _show(ax, tile_images(images, columns))
+    ax.set_title(label, fontsize=9)
   return _save(fig, path)

@@ -160,3 +160,27 @@ def test_mackey_glass_generator():
   np.testing.assert_allclose(y[:, 0], full[36:136], rtol=1e-6)       # 6 steps ahead
   with pytest.raises(ValueError, match="1/dt must be an integer"):
     data.mackey_glass_series(10, dt=0.3)
+
+
+def test_celeb_a_64_from_tfds_mock_and_center_crop():
+  import tensorflow_datasets as tfds
+  with tfds.testing.mock_data(num_examples=6):
+    x, y = data.load_celeb_a_64("train", max_examples=5)
+    with pytest.raises(ValueError, match="attribute"):
+      data.load_celeb_a_64("train", max_examples=1, attribute="Wings")
+  assert x.shape == (5, 64, 64, 3) and x.dtype == np.float32 and 0.0 <= x.min() <= x.max() <= 1.0
+  assert set(np.unique(y)) <= {0, 1}
+  image = np.zeros((218, 178, 3), np.uint8)
+  image[55:163, 35:143] = 200  # exactly the central 108x108 square
+  out = data.center_crop_resize(image, 108, 64)
+  assert out.shape == (64, 64, 3) and np.all(out == 200)
+  with pytest.raises(ValueError, match="crop=300"):
+    data.center_crop_resize(image, 300, 64)
+  with pytest.raises(ValueError, match="max_examples"):
+    data.load_celeb_a_64("train", max_examples=0)
+
+
+def test_celeb_a_64_not_prepared_says_how_to_get_it(tmp_path, monkeypatch):
+  monkeypatch.delenv("SPARSEJAX_DATA", raising=False)
+  with pytest.raises(data.DataNotFoundError, match="celeb_a"):
+    data.load_celeb_a_64("train", data_dir=str(tmp_path))

@@ -1,8 +1,9 @@
 """Flax (linen) models; hidden activations are sown into "intermediates"."""
 
 from sparsejax.models.cnn import ConvNet, ConvSpec, cnn8, cnn_2conv_mnist, init_model, lenet5, rvsm_cnn
+from sparsejax.models.dcgan import Discriminator, Generator, dcgan_28, dcgan_64
 from sparsejax.models.mlp import MLP, init_mlp
 from sparsejax.models.rbm import RBM
 
 __all__ = ["MLP", "init_mlp", "ConvNet", "ConvSpec", "cnn_2conv_mnist", "lenet5", "rvsm_cnn", "cnn8",
-           "init_model", "RBM"]
+           "init_model", "RBM", "Generator", "Discriminator", "dcgan_28", "dcgan_64"]

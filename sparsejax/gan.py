@@ -1,0 +1,352 @@
+"""GAN training, standard or with activity sparsity (seed 004, eqs. (13)-(15), signs as in MATH.md §9.3).
+
+With D(x) = sigmoid(logit(x)) and z ~ U(-1, 1)^latent, the two minimised losses are
+
+  L_D = -E log D(x) - E log(1 - D(G(z))) + penalty_D(D's activations)
+  L_G = generator loss + penalty_G(G's activations),
+
+the generator loss being the non-saturating -E log D(G(z)) (the default, as in
+most DCGAN code) or the saturating E log(1 - D(G(z))) the paper writes. The
+penalties are the paper's local + global sparsity on mean activations (see
+`activity.from_mean_activations`); for D they are averaged over its real and
+fake passes. The paper adds them to a maximised objective, which would reward
+density; here they are added to the minimised losses.
+
+Every step makes one discriminator update and then `g_steps` generator updates
+with the same z. Like `train.fit`, the step runs data-parallel under pmap (one
+device: jit(vmap)) with axis name "batch": each replica takes its shard of the
+real batch and its slice of one global z draw, gradients are averaged with
+`lax.pmean`, and batch norm and the mean activations k use global-batch
+statistics when the models are built with `axis_name="batch"`; the run is then
+the same on any number of devices. `fit_gan` adds tqdm progress, a loss log
+every `log_every_steps` (steps.jsonl), per-epoch records (log.jsonl,
+history.json) with an optional `epoch_fn` (sample grids, scores), orbax
+checkpoints and bit-identical resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from jax import lax
+from tqdm import tqdm
+
+from sparsejax import data
+from sparsejax.train import (AXIS, NonFiniteLossError, _checkpoint_manager, _read_log, _replicate, _restore,
+                             _unreplicate)
+
+__all__ = ["GANState", "GANConfig", "GANResult", "discriminator_loss", "generator_loss", "create_gan_state",
+           "make_gan_train_step", "fit_gan", "generate", "sample_latents", "GENERATOR_LOSSES"]
+
+GENERATOR_LOSSES = ("non_saturating", "saturating")
+ActivityPenalty = Callable[[Any], jax.Array]
+
+
+@flax.struct.dataclass
+class GANState:
+  """Generator and discriminator parameters, batch-norm statistics and optimizer states; a pytree."""
+  step: jax.Array
+  g_params: Any
+  d_params: Any
+  g_batch_stats: Any
+  d_batch_stats: Any
+  g_opt_state: Any
+  d_opt_state: Any
+  rng: jax.Array
+
+
+@dataclasses.dataclass
+class GANConfig:
+  epochs: int = 5
+  batch_size: int = 64
+  latent_dim: int = 64
+  generator_loss: str = "non_saturating"  # or "saturating" (the paper's E log(1 - D(G(z))))
+  g_steps: int = 1                        # generator updates per discriminator update
+  seed: int = 0
+  num_devices: int = 0                    # 0: all local devices
+  log_every_steps: int = 10
+  checkpoint: bool = True
+  checkpoint_every_steps: int = 0         # 0: only at epoch ends
+  keep_checkpoints: int = 2
+  check_finite_inputs: bool = True
+  progress: bool = True
+
+
+def discriminator_loss(real_logits: jax.Array, fake_logits: jax.Array) -> jax.Array:
+  """-E log D(x) - E log(1 - D(G(z))) from logits (softplus form, stable for any logit)."""
+  return jnp.mean(jax.nn.softplus(-real_logits)) + jnp.mean(jax.nn.softplus(fake_logits))
+
+
+def generator_loss(fake_logits: jax.Array, kind: str = "non_saturating") -> jax.Array:
+  """-E log D(G(z)) ("non_saturating") or E log(1 - D(G(z))) ("saturating"), from logits."""
+  if kind == "non_saturating":
+    return jnp.mean(jax.nn.softplus(-fake_logits))
+  if kind == "saturating":
+    return -jnp.mean(jax.nn.softplus(fake_logits))
+  raise ValueError(f"generator_loss must be one of {list(GENERATOR_LOSSES)}; got {kind!r}.")
+
+
+def sample_latents(rng: jax.Array, num: int, latent_dim: int) -> jax.Array:
+  """z ~ U(-1, 1)^latent_dim, shape (num, latent_dim)."""
+  return jax.random.uniform(rng, (num, latent_dim), jnp.float32, minval=-1.0, maxval=1.0)
+
+
+def _split_variables(variables) -> tuple[Any, Any]:
+  variables = dict(variables)
+  return variables["params"], variables.get("batch_stats", {})
+
+
+def create_gan_state(generator, discriminator, g_tx: optax.GradientTransformation,
+                     d_tx: optax.GradientTransformation, image_shape: tuple[int, ...], latent_dim: int,
+                     seed: int = 0) -> GANState:
+  """Initialises both networks (batch norm in inference mode, so no mapped axis is needed) and optimizers."""
+  g_key, d_key, rng = jax.random.split(jax.random.PRNGKey(seed), 3)
+  g_params, g_stats = _split_variables(generator.clone(axis_name=None).init(
+      g_key, jnp.zeros((1, latent_dim)), train=False))
+  d_params, d_stats = _split_variables(discriminator.clone(axis_name=None).init(
+      d_key, jnp.zeros((1, *image_shape)), train=False))
+  return GANState(step=jnp.zeros([], jnp.int32), g_params=g_params, d_params=d_params, g_batch_stats=g_stats,
+                  d_batch_stats=d_stats, g_opt_state=g_tx.init(g_params), d_opt_state=d_tx.init(d_params), rng=rng)
+
+
+def make_gan_train_step(generator, discriminator, g_tx: optax.GradientTransformation,
+                        d_tx: optax.GradientTransformation, latent_dim: int, num_devices: int = 1,
+                        kind: str = "non_saturating", g_steps: int = 1,
+                        d_penalty: ActivityPenalty | None = None, g_penalty: ActivityPenalty | None = None):
+  """The pmap-able step `(state, real) -> (state, metrics)`; `real` is this replica's images in [0, 1].
+
+  Args:
+    generator, discriminator: flax modules (e.g. `models.dcgan.dcgan_28(axis_name="batch")`).
+    g_tx, d_tx: optax chains of the two players.
+    latent_dim: size of z.
+    num_devices: replicas over all processes (z is drawn for the global batch and sliced).
+    kind: generator loss, "non_saturating" or "saturating".
+    g_steps: generator updates per discriminator update.
+    d_penalty, g_penalty: `fn(intermediates) -> scalar` on sown activations
+      (e.g. `activity.from_mean_activations(...)`), or None for the standard GAN.
+  """
+  generator_loss(jnp.zeros(1), kind)  # validates `kind` at build time
+  if g_steps < 1:
+    raise ValueError(f"g_steps must be >= 1; got {g_steps}.")
+  d_mutable = ["batch_stats"] + (["intermediates"] if d_penalty is not None else [])
+  g_mutable = ["batch_stats"] + (["intermediates"] if g_penalty is not None else [])
+
+  def step(state: GANState, real):
+    real = 2.0 * real - 1.0
+    local = real.shape[0]
+    z_all = sample_latents(jax.random.fold_in(state.rng, state.step), local * num_devices, latent_dim)
+    z = lax.dynamic_slice_in_dim(z_all, lax.axis_index(AXIS) * local, local)
+
+    fake, _ = generator.apply({"params": state.g_params, "batch_stats": state.g_batch_stats}, z, train=True,
+                              mutable=["batch_stats"])
+    fake = lax.stop_gradient(fake)
+
+    def d_objective(d_params):
+      real_logits, real_vars = discriminator.apply({"params": d_params, "batch_stats": state.d_batch_stats}, real,
+                                                   train=True, mutable=d_mutable)
+      fake_logits, fake_vars = discriminator.apply({"params": d_params, "batch_stats": real_vars["batch_stats"]},
+                                                   fake, train=True, mutable=d_mutable)
+      loss = discriminator_loss(real_logits, fake_logits)
+      penalty = jnp.zeros(())
+      if d_penalty is not None:
+        penalty = 0.5 * (d_penalty(real_vars["intermediates"]) + d_penalty(fake_vars["intermediates"]))
+      aux = (loss, penalty, fake_vars["batch_stats"], jnp.mean(jax.nn.sigmoid(real_logits)),
+             jnp.mean(jax.nn.sigmoid(fake_logits)))
+      return loss + penalty, aux
+
+    d_grads, (d_loss, d_pen, d_stats, d_real, d_fake) = jax.grad(d_objective, has_aux=True)(state.d_params)
+    d_updates, d_opt_state = d_tx.update(lax.pmean(d_grads, AXIS), state.d_opt_state, state.d_params)
+    d_params = optax.apply_updates(state.d_params, d_updates)
+    d_stats = lax.pmean(d_stats, AXIS)
+
+    def g_objective(g_params, g_stats):
+      images, g_vars = generator.apply({"params": g_params, "batch_stats": g_stats}, z, train=True,
+                                       mutable=g_mutable)
+      logits, _ = discriminator.apply({"params": d_params, "batch_stats": d_stats}, images, train=True,
+                                      mutable=["batch_stats"])
+      loss = generator_loss(logits, kind)
+      penalty = g_penalty(g_vars["intermediates"]) if g_penalty is not None else jnp.zeros(())
+      return loss + penalty, (loss, penalty, g_vars["batch_stats"])
+
+    g_params, g_stats, g_opt_state = state.g_params, state.g_batch_stats, state.g_opt_state
+    for _ in range(g_steps):
+      g_grads, (g_loss, g_pen, new_stats) = jax.grad(g_objective, has_aux=True)(g_params, g_stats)
+      g_updates, g_opt_state = g_tx.update(lax.pmean(g_grads, AXIS), g_opt_state, g_params)
+      g_params = optax.apply_updates(g_params, g_updates)
+      g_stats = lax.pmean(new_stats, AXIS)
+
+    new_state = state.replace(step=state.step + 1, g_params=g_params, d_params=d_params, g_batch_stats=g_stats,
+                              d_batch_stats=d_stats, g_opt_state=g_opt_state, d_opt_state=d_opt_state)
+    step_metrics = {"d_loss": d_loss, "g_loss": g_loss, "d_penalty": d_pen, "g_penalty": g_pen,
+                    "d_real": d_real, "d_fake": d_fake}
+    return new_state, lax.pmean(step_metrics, AXIS)
+
+  return step
+
+
+def generate(generator, state: GANState, z: jax.Array, batch_statistics: bool = False) -> np.ndarray:
+  """Images in [0, 1] from latents `z` with the state's generator (host arrays, unreplicated state).
+
+  `batch_statistics=False` uses batch norm's running averages (inference);
+  True normalises with the statistics of `z`'s batch, as in training.
+  """
+  module = generator.clone(axis_name=None)
+  variables = {"params": state.g_params, "batch_stats": state.g_batch_stats}
+  if batch_statistics:
+    images, _ = module.apply(variables, z, train=True, mutable=["batch_stats"])
+  else:
+    images = module.apply(variables, z, train=False)
+  return np.asarray((images + 1.0) / 2.0)
+
+
+@dataclasses.dataclass
+class GANResult:
+  state: GANState            # final state on the host (unreplicated)
+  history: list[dict]        # one record per epoch (also log.jsonl / history.json)
+  steps: list[dict]          # loss records every `log_every_steps` (also steps.jsonl)
+  workdir: str
+
+
+def _rewrite_jsonl(path: str, records: list[dict]) -> None:
+  with open(path, "w") as f:
+    for record in records:
+      f.write(json.dumps(record, default=float) + "\n")
+
+
+def _append_jsonl(path: str, record: dict) -> None:
+  with open(path, "a") as f:
+    f.write(json.dumps(record, default=float) + "\n")
+
+
+def _mean_metrics(window: list[dict]) -> dict:
+  host = jax.device_get(window)
+  return {k: float(np.mean([np.asarray(m[k]).reshape(-1)[0] for m in host])) for k in host[0]}
+
+
+def fit_gan(generator, discriminator, g_tx: optax.GradientTransformation, d_tx: optax.GradientTransformation,
+            images: np.ndarray, config: GANConfig, workdir: str, d_penalty: ActivityPenalty | None = None,
+            g_penalty: ActivityPenalty | None = None, resume: bool = False,
+            epoch_fn: Callable[[GANState, int], dict] | None = None) -> GANResult:
+  """Trains a GAN data-parallel over local devices on `images` (N, H, W, C) in [0, 1].
+
+  Args:
+    generator, discriminator: flax modules; build them with `axis_name="batch"`
+      for synchronised batch norm (device-count independent runs).
+    g_tx, d_tx: optax chains (DCGAN: `optax.adam(2e-4, b1=0.5)`).
+    images: training images in [0, 1]; the last incomplete batch of an epoch is dropped.
+    config: `GANConfig`.
+    workdir: where steps.jsonl, log.jsonl, history.json and checkpoints/ go.
+    d_penalty, g_penalty: activity penalties (sparse GAN) or None (standard).
+    resume: continue from the latest checkpoint in `workdir` (bit-identical).
+    epoch_fn: `(host_state, epoch) -> dict` run at each epoch end (sample grids,
+      scores); its dict is merged into the epoch record.
+
+  Raises:
+    ValueError: bad batch size or device count, non-finite or out-of-range images.
+    NonFiniteLossError: a loss became NaN/inf; the last good checkpoint is kept.
+  """
+  images = np.asarray(images, np.float32)
+  if images.ndim != 4:
+    raise ValueError(f"images must have shape (N, H, W, C); got {images.shape}.")
+  num_devices = config.num_devices or jax.local_device_count()
+  if num_devices > jax.local_device_count():
+    raise ValueError(f"num_devices={num_devices} but only {jax.local_device_count()} local devices.")
+  replicas = num_devices * jax.process_count()
+  if config.batch_size <= 0 or config.batch_size % replicas:
+    raise ValueError(f"batch_size={config.batch_size} must be a positive multiple of the {replicas} replicas.")
+  steps_per_epoch = len(images) // config.batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f"images: {len(images)} examples is fewer than one batch of {config.batch_size}.")
+  if config.check_finite_inputs:
+    data.check_finite(images, "images", config.batch_size)
+    if images.min() < 0.0 or images.max() > 1.0:
+      raise ValueError(f"images must lie in [0, 1]; got range [{images.min():.3g}, {images.max():.3g}].")
+
+  os.makedirs(workdir, exist_ok=True)
+  manager = _checkpoint_manager(workdir, config.keep_checkpoints)
+  state = create_gan_state(generator, discriminator, g_tx, d_tx, images.shape[1:], config.latent_dim, config.seed)
+  start_step = 0
+  if resume and manager.latest_step() is not None:
+    state = _restore(manager, state)
+    start_step = int(state.step)
+  log_path, steps_path = os.path.join(workdir, "log.jsonl"), os.path.join(workdir, "steps.jsonl")
+  history = _read_log(log_path, start_step) if resume else []
+  step_log = _read_log(steps_path, start_step) if resume else []
+  _rewrite_jsonl(log_path, history)
+  _rewrite_jsonl(steps_path, step_log)
+
+  train_step = make_gan_train_step(generator, discriminator, g_tx, d_tx, config.latent_dim, replicas,
+                                   config.generator_loss, config.g_steps, d_penalty, g_penalty)
+  devices = jax.local_devices()[:num_devices]
+  if num_devices == 1 and jax.process_count() == 1:
+    p_step = jax.jit(jax.vmap(train_step, axis_name=AXIS), donate_argnums=(0,))
+  else:
+    p_step = jax.pmap(train_step, axis_name=AXIS, devices=devices, donate_argnums=(0,))
+  rstate = _replicate(state, devices)
+  step = start_step
+  count, index = jax.process_count(), jax.process_index()
+
+  def save(step_to_save: int, window: list) -> None:
+    if window and not all(np.isfinite(v) for v in _mean_metrics(window).values()):
+      raise NonFiniteLossError(
+          f"a GAN loss became non-finite before step {step_to_save}; not checkpointed. Last good checkpoint: "
+          f"step {manager.latest_step()} in {os.path.join(workdir, 'checkpoints')} (resume=True restarts there).")
+    if config.checkpoint:
+      manager.save(step_to_save, args=ocp.args.StandardSave(flax.serialization.to_state_dict(_unreplicate(rstate))))
+      manager.wait_until_finished()
+
+  epoch_bar = tqdm(range(start_step // steps_per_epoch, config.epochs), desc="GAN epochs",
+                   disable=not config.progress)
+  for epoch in epoch_bar:
+    start_time = time.time()
+    batches = data.epoch_batches(len(images), config.batch_size, config.seed, epoch)[:steps_per_epoch]
+    first = step - epoch * steps_per_epoch
+    epoch_metrics, window = [], []
+    bar = tqdm(batches[first:], desc=f"epoch {epoch + 1}/{config.epochs}", disable=not config.progress,
+               leave=False)
+    for idx in bar:
+      per = len(idx) // count
+      batch = images[idx[index * per:(index + 1) * per]]
+      rstate, m = p_step(rstate, data.shard(batch, num_devices))
+      epoch_metrics.append(m)
+      window.append(m)
+      step += 1
+      if step % config.log_every_steps == 0:
+        record = {"step": step, "epoch": step / steps_per_epoch, **_mean_metrics(window)}
+        step_log.append(record)
+        _append_jsonl(steps_path, record)
+        bar.set_postfix({"d": f"{record['d_loss']:.3f}", "g": f"{record['g_loss']:.3f}"})
+        window = []
+      if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
+        save(step, epoch_metrics[-config.checkpoint_every_steps:])
+    host = jax.device_get(epoch_metrics)
+    values = {k: np.asarray([np.asarray(m[k]).reshape(-1)[0] for m in host]) for k in host[0]}
+    if not all(np.isfinite(v).all() for v in values.values()):
+      save(step, epoch_metrics)  # raises NonFiniteLossError
+    record = {"epoch": epoch + 1, "step": step, "epoch_time_s": time.time() - start_time}
+    for k, v in values.items():
+      record[k] = float(v.mean())
+      record[f"{k}_std"] = float(v.std())
+    if first:
+      record["resumed_from_step"] = epoch * steps_per_epoch + first
+    if epoch_fn is not None:
+      record.update(epoch_fn(jax.tree.map(jnp.asarray, _unreplicate(rstate)), epoch + 1))
+    history.append(record)
+    _append_jsonl(log_path, record)
+    save(step, [])  # after the record: an interruption before this re-runs the epoch end on resume
+    epoch_bar.set_postfix({k: f"{record[k]:.3g}" for k in ("d_loss", "g_loss", "fid") if k in record})
+  final = jax.tree.map(jnp.asarray, _unreplicate(rstate))
+  with open(os.path.join(workdir, "history.json"), "w") as f:
+    json.dump(history, f, indent=1, default=float)
+  return GANResult(state=final, history=history, steps=step_log, workdir=workdir)
