@@ -70,6 +70,7 @@ class Config:
   grid_samples: int = 64
   log_every_steps: int = 10
   progress: bool = True
+  resume: bool = False              # continue every run (and the classifier) from its latest checkpoint
 
 
 def load_images(config: Config, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -98,12 +99,12 @@ def activity_penalty(config: Config, scale: float = 1.0):
   return activity.from_mean_activations(k_penalty, pool=config.pool, axis_name=train.AXIS)
 
 
-def train_classifier(config: Config, x, y, x_test, y_test, workdir: str, resume: bool):
+def train_classifier(config: Config, x, y, x_test, y_test, workdir: str):
   """LeNet-5 trained by `train.fit` on the same data: the feature extractor of the scores."""
   model = cnn.lenet5(int(max(y.max(), y_test.max())) + 1)
   tcfg = train.TrainConfig(epochs=config.classifier_epochs, batch_size=128, progress=config.progress)
   result = train.fit(model, optax.adam(1e-3), (x, y), (x_test, y_test), tcfg, os.path.join(workdir, "classifier"),
-                     resume=resume)
+                     resume=config.resume)
   return model, result.state.params, result.history[-1].get("eval_accuracy", float("nan"))
 
 
@@ -138,15 +139,14 @@ def make_epoch_fn(config: Config, generator, scorer, method_dir: str, seed: int)
   return epoch_fn
 
 
-def train_and_evaluate(config: Config, workdir: str, resume: bool = False) -> dict:
+def train_and_evaluate(config: Config, workdir: str) -> dict:
   unknown = set(config.methods) - set(METHODS)
   if unknown:
     raise ValueError(f"unknown methods {sorted(unknown)}; choose from {list(METHODS)}.")
   os.makedirs(workdir, exist_ok=True)
   x, y = load_images(config, "train")
   x_test, y_test = load_images(config, "test")
-  classifier, classifier_params, classifier_accuracy = train_classifier(config, x, y, x_test, y_test, workdir,
-                                                                        resume)
+  classifier, classifier_params, classifier_accuracy = train_classifier(config, x, y, x_test, y_test, workdir)
   scorer = sample_quality.ClassifierScore(classifier, classifier_params, x_test)
   floor_idx = np.random.default_rng(0).permutation(len(x))[:config.score_samples]
   floor = scorer(x[floor_idx])
@@ -165,7 +165,7 @@ def train_and_evaluate(config: Config, workdir: str, resume: bool = False) -> di
       penalty = activity_penalty(config, scale) if scale is not None else None
       tx = optax.adam(config.learning_rate, b1=config.beta1)
       result = gan.fit_gan(generator, discriminator, tx, tx, x, gan.GANConfig(seed=seed, **gcfg), run_dir,
-                           d_penalty=penalty, g_penalty=penalty, resume=resume,
+                           d_penalty=penalty, g_penalty=penalty, resume=config.resume,
                            epoch_fn=make_epoch_fn(config, generator, scorer, run_dir, seed))
       results["runs"][f"{method}_seed{seed}"] = {"method": method, "seed": seed, "history": result.history,
                                                  "steps": result.steps, **summarize(result.history, result.steps)}
@@ -176,8 +176,7 @@ def train_and_evaluate(config: Config, workdir: str, resume: bool = False) -> di
 def summarize(history: list[dict], steps: list[dict]) -> dict:
   """Speed (FID after epoch 1, best FID), stability (second-half loss std, epoch-to-epoch FID change)."""
   fid = np.asarray([r["fid"] for r in history])
-  late = [s for s in steps if s["step"] > steps[-1]["step"] / 2] or steps if steps else [{"d_loss": np.nan,
-                                                                                          "g_loss": np.nan}]
+  late = [s for s in steps if s["step"] > steps[-1]["step"] / 2] if steps else [{"d_loss": np.nan, "g_loss": np.nan}]
   return {"fid_epoch1": float(fid[0]), "fid_final": float(fid[-1]), "fid_best": float(fid.min()),
           "fid_best_epoch": int(fid.argmin()) + 1,
           "fid_mean_abs_change": float(np.mean(np.abs(np.diff(fid)))) if len(fid) > 1 else 0.0,
@@ -226,12 +225,13 @@ def write_outputs(config: Config, results: dict, workdir: str) -> None:
   plotting.line_plot(fid, os.path.join(workdir, "fid.png"), "epoch", "classifier FID (lower is better)",
                      title=f"{config.dataset}: standard vs sparse DCGAN", logy=True)
   panels = {}
+  shown_epochs = sorted({1, max(1, config.epochs // 2), config.epochs})
   for name in runs:
-    for epoch in sorted({1, max(1, config.epochs // 2), config.epochs}):
+    for epoch in shown_epochs:
       path = os.path.join(workdir, name, "samples", f"epoch_{epoch:03d}.npy")
       panels[f"{name}, epoch {epoch}"] = np.load(path)[:36]
   plotting.image_panels(panels, os.path.join(workdir, "samples_comparison.png"),
-                        panels_per_row=len(sorted({1, max(1, config.epochs // 2), config.epochs})))
+                        panels_per_row=len(shown_epochs))
 
 
 def _loss_plot(runs: dict, path: str) -> None:
@@ -250,14 +250,9 @@ def _loss_plot(runs: dict, path: str) -> None:
 
 
 def main(argv=None):
-  import argparse  # pylint: disable=import-outside-toplevel
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  common.add_config_flags(parser, Config)
-  parser.add_argument("--workdir", default=os.path.join("results", "sparse_gan"))
-  parser.add_argument("--resume", action="store_true", help="continue every run from its latest checkpoint")
-  args = parser.parse_args(argv)
-  results = train_and_evaluate(common.config_from_args(Config, args), args.workdir, args.resume)
-  common.print_file(os.path.join(args.workdir, "table.md"))
+  config, workdir = common.parse_config(Config, __doc__, os.path.join("results", "sparse_gan"), argv)
+  results = train_and_evaluate(config, workdir)
+  common.print_file(os.path.join(workdir, "table.md"))
   return results
 
 

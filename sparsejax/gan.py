@@ -38,13 +38,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from jax import lax
 from tqdm import tqdm
 
 from sparsejax import data
-from sparsejax.train import (AXIS, NonFiniteLossError, _checkpoint_manager, _read_log, _replicate, _restore,
-                             _unreplicate)
+from sparsejax.train import (AXIS, NonFiniteLossError, _append_jsonl, _checkpoint_manager, _data_parallel_devices,
+                             _map_step, _process_slice, _read_log, _replicate, _restore_latest, _save_checkpoint,
+                             _unreplicate, _write_jsonl)
 
 __all__ = ["GANState", "GANConfig", "GANResult", "discriminator_loss", "generator_loss", "create_gan_state",
            "make_gan_train_step", "fit_gan", "generate", "sample_latents", "GENERATOR_LOSSES"]
@@ -218,20 +218,14 @@ class GANResult:
   workdir: str
 
 
-def _rewrite_jsonl(path: str, records: list[dict]) -> None:
-  with open(path, "w") as f:
-    for record in records:
-      f.write(json.dumps(record, default=float) + "\n")
-
-
-def _append_jsonl(path: str, record: dict) -> None:
-  with open(path, "a") as f:
-    f.write(json.dumps(record, default=float) + "\n")
+def _metric_arrays(window: list[dict]) -> dict[str, np.ndarray]:
+  """{name: values over the steps of `window`} from the replicated per-step metrics."""
+  host = jax.device_get(window)
+  return {k: np.asarray([np.asarray(m[k]).reshape(-1)[0] for m in host]) for k in host[0]}
 
 
 def _mean_metrics(window: list[dict]) -> dict:
-  host = jax.device_get(window)
-  return {k: float(np.mean([np.asarray(m[k]).reshape(-1)[0] for m in host])) for k in host[0]}
+  return {k: float(v.mean()) for k, v in _metric_arrays(window).items()}
 
 
 def fit_gan(generator, discriminator, g_tx: optax.GradientTransformation, d_tx: optax.GradientTransformation,
@@ -259,12 +253,8 @@ def fit_gan(generator, discriminator, g_tx: optax.GradientTransformation, d_tx: 
   images = np.asarray(images, np.float32)
   if images.ndim != 4:
     raise ValueError(f"images must have shape (N, H, W, C); got {images.shape}.")
-  num_devices = config.num_devices or jax.local_device_count()
-  if num_devices > jax.local_device_count():
-    raise ValueError(f"num_devices={num_devices} but only {jax.local_device_count()} local devices.")
-  replicas = num_devices * jax.process_count()
-  if config.batch_size <= 0 or config.batch_size % replicas:
-    raise ValueError(f"batch_size={config.batch_size} must be a positive multiple of the {replicas} replicas.")
+  devices = _data_parallel_devices(config.num_devices, config.batch_size)
+  num_devices = len(devices)
   steps_per_epoch = len(images) // config.batch_size
   if steps_per_epoch == 0:
     raise ValueError(f"images: {len(images)} examples is fewer than one batch of {config.batch_size}.")
@@ -275,27 +265,21 @@ def fit_gan(generator, discriminator, g_tx: optax.GradientTransformation, d_tx: 
 
   os.makedirs(workdir, exist_ok=True)
   manager = _checkpoint_manager(workdir, config.keep_checkpoints)
-  state = create_gan_state(generator, discriminator, g_tx, d_tx, images.shape[1:], config.latent_dim, config.seed)
-  start_step = 0
-  if resume and manager.latest_step() is not None:
-    state = _restore(manager, state)
-    start_step = int(state.step)
+  state, start_step = _restore_latest(
+      manager, create_gan_state(generator, discriminator, g_tx, d_tx, images.shape[1:], config.latent_dim,
+                                config.seed), resume)
   log_path, steps_path = os.path.join(workdir, "log.jsonl"), os.path.join(workdir, "steps.jsonl")
   history = _read_log(log_path, start_step) if resume else []
   step_log = _read_log(steps_path, start_step) if resume else []
-  _rewrite_jsonl(log_path, history)
-  _rewrite_jsonl(steps_path, step_log)
+  _write_jsonl(log_path, history)
+  _write_jsonl(steps_path, step_log)
 
-  train_step = make_gan_train_step(generator, discriminator, g_tx, d_tx, config.latent_dim, replicas,
-                                   config.generator_loss, config.g_steps, d_penalty, g_penalty)
-  devices = jax.local_devices()[:num_devices]
-  if num_devices == 1 and jax.process_count() == 1:
-    p_step = jax.jit(jax.vmap(train_step, axis_name=AXIS), donate_argnums=(0,))
-  else:
-    p_step = jax.pmap(train_step, axis_name=AXIS, devices=devices, donate_argnums=(0,))
+  train_step = make_gan_train_step(generator, discriminator, g_tx, d_tx, config.latent_dim,
+                                   num_devices * jax.process_count(), config.generator_loss, config.g_steps,
+                                   d_penalty, g_penalty)
+  p_step = _map_step(train_step, devices, donate_state=True)
   rstate = _replicate(state, devices)
   step = start_step
-  count, index = jax.process_count(), jax.process_index()
 
   def save(step_to_save: int, window: list) -> None:
     if window and not all(np.isfinite(v) for v in _mean_metrics(window).values()):
@@ -303,8 +287,7 @@ def fit_gan(generator, discriminator, g_tx: optax.GradientTransformation, d_tx: 
           f"a GAN loss became non-finite before step {step_to_save}; not checkpointed. Last good checkpoint: "
           f"step {manager.latest_step()} in {os.path.join(workdir, 'checkpoints')} (resume=True restarts there).")
     if config.checkpoint:
-      manager.save(step_to_save, args=ocp.args.StandardSave(flax.serialization.to_state_dict(_unreplicate(rstate))))
-      manager.wait_until_finished()
+      _save_checkpoint(manager, step_to_save, rstate)
 
   epoch_bar = tqdm(range(start_step // steps_per_epoch, config.epochs), desc="GAN epochs",
                    disable=not config.progress)
@@ -316,8 +299,8 @@ def fit_gan(generator, discriminator, g_tx: optax.GradientTransformation, d_tx: 
     bar = tqdm(batches[first:], desc=f"epoch {epoch + 1}/{config.epochs}", disable=not config.progress,
                leave=False)
     for idx in bar:
-      per = len(idx) // count
-      batch = images[idx[index * per:(index + 1) * per]]
+      (local_idx,) = _process_slice(idx)
+      batch = images[local_idx]
       rstate, m = p_step(rstate, data.shard(batch, num_devices))
       epoch_metrics.append(m)
       window.append(m)
@@ -330,8 +313,7 @@ def fit_gan(generator, discriminator, g_tx: optax.GradientTransformation, d_tx: 
         window = []
       if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
         save(step, epoch_metrics[-config.checkpoint_every_steps:])
-    host = jax.device_get(epoch_metrics)
-    values = {k: np.asarray([np.asarray(m[k]).reshape(-1)[0] for m in host]) for k in host[0]}
+    values = _metric_arrays(epoch_metrics)
     if not all(np.isfinite(v).all() for v in values.values()):
       save(step, epoch_metrics)  # raises NonFiniteLossError
     record = {"epoch": epoch + 1, "step": step, "epoch_time_s": time.time() - start_time}

@@ -170,13 +170,35 @@ def _sum_metrics(metric_list: list) -> dict:
   return {k: float(np.sum([m[k][0] for m in stacked], dtype=np.float64)) for k in stacked[0]}
 
 
-def _process_slice(x, y, w):
-  """This process's share of a global batch (multi-host); the whole batch on one host."""
+def _process_slice(*arrays):
+  """This process's share of each array of a global batch (multi-host); the whole arrays on one host."""
   count, index = jax.process_count(), jax.process_index()
   if count == 1:
-    return x, y, w
-  per = len(x) // count
-  return x[index * per:(index + 1) * per], y[index * per:(index + 1) * per], w[index * per:(index + 1) * per]
+    return arrays
+  per = len(arrays[0]) // count
+  return tuple(a[index * per:(index + 1) * per] for a in arrays)
+
+
+def _data_parallel_devices(num_devices: int, batch_size: int) -> list:
+  """The local devices of a data-parallel run (`num_devices` 0: all); the global batch must split evenly."""
+  num_devices = num_devices or jax.local_device_count()
+  if num_devices > jax.local_device_count():
+    raise ValueError(f"num_devices={num_devices} but only {jax.local_device_count()} local devices.")
+  if batch_size <= 0:
+    raise ValueError(f"batch_size must be > 0; got {batch_size}.")
+  if batch_size % (num_devices * jax.process_count()):
+    raise ValueError(f"batch_size={batch_size} must be divisible by the {num_devices} devices "
+                     f"x {jax.process_count()} processes.")
+  return jax.local_devices()[:num_devices]
+
+
+def _map_step(step, devices: list, donate_state: bool = False):
+  """`step` mapped over `devices` with axis name "batch": pmap, or on one device (and one process) the same
+  step under jit(vmap), which has the same collectives and dispatches faster than pmap."""
+  donate = (0,) if donate_state else ()
+  if len(devices) == 1 and jax.process_count() == 1:
+    return jax.jit(jax.vmap(step, axis_name=AXIS), donate_argnums=donate)
+  return jax.pmap(step, axis_name=AXIS, devices=devices, donate_argnums=donate)
 
 
 def _replicate(tree, devices):
@@ -227,6 +249,31 @@ def _restore(manager: ocp.CheckpointManager, template: TrainState) -> TrainState
   return flax.serialization.from_state_dict(template, restored)
 
 
+def _restore_latest(manager: ocp.CheckpointManager, template, resume: bool):
+  """(state, step): the latest checkpoint when resuming and one exists, else (template, 0)."""
+  if resume and manager.latest_step() is not None:
+    state = _restore(manager, template)
+    return state, int(state.step)
+  return template, 0
+
+
+def _save_checkpoint(manager: ocp.CheckpointManager, step: int, replicated_state) -> None:
+  manager.save(step, args=ocp.args.StandardSave(flax.serialization.to_state_dict(_unreplicate(replicated_state))))
+  manager.wait_until_finished()
+
+
+def _write_jsonl(path: str, records: list[dict]) -> None:
+  """Rewrites `path` with one JSON record per line."""
+  with open(path, "w") as f:
+    for record in records:
+      f.write(json.dumps(record, default=float) + "\n")
+
+
+def _append_jsonl(path: str, record: dict) -> None:
+  with open(path, "a") as f:
+    f.write(json.dumps(record, default=float) + "\n")
+
+
 def _read_log(path: str, upto_step: int) -> list[dict]:
   if not os.path.exists(path):
     return []
@@ -261,17 +308,12 @@ def fit(model, tx: optax.GradientTransformation, train_data: tuple[np.ndarray, n
   x_train, y_train = train_data
   if len(x_train) != len(y_train):
     raise ValueError(f"train_data: {len(x_train)} inputs but {len(y_train)} targets.")
-  num_devices = config.num_devices or jax.local_device_count()
-  if num_devices > jax.local_device_count():
-    raise ValueError(f"num_devices={num_devices} but only {jax.local_device_count()} local devices.")
-  if config.batch_size % (num_devices * jax.process_count()):
-    raise ValueError(f"batch_size={config.batch_size} must be divisible by the {num_devices} devices "
-                     f"x {jax.process_count()} processes.")
+  devices = _data_parallel_devices(config.num_devices, config.batch_size)
+  num_devices = len(devices)
   if config.check_finite_inputs:
     data.check_finite(x_train, "train inputs", config.batch_size)
     if eval_data is not None:
       data.check_finite(eval_data[0], "eval inputs", config.eval_batch_size)
-  devices = jax.local_devices()[:num_devices]
   input_shape = x_train.shape[1:]
   if report_fn is None:
     def report_fn(params):
@@ -283,25 +325,14 @@ def fit(model, tx: optax.GradientTransformation, train_data: tuple[np.ndarray, n
   os.makedirs(workdir, exist_ok=True)
   log_path = os.path.join(workdir, "log.jsonl")
   manager = _checkpoint_manager(workdir, config.keep_checkpoints)
-  state = create_train_state(model, tx, x_train, config.seed)
-  start_step = 0
-  if resume and manager.latest_step() is not None:
-    state = _restore(manager, state)
-    start_step = int(state.step)
+  state, start_step = _restore_latest(manager, create_train_state(model, tx, x_train, config.seed), resume)
   history = _read_log(log_path, start_step) if resume else []
-  with open(log_path, "w") as f:
-    for record in history:
-      f.write(json.dumps(record) + "\n")
+  _write_jsonl(log_path, history)
 
   train_step = make_train_step(model, tx, config.task, penalty_fn, num_devices * jax.process_count())
   eval_step = make_eval_step(model, config.task)
-  if num_devices == 1 and jax.process_count() == 1:
-    # One device: the same step, mapped by vmap (same collectives) under jit, whose dispatch is cheaper than pmap's.
-    p_train = jax.jit(jax.vmap(train_step, axis_name=AXIS), donate_argnums=(0,))
-    p_eval = jax.jit(jax.vmap(eval_step, axis_name=AXIS))
-  else:
-    p_train = jax.pmap(train_step, axis_name=AXIS, devices=devices, donate_argnums=(0,))
-    p_eval = jax.pmap(eval_step, axis_name=AXIS, devices=devices)
+  p_train = _map_step(train_step, devices, donate_state=True)
+  p_eval = _map_step(eval_step, devices)
   rstate = _replicate(state, devices)
   steps_per_epoch = math.ceil(len(x_train) / config.batch_size)
   step = start_step
@@ -313,8 +344,7 @@ def fit(model, tx: optax.GradientTransformation, train_data: tuple[np.ndarray, n
           f"step {manager.latest_step()} in {os.path.join(workdir, 'checkpoints')} (resume=True restarts there).")
     if not config.checkpoint:
       return
-    manager.save(step_to_save, args=ocp.args.StandardSave(flax.serialization.to_state_dict(_unreplicate(rstate))))
-    manager.wait_until_finished()
+    _save_checkpoint(manager, step_to_save, rstate)
 
   epoch_bar = tqdm(range(start_step // steps_per_epoch, config.epochs), desc="epochs", disable=not config.progress)
   for epoch in epoch_bar:
@@ -348,8 +378,7 @@ def fit(model, tx: optax.GradientTransformation, train_data: tuple[np.ndarray, n
       record.update({f"eval_{k}": v for k, v in _summarize(config.task, _sum_metrics(results)).items()})
     record.update(report_fn(host_state.params))
     history.append(record)
-    with open(log_path, "a") as f:
-      f.write(json.dumps(record, default=float) + "\n")
+    _append_jsonl(log_path, record)
     save(step, epoch_metrics)
     shown = {k: record[k] for k in ("train_loss", "eval_accuracy", "eval_mse", "weight_sparsity") if k in record}
     epoch_bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()})

@@ -33,13 +33,13 @@ def _config(**kw):
   return gan.GANConfig(**base)
 
 
-def _fit(workdir, num_devices, sparse=False, images=None, **kw):
+def _fit(workdir, num_devices, sparse=False, images=None, resume=False, epoch_fn=None, **kw):
   g, d = dcgan.dcgan_28(1, width=4, axis_name=AXIS)
   pen = activity.from_mean_activations(_k_penalty, axis_name=AXIS) if sparse else None
   tx = optax.adam(2e-3, b1=0.5)
   images = _images() if images is None else images
   return gan.fit_gan(g, d, tx, tx, images, _config(num_devices=num_devices, **kw), str(workdir),
-                     d_penalty=pen, g_penalty=pen)
+                     d_penalty=pen, g_penalty=pen, resume=resume, epoch_fn=epoch_fn)
 
 
 # ------------------------------------------------------------------ models
@@ -170,19 +170,13 @@ def test_sparse_penalty_lowers_generator_activations(tmp_path):
 
 def test_resume_mid_epoch_is_bit_identical(tmp_path):
   full = _fit(tmp_path / "full", 2, sparse=True, epochs=2, checkpoint=True)
+
+  def interrupt(state, epoch):
+    raise RuntimeError("interrupted")
+
   with pytest.raises(RuntimeError, match="interrupted"):
-    def interrupt(state, epoch):
-      raise RuntimeError("interrupted")
-    g, d = dcgan.dcgan_28(1, width=4, axis_name=AXIS)
-    pen = activity.from_mean_activations(_k_penalty, axis_name=AXIS)
-    tx = optax.adam(2e-3, b1=0.5)
-    gan.fit_gan(g, d, tx, tx, _images(), _config(num_devices=2, checkpoint=True, checkpoint_every_steps=2),
-                str(tmp_path / "part"), d_penalty=pen, g_penalty=pen, epoch_fn=interrupt)
-  g, d = dcgan.dcgan_28(1, width=4, axis_name=AXIS)
-  pen = activity.from_mean_activations(_k_penalty, axis_name=AXIS)
-  tx = optax.adam(2e-3, b1=0.5)
-  resumed = gan.fit_gan(g, d, tx, tx, _images(), _config(num_devices=2, checkpoint=True), str(tmp_path / "part"),
-                        d_penalty=pen, g_penalty=pen, resume=True)
+    _fit(tmp_path / "part", 2, sparse=True, checkpoint=True, checkpoint_every_steps=2, epoch_fn=interrupt)
+  resumed = _fit(tmp_path / "part", 2, sparse=True, checkpoint=True, resume=True)
   for a, b in zip(jax.tree.leaves(full.state), jax.tree.leaves(resumed.state)):
     np.testing.assert_array_equal(a, b)
   assert [r["step"] for r in resumed.steps] == [r["step"] for r in full.steps]
