@@ -19,6 +19,7 @@ __all__ = [
     "normalize_axes",
     "map_leaves",
     "as_float_array",
+    "check_broadcast",
 ]
 
 
@@ -99,6 +100,24 @@ def normalize_axes(axis: int | Sequence[int], ndim: int, name: str = "axis") -> 
   if len(set(out)) != len(out):
     raise ValueError(f"{name}={axis!r} repeats an axis.")
   return tuple(sorted(out))
+
+
+def check_broadcast(name: str, shape: Sequence[int], target: Sequence[int],
+                    what: str = "the input's shape") -> None:
+  """Raises ValueError unless an array of `shape` broadcasts to `target` without widening it.
+
+  A parameter of shape (2, 4) against a (4,) leaf would silently widen the result to
+  (2, 4); that is always a mistake here.
+  """
+  shape, target = tuple(shape), tuple(target)
+  try:
+    ok = np.broadcast_shapes(shape, target) == target
+  except ValueError:
+    ok = False
+  if not ok:
+    raise ValueError(f"{name} has shape {shape}, which does not broadcast to {what} {target}; "
+                     f"allowed: a scalar or a shape that broadcasts to {target} (one value per leaf, "
+                     f"element or group).")
 
 
 def as_float_array(x: Any) -> jax.Array:

@@ -117,16 +117,23 @@ def tl1_threshold(tau, a=1.0) -> jax.Array:
 
 
 def _log_sum_root(u, tau, eps):
-  """The only candidate local minimiser r+ > 0 of the log-sum prox (0 if none)."""
+  """The only candidate local minimiser r+ > 0 of the log-sum prox (0 if none).
+
+  Returns (r+, disc) where disc has the sign of the discriminant
+  D = (u + eps)^2 - 4 tau; D is never formed, so nothing overflows for |v| up to the
+  dtype's max: with p = u + eps and q = 2 sqrt(tau)/p, sqrt(D) = p sqrt((1-q)(1+q)).
+  """
   m = u - eps
-  d = (u + eps) ** 2 - 4.0 * tau
-  real = d > 0
-  sqrt_d = jnp.where(real, jnp.sqrt(jnp.where(real, d, 1.0)), 0.0)
+  p = u + eps
+  q = 2.0 * jnp.sqrt(tau) / jnp.where(p > 0, p, 1.0)
+  disc = (1.0 - q) * (1.0 + q)
+  real = disc > 0
+  sqrt_d = jnp.where(real, p * jnp.sqrt(jnp.where(real, disc, 1.0)), 0.0)
   # r+ = (m + sqrt(D))/2, in the cancellation-free form 2(u eps - tau)/(sqrt(D) - m)
   # when m < 0 (where sqrt(D) - m > 0).
   big = m >= 0
-  r = jnp.where(big, 0.5 * (m + sqrt_d), 2.0 * (u * eps - tau) / jnp.where(big, 1.0, sqrt_d - m))
-  return jnp.maximum(r, 0.0), d
+  r = jnp.where(big, 0.5 * m + 0.5 * sqrt_d, 2.0 * (u * eps - tau) / jnp.where(big, 1.0, sqrt_d - m))
+  return jnp.maximum(r, 0.0), disc
 
 
 def log_sum_threshold(tau, eps=1.0, num_bisections: int = 64) -> jax.Array:

@@ -53,15 +53,37 @@ def _newton_steps(dtype, f32: int, f64: int) -> int:
 
 
 def _apply(leaf_fn: Callable[..., jax.Array], x: Any, tau: Any,
-           params: dict[str, Any] | None = None, static: dict[str, Any] | None = None) -> Any:
-  """Validates tau and maps `leaf_fn(v, tau, **params, **static)` over the leaves of `x`."""
+           params: dict[str, Any] | None = None, static: dict[str, Any] | None = None,
+           grouped: bool = False) -> Any:
+  """Validates tau and maps `leaf_fn(v, tau, **params, **static)` over the leaves of `x`.
+
+  Non-finite handling, the same for every map (a NaN must never become a "sparse" 0):
+  elementwise maps return NaN where the input is NaN and +-inf where it is +-inf (the
+  limit of every map here); a NaN or negative `tau`, or a NaN shape parameter, that
+  reaches the map traced (e.g. from a schedule inside jit, where it cannot be checked)
+  makes the output NaN where it applies. Group maps (`grouped`) handle NaN groups
+  themselves. `tau` and the shape parameters must broadcast to the leaf without
+  widening it (group maps: to the group-reduced shape, checked in the group map).
+  """
   _checks.check_range("tau", tau, lower=0.0)
 
   def run_leaf(leaf, tau, **kwargs):
     v = _checks.as_float_array(leaf)
     dtype = _compute_dtype(v.dtype)
+    tau = jnp.asarray(tau, dtype)
     cast = {k: (jnp.asarray(val, dtype) if k in (params or {}) else val) for k, val in kwargs.items()}
-    return leaf_fn(v.astype(dtype), jnp.asarray(tau, dtype), **cast).astype(v.dtype)
+    if not grouped:
+      for name, value in (("tau", tau), *((k, cast[k]) for k in (params or {}))):
+        _checks.check_broadcast(name, value.shape, v.shape)
+    vc = v.astype(dtype)
+    out = leaf_fn(vc, tau, **cast)
+    invalid = ~(tau >= 0)  # NaN or negative
+    for k in params or {}:
+      invalid = invalid | jnp.isnan(cast[k])
+    if not grouped:
+      out = jnp.where(jnp.isfinite(vc), out, vc)
+    out = jnp.where(invalid, jnp.asarray(jnp.nan, dtype), out)
+    return out.astype(v.dtype)
 
   return _checks.map_leaves(run_leaf, x, {"tau": tau, **(params or {})}, static)
 
@@ -175,7 +197,7 @@ def _tl1_leaf(v, tau, a):
     d = jnp.where(d > 0, d, 1.0)
     z = jnp.clip(z - (z * z * (6.0 - 4.0 * z) - e) / d, 0.0, 0.5)
   y = 0.5 - z
-  x = u - (4.0 / 3.0) * w * y * y  # stable form of Zhang & Xin's g(v)
+  x = u - (4.0 / 3.0) * ((w * y) * y)  # stable form of Zhang & Xin's g(v); no overflow at 3e38
   return _signed(v, x, keep)
 
 
@@ -201,7 +223,8 @@ def _log_sum_leaf(v, tau, eps):
   av = jnp.abs(v)
   keep = av > _pen.log_sum_threshold(tau, eps)
   r, _ = _pen._log_sum_root(av, tau, eps)  # pylint: disable=protected-access
-  return _signed(v, r, keep)
+  # eps = inf: the penalty is 0 everywhere, the prox the identity.
+  return jnp.where(jnp.isinf(eps), v, _signed(v, r, keep))
 
 
 @_with_threshold(_pen.log_sum_threshold)
@@ -229,7 +252,7 @@ def _l_half_leaf(v, tau):
   w = _horner(_HALF_W, c)
   for _ in range(_newton_steps(v.dtype, 0, 2)):
     w = w - (w * (4.0 * w * w - 3.0) + c) / (12.0 * w * w - 3.0)
-  x = (4.0 / 3.0) * u * w * w
+  x = u * ((4.0 / 3.0) * w * w)  # no overflow for |v| near the dtype's max
   return _signed(v, x, keep)
 
 
@@ -359,16 +382,48 @@ def capped_l1(x: Any, tau: Any, lam: Any = 1.0, theta: Any = 1.0) -> Any:
 # ------------------------------------------------------------ group operators
 
 
+def _group_nan(v, axes):
+  """True (keepdims) on the groups that hold a NaN: their prox is NaN, never a zero group."""
+  return jnp.any(jnp.isnan(v), axis=axes, keepdims=True)
+
+
+def _check_group_param(name, value, v, axes):
+  """`value` must broadcast to the keepdims group-reduced shape of `v` without widening it."""
+  reduced = tuple(1 if ax in axes else n for ax, n in enumerate(v.shape))
+  _checks.check_broadcast(name, jnp.shape(value), reduced, what="the group-reduced shape")
+
+
+def _group_scale(v, axes, max_exponent: int = 100):
+  """A power of two per group (keepdims) that brings its largest finite |v_i| below 2^max_exponent.
+
+  The l1-type group maps are positively homogeneous (prox(c v) = c prox(v), c > 0), so
+  they work on v / scale: sums of |v| then never overflow, even at the dtype's max.
+  Sums of squares (group norms) use max_exponent = 60. The scale is 1 unless the
+  group holds an entry above 2^max_exponent, and a power of two, so
+  the division is exact and ordinary inputs give bit-identical results.
+  """
+  finite_abs = jnp.where(jnp.isfinite(v), jnp.abs(v), 0.0)
+  _, exponent = jnp.frexp(jnp.max(finite_abs, axis=axes, keepdims=True, initial=0.0))
+  return jnp.ldexp(jnp.ones((), v.dtype), jnp.maximum(exponent - max_exponent, 0))
+
+
 def _group_shrink(v, thr, axes):
-  """max(0, 1 - thr/||v_g||) v_g, with 0 (not NaN) on an all-zero group."""
-  norm = _pen._group_norm(v, axes)  # pylint: disable=protected-access
+  """max(0, 1 - thr/||v_g||) v_g, with 0 (not NaN) on an all-zero group and NaN on a NaN group.
+
+  The norm is taken of v / scale (`_group_scale`, a power of two), so it does not
+  overflow for entries near the dtype's max.
+  """
+  scale = _group_scale(v, axes, max_exponent=60)
+  norm = _pen._group_norm(v / scale, axes) * scale  # pylint: disable=protected-access
   keep = norm > thr
   factor = 1.0 - thr / jnp.where(keep, norm, 1.0)
-  return jnp.where(keep, factor * v, jnp.zeros_like(v))
+  out = jnp.where(keep, factor * v, jnp.zeros_like(v))
+  return jnp.where(_group_nan(v, axes), jnp.asarray(jnp.nan, v.dtype), out)
 
 
 def _group_lasso_leaf(v, tau, axis, scale_by_group_size):
   axes = _checks.normalize_axes(axis, v.ndim)
+  _check_group_param("tau", tau, v, axes)
   thr = tau * _pen._group_weight(v, axes, scale_by_group_size)  # pylint: disable=protected-access
   return _group_shrink(v, thr, axes)
 
@@ -381,22 +436,28 @@ def group_lasso(x: Any, tau: Any, axis: Axis = -1, scale_by_group_size: bool = F
   (default -1: the outgoing weights of one input unit of a Dense (in, out) or
   conv (kh, kw, in, out) kernel), w_g = sqrt(|g|) if `scale_by_group_size`.
   `tau` is a scalar per leaf or broadcasts against the group-reduced shape.
+  A group holding a NaN maps to NaN.
   """
   return _apply(_group_lasso_leaf, x, tau, None,
-                {"axis": axis, "scale_by_group_size": scale_by_group_size})
+                {"axis": axis, "scale_by_group_size": scale_by_group_size}, grouped=True)
 
 
 def _sgl_leaf(v, tau, l1, axis, scale_by_group_size):
+  axes = _checks.normalize_axes(axis, v.ndim)
+  _check_group_param("l1", l1, v, axes)
   return _group_lasso_leaf(_soft(v, tau * l1), tau, axis, scale_by_group_size)
 
 
 @_with_threshold(_pen.sparse_group_lasso_threshold)
 def sparse_group_lasso(x: Any, tau: Any, l1: Any = 1.0, axis: Axis = -1,
                        scale_by_group_size: bool = False) -> Any:
-  """Prox of tau*(l1 sum|.| + sum_g w_g ||.||_2): soft threshold, then group shrink (exact)."""
+  """Prox of tau*(l1 sum|.| + sum_g w_g ||.||_2): soft threshold, then group shrink (exact).
+
+  A group holding a NaN maps to NaN.
+  """
   _checks.check_range("l1", l1, lower=0.0)
   return _apply(_sgl_leaf, x, tau, {"l1": l1},
-                {"axis": axis, "scale_by_group_size": scale_by_group_size})
+                {"axis": axis, "scale_by_group_size": scale_by_group_size}, grouped=True)
 
 
 def _groups_last(v, axes):
@@ -422,15 +483,34 @@ def _group_tau(tau, v, axes):
   return flat
 
 
+def _l1_group_finish(v, out, tau, axes):
+  """NaN groups -> NaN; a group holding +-inf (tau > 0) -> the inf entries, every finite entry 0.
+
+  The second is the limit of both maps as one entry grows without bound: the group's
+  threshold grows with it, so every finite entry is zeroed.
+  """
+  has_inf = jnp.any(jnp.isinf(v), axis=axes, keepdims=True) & (tau > 0)
+  out = jnp.where(has_inf, jnp.where(jnp.isinf(v), v, jnp.zeros_like(v)), out)
+  return jnp.where(_group_nan(v, axes), jnp.asarray(jnp.nan, v.dtype), out)
+
+
 def _exclusive_leaf(v, tau, axis):
   axes = _checks.normalize_axes(axis, v.ndim)
-  flat, undo = _groups_last(v, axes)
+  _check_group_param("tau", tau, v, axes)
+  if v.size == 0:
+    return v
+  scale = _group_scale(v, axes)
+  flat, undo = _groups_last(v / scale, axes)
   t = _group_tau(tau, v, axes)
   mag = jnp.abs(flat)
   s = -jnp.sort(-mag, axis=-1)
   k = jnp.arange(1, flat.shape[-1] + 1, dtype=flat.dtype)
-  alpha = jnp.max(t * jnp.cumsum(s, axis=-1) / (1.0 + t * k), axis=-1, keepdims=True)
-  return undo(_soft(flat, alpha))
+  # t S_k / (1 + t k) written as S_k / (1/t + k): finite for t = inf (-> the mean of the top k).
+  inv_t = 1.0 / t
+  alpha = jnp.max(jnp.cumsum(s, axis=-1) / (inv_t + k), axis=-1, keepdims=True)
+  alpha = jnp.where(t > 0, alpha, 0.0)
+  out = undo(_soft(flat, alpha)) * scale
+  return _l1_group_finish(v, out, tau, axes)
 
 
 @_with_threshold(None)
@@ -440,18 +520,26 @@ def exclusive(x: Any, tau: Any, axis: Axis = -1) -> Any:
   With |v_g| sorted decreasingly into s_1 >= s_2 >= ...,
   alpha_g = max_k tau (s_1 + ... + s_k)/(1 + tau k) and
   prox(v)_i = sign(v_i) max(|v_i| - alpha_g, 0) (alpha_g = tau ||prox(v)_g||_1).
+  Computed on each group divided by its largest |v_i| (the map is positively
+  homogeneous), so it is exact up to the dtype's max; tau = inf gives 0; a group
+  holding a NaN maps to NaN.
 
   Examples:
     >>> [round(float(z), 6) for z in exclusive(jnp.array([3., -1., .5]), 0.25)]
     [2.333333, -0.333333, 0.0]
   """
-  return _apply(_exclusive_leaf, x, tau, None, {"axis": axis})
+  return _apply(_exclusive_leaf, x, tau, None, {"axis": axis}, grouped=True)
 
 
 def _cges_leaf(v, tau, axis):
   axes = _checks.normalize_axes(axis, v.ndim)
-  alpha = tau * jnp.sum(jnp.abs(v), axis=axes, keepdims=True)
-  return _soft(v, alpha)
+  _check_group_param("tau", tau, v, axes)
+  if v.size == 0:
+    return v
+  scale = _group_scale(v, axes)
+  alpha = tau * jnp.sum(jnp.abs(v / scale), axis=axes, keepdims=True)
+  out = _soft(v / scale, alpha) * scale
+  return _l1_group_finish(v, out, tau, axes)
 
 
 @_with_threshold(None)
@@ -460,8 +548,9 @@ def cges_exclusive(x: Any, tau: Any, axis: Axis = -1) -> Any:
 
   sign(v_i) max(|v_i| - tau ||v_g||_1, 0), with the *input* group l1 norm. Not
   the exact prox of 1/2 sum_g ||.||_1^2 (see `exclusive`); more aggressive.
+  A group holding a NaN maps to NaN.
   """
-  return _apply(_cges_leaf, x, tau, None, {"axis": axis})
+  return _apply(_cges_leaf, x, tau, None, {"axis": axis}, grouped=True)
 
 
 PROX: dict[str, Callable[..., Any]] = {

@@ -432,7 +432,7 @@ def nnz_controller(
       if not m:
         new_u.append(u)
         continue
-      z = fn(pre_prox[i], lr * strength, **prox_kwargs)
+      z = fn(pre_prox[i], transforms.step_threshold(lr, strength), **prox_kwargs)
       i += 1
       nnz = nnz + jnp.count_nonzero(z).astype(jnp.float32)
       new_u.append((z - p).astype(jnp.result_type(u)))

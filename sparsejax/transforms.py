@@ -44,7 +44,7 @@ from sparsejax import prox as _prox
 from sparsejax.rvsm import RVSMState, rvsm, sparse_params as rvsm_sparse_params  # noqa: F401  (re-export)
 
 __all__ = [
-    "ProximalState", "proximal", "weights_only", "mask_leaves", "layer_balance", "layer_index",
+    "ProximalState", "proximal", "step_threshold", "weights_only", "mask_leaves", "layer_balance", "layer_index",
     "l1", "sparse_group_lasso", "cges", "integrated_tl1", "rvsm", "RVSMState", "rvsm_sparse_params",
 ]
 
@@ -104,6 +104,18 @@ def _evaluate(value: ScalarOrSchedule, count: chex.Array):
   return value(count) if callable(value) else value
 
 
+def step_threshold(learning_rate: chex.Numeric, strength: chex.Numeric) -> chex.Numeric:
+  """tau = learning_rate * strength, or NaN if either is NaN or negative.
+
+  Values that come from a schedule inside jit cannot be checked at construction; a
+  NaN or negative one must not silently zero (or, with both negative, silently pass)
+  the regularised weights, so it makes the update NaN, which `optax.apply_if_finite`
+  and the trainers' non-finite checks catch.
+  """
+  valid = (jnp.asarray(learning_rate) >= 0) & (jnp.asarray(strength) >= 0)
+  return jnp.where(valid, learning_rate * strength, jnp.nan)
+
+
 def _proximal_from_leaf_strengths(
     prox_fn: Callable[..., Any],
     strengths_for: Callable[[Any, Any], list],
@@ -136,7 +148,7 @@ def _proximal_from_leaf_strengths(
       if not m or s is None:
         new_updates.append(u)
         continue
-      z = prox_fn(p + u, lr * _evaluate(s, state.count))
+      z = prox_fn(p + u, step_threshold(lr, _evaluate(s, state.count)))
       new_updates.append((z - p).astype(jnp.result_type(u)))
     return (jax.tree.unflatten(treedef, new_updates),
             ProximalState(count=optax.safe_increment(state.count)))
