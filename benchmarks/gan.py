@@ -18,7 +18,7 @@ import optax
 from benchmarks import common
 from sparsejax import activity, gan
 from sparsejax.models import dcgan
-from sparsejax.train import AXIS, _replicate
+from sparsejax.runloop import AXIS, replicate
 
 
 def main():
@@ -34,7 +34,7 @@ def main():
   penalty = activity.from_mean_activations(k_penalty, axis_name=AXIS)
   g, d = dcgan.dcgan_28(1, args.width, axis_name=AXIS)
   tx = optax.adam(2e-4, b1=0.5)
-  state = _replicate(gan.create_gan_state(g, d, tx, tx, (28, 28, 1), 64), jax.devices()[:1])
+  state = replicate(gan.create_gan_state(g, d, tx, tx, (28, 28, 1), 64), jax.devices()[:1])
   times = {}
   for name, pen in (("standard", None), ("sparse", penalty)):
     step = jax.jit(jax.vmap(gan.make_gan_train_step(g, d, tx, tx, 64, d_penalty=pen, g_penalty=pen), axis_name=AXIS))

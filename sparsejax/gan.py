@@ -27,7 +27,6 @@ checkpoints and bit-identical resume.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from collections.abc import Callable
@@ -42,9 +41,9 @@ from jax import lax
 from tqdm import tqdm
 
 from sparsejax import data
-from sparsejax.train import (AXIS, NonFiniteLossError, _append_jsonl, _checkpoint_manager, _data_parallel_devices,
-                             _map_step, _process_slice, _read_log, _replicate, _restore_latest, _save_checkpoint,
-                             _unreplicate, _write_jsonl)
+from sparsejax import runloop
+from sparsejax.runloop import AXIS, PeerLostError  # noqa: F401  (re-export)
+from sparsejax.train import NonFiniteLossError
 
 __all__ = ["GANState", "GANConfig", "GANResult", "discriminator_loss", "generator_loss", "create_gan_state",
            "make_gan_train_step", "fit_gan", "generate", "sample_latents", "GENERATOR_LOSSES"]
@@ -81,6 +80,24 @@ class GANConfig:
   keep_checkpoints: int = 2
   check_finite_inputs: bool = True
   progress: bool = True
+
+
+def _validate_gan_config(config: GANConfig) -> None:
+  """Raises ValueError naming the first `GANConfig` field outside its allowed range."""
+  rules = [("epochs", 0, "an int >= 0"), ("batch_size", 1, "an int > 0"), ("latent_dim", 1, "an int > 0"),
+           ("g_steps", 1, "an int >= 1"), ("seed", 0, "an int >= 0"),
+           ("num_devices", 0, "an int >= 0 (0: all local devices)"), ("log_every_steps", 1, "an int >= 1"),
+           ("checkpoint_every_steps", 0, "an int >= 0 (0: only at epoch ends)")]
+  for field, lower, allowed in rules:
+    value = getattr(config, field)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lower:
+      raise ValueError(f"GANConfig.{field} must be {allowed}; got {field}={value!r}.")
+  if config.checkpoint and (isinstance(config.keep_checkpoints, bool) or config.keep_checkpoints < 1):
+    raise ValueError(f"GANConfig.keep_checkpoints must be an int >= 1 when checkpoint=True; "
+                     f"got keep_checkpoints={config.keep_checkpoints!r}.")
+  if config.generator_loss not in ("non_saturating", "saturating"):
+    raise ValueError(f"GANConfig.generator_loss must be 'non_saturating' or 'saturating'; "
+                     f"got {config.generator_loss!r}.")
 
 
 def discriminator_loss(real_logits: jax.Array, fake_logits: jax.Array) -> jax.Array:
@@ -231,7 +248,7 @@ def _mean_metrics(window: list[dict]) -> dict:
 def fit_gan(generator, discriminator, g_tx: optax.GradientTransformation, d_tx: optax.GradientTransformation,
             images: np.ndarray, config: GANConfig, workdir: str, d_penalty: ActivityPenalty | None = None,
             g_penalty: ActivityPenalty | None = None, resume: bool = False,
-            epoch_fn: Callable[[GANState, int], dict] | None = None) -> GANResult:
+            epoch_fn: Callable[[GANState, int], dict] | None = None, overwrite: bool = False) -> GANResult:
   """Trains a GAN data-parallel over local devices on `images` (N, H, W, C) in [0, 1].
 
   Args:
@@ -242,7 +259,9 @@ def fit_gan(generator, discriminator, g_tx: optax.GradientTransformation, d_tx: 
     config: `GANConfig`.
     workdir: where steps.jsonl, log.jsonl, history.json and checkpoints/ go.
     d_penalty, g_penalty: activity penalties (sparse GAN) or None (standard).
-    resume: continue from the latest checkpoint in `workdir` (bit-identical).
+    resume: continue from the latest checkpoint in `workdir` (bit-identical); the
+      batch size, seed and data must match the stored run.
+    overwrite: replace another run's checkpoints and records in `workdir`.
     epoch_fn: `(host_state, epoch) -> dict` run at each epoch end (sample grids,
       scores); its dict is merged into the epoch record.
 
@@ -250,11 +269,12 @@ def fit_gan(generator, discriminator, g_tx: optax.GradientTransformation, d_tx: 
     ValueError: bad batch size or device count, non-finite or out-of-range images.
     NonFiniteLossError: a loss became NaN/inf; the last good checkpoint is kept.
   """
+  _validate_gan_config(config)
   images = np.asarray(images, np.float32)
   if images.ndim != 4:
     raise ValueError(f"images must have shape (N, H, W, C); got {images.shape}.")
-  devices = _data_parallel_devices(config.num_devices, config.batch_size)
-  num_devices = len(devices)
+  devices = runloop.data_parallel_devices(config.num_devices, config.batch_size)
+  local_devices = runloop.local_count(devices)
   steps_per_epoch = len(images) // config.batch_size
   if steps_per_epoch == 0:
     raise ValueError(f"images: {len(images)} examples is fewer than one batch of {config.batch_size}.")
@@ -262,24 +282,35 @@ def fit_gan(generator, discriminator, g_tx: optax.GradientTransformation, d_tx: 
     data.check_finite(images, "images", config.batch_size)
     if images.min() < 0.0 or images.max() > 1.0:
       raise ValueError(f"images must lie in [0, 1]; got range [{images.min():.3g}, {images.max():.3g}].")
+  runloop.check_same_on_every_process("fit_gan", {
+      "batch_size": config.batch_size, "seed": config.seed, "epochs": config.epochs, "num_images": len(images),
+      "resume": int(resume)})
 
-  os.makedirs(workdir, exist_ok=True)
-  manager = _checkpoint_manager(workdir, config.keep_checkpoints)
-  state, start_step = _restore_latest(
+  run_config = {"trainer": "fit_gan", "batch_size": config.batch_size, "seed": config.seed,
+                "num_images": len(images), "image_shape": list(images.shape[1:]), "latent_dim": config.latent_dim}
+  runloop.prepare_workdir(workdir, run_config, resume, overwrite)
+  writer = runloop.is_writer()
+  manager = runloop.checkpoint_manager(workdir, config.keep_checkpoints)
+  state, start_step = runloop.restore_latest(
       manager, create_gan_state(generator, discriminator, g_tx, d_tx, images.shape[1:], config.latent_dim,
                                 config.seed), resume)
   log_path, steps_path = os.path.join(workdir, "log.jsonl"), os.path.join(workdir, "steps.jsonl")
-  history = _read_log(log_path, start_step) if resume else []
-  step_log = _read_log(steps_path, start_step) if resume else []
-  _write_jsonl(log_path, history)
-  _write_jsonl(steps_path, step_log)
+  history = runloop.read_jsonl(log_path, start_step) if resume else []
+  step_log = runloop.read_jsonl(steps_path, start_step) if resume else []
+  if writer:
+    runloop.write_jsonl_atomic(log_path, history)
+    runloop.write_jsonl_atomic(steps_path, step_log)
 
   train_step = make_gan_train_step(generator, discriminator, g_tx, d_tx, config.latent_dim,
-                                   num_devices * jax.process_count(), config.generator_loss, config.g_steps,
+                                   len(devices), config.generator_loss, config.g_steps,
                                    d_penalty, g_penalty)
-  p_step = _map_step(train_step, devices, donate_state=True)
-  rstate = _replicate(state, devices)
+  p_step = runloop.map_step(train_step, devices, donate_state=True)
+  rstate = runloop.replicate(state, devices)
   step = start_step
+  progress = config.progress and writer
+
+  def where() -> str:
+    return f"at step {step} (last checkpoint: step {manager.latest_step()} in {os.path.join(workdir, 'checkpoints')})"
 
   def save(step_to_save: int, window: list) -> None:
     if window and not all(np.isfinite(v) for v in _mean_metrics(window).values()):
@@ -287,48 +318,49 @@ def fit_gan(generator, discriminator, g_tx: optax.GradientTransformation, d_tx: 
           f"a GAN loss became non-finite before step {step_to_save}; not checkpointed. Last good checkpoint: "
           f"step {manager.latest_step()} in {os.path.join(workdir, 'checkpoints')} (resume=True restarts there).")
     if config.checkpoint:
-      _save_checkpoint(manager, step_to_save, rstate)
+      runloop.save_checkpoint(manager, step_to_save, rstate)
 
-  epoch_bar = tqdm(range(start_step // steps_per_epoch, config.epochs), desc="GAN epochs",
-                   disable=not config.progress)
+  epoch_bar = tqdm(range(start_step // steps_per_epoch, config.epochs), desc="GAN epochs", disable=not progress)
   for epoch in epoch_bar:
     start_time = time.time()
     batches = data.epoch_batches(len(images), config.batch_size, config.seed, epoch)[:steps_per_epoch]
     first = step - epoch * steps_per_epoch
     epoch_metrics, window = [], []
-    bar = tqdm(batches[first:], desc=f"epoch {epoch + 1}/{config.epochs}", disable=not config.progress,
-               leave=False)
-    for idx in bar:
-      (local_idx,) = _process_slice(idx)
-      batch = images[local_idx]
-      rstate, m = p_step(rstate, data.shard(batch, num_devices))
-      epoch_metrics.append(m)
-      window.append(m)
-      step += 1
-      if step % config.log_every_steps == 0:
-        record = {"step": step, "epoch": step / steps_per_epoch, **_mean_metrics(window)}
-        step_log.append(record)
-        _append_jsonl(steps_path, record)
-        bar.set_postfix({"d": f"{record['d_loss']:.3f}", "g": f"{record['g_loss']:.3f}"})
-        window = []
-      if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
-        save(step, epoch_metrics[-config.checkpoint_every_steps:])
-    values = _metric_arrays(epoch_metrics)
-    if not all(np.isfinite(v).all() for v in values.values()):
-      save(step, epoch_metrics)  # raises NonFiniteLossError
-    record = {"epoch": epoch + 1, "step": step, "epoch_time_s": time.time() - start_time}
-    for k, v in values.items():
-      record[k] = float(v.mean())
-      record[f"{k}_std"] = float(v.std())
-    if first:
-      record["resumed_from_step"] = epoch * steps_per_epoch + first
-    if epoch_fn is not None:
-      record.update(epoch_fn(jax.tree.map(jnp.asarray, _unreplicate(rstate)), epoch + 1))
-    history.append(record)
-    _append_jsonl(log_path, record)
-    save(step, [])  # after the record: an interruption before this re-runs the epoch end on resume
+    bar = tqdm(batches[first:], desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
+    with runloop.peer_loss_guard(where):
+      for idx in bar:
+        (local_idx,) = runloop.process_slice(idx)
+        batch = images[local_idx]
+        rstate, m = p_step(rstate, data.shard(batch, local_devices))
+        epoch_metrics.append(m)
+        window.append(m)
+        step += 1
+        if step % config.log_every_steps == 0:
+          record = {"step": step, "epoch": step / steps_per_epoch, **_mean_metrics(window)}
+          step_log.append(record)
+          if writer:
+            runloop.append_jsonl(steps_path, record)
+          bar.set_postfix({"d": f"{record['d_loss']:.3f}", "g": f"{record['g_loss']:.3f}"})
+          window = []
+        if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
+          save(step, epoch_metrics[-config.checkpoint_every_steps:])
+      values = _metric_arrays(epoch_metrics)
+      if not all(np.isfinite(v).all() for v in values.values()):
+        save(step, epoch_metrics)  # raises NonFiniteLossError
+      record = {"epoch": epoch + 1, "step": step, "epoch_time_s": time.time() - start_time}
+      for k, v in values.items():
+        record[k] = float(v.mean())
+        record[f"{k}_std"] = float(v.std())
+      if first:
+        record["resumed_from_step"] = epoch * steps_per_epoch + first
+      if epoch_fn is not None:
+        record.update(epoch_fn(jax.tree.map(jnp.asarray, runloop.unreplicate(rstate)), epoch + 1))
+      history.append(record)
+      if writer:
+        runloop.append_jsonl(log_path, record)
+      save(step, [])  # after the record: an interruption before this re-runs the epoch end on resume
     epoch_bar.set_postfix({k: f"{record[k]:.3g}" for k in ("d_loss", "g_loss", "fid") if k in record})
-  final = jax.tree.map(jnp.asarray, _unreplicate(rstate))
-  with open(os.path.join(workdir, "history.json"), "w") as f:
-    json.dump(history, f, indent=1, default=float)
+  final = jax.tree.map(jnp.asarray, runloop.unreplicate(rstate))
+  if writer:
+    runloop.write_json_atomic(os.path.join(workdir, "history.json"), history)
   return GANResult(state=final, history=history, steps=step_log, workdir=workdir)

@@ -17,15 +17,21 @@ steps and at each epoch end, and exact resume: the data order depends only on
 (seed, epoch) and dropout keys on the step, so a resumed run gives the same
 parameters as an uninterrupted one.
 
-Multi-host: call `jax.distributed.initialize()` first on every host; `fit`
-then gives each process its slice of every global batch (process_index-th of
-process_count) and the psum runs over all devices of all hosts.
+Multi-process / multi-host: call `jax.distributed.initialize()` first on every
+process; `fit` then maps over the first `num_devices` local devices of every
+process, gives each process its slice of every global batch (process_index-th of
+process_count), and the psum runs over all devices of all processes: one model,
+equal to a one-process run of the same global batch up to float summation order.
+Only process 0 writes records; see `sparsejax.runloop` for the guarantees.
+
+Dropout keys are folded with the global device index, so a run with dropout
+depends on the total device count (P processes x D devices); runs without
+dropout agree across device counts up to float summation order.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -37,16 +43,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from jax import lax
 from tqdm import tqdm
 
-from sparsejax import data, metrics
+from sparsejax import data, metrics, runloop
+from sparsejax.runloop import AXIS, PeerLostError
 
 __all__ = ["TrainState", "TrainConfig", "create_train_state", "make_train_step", "make_eval_step",
-           "fit", "FitResult", "evaluate", "NonFiniteLossError"]
+           "fit", "FitResult", "evaluate", "NonFiniteLossError",
+           "PeerLostError", "validate_config"]
 
-AXIS = "batch"
 PenaltyFn = Callable[[Any, Any], jax.Array]
 
 
@@ -170,47 +176,6 @@ def _sum_metrics(metric_list: list) -> dict:
   return {k: float(np.sum([m[k][0] for m in stacked], dtype=np.float64)) for k in stacked[0]}
 
 
-def _process_slice(*arrays):
-  """This process's share of each array of a global batch (multi-host); the whole arrays on one host."""
-  count, index = jax.process_count(), jax.process_index()
-  if count == 1:
-    return arrays
-  per = len(arrays[0]) // count
-  return tuple(a[index * per:(index + 1) * per] for a in arrays)
-
-
-def _data_parallel_devices(num_devices: int, batch_size: int) -> list:
-  """The local devices of a data-parallel run (`num_devices` 0: all); the global batch must split evenly."""
-  num_devices = num_devices or jax.local_device_count()
-  if num_devices > jax.local_device_count():
-    raise ValueError(f"num_devices={num_devices} but only {jax.local_device_count()} local devices.")
-  if batch_size <= 0:
-    raise ValueError(f"batch_size must be > 0; got {batch_size}.")
-  if batch_size % (num_devices * jax.process_count()):
-    raise ValueError(f"batch_size={batch_size} must be divisible by the {num_devices} devices "
-                     f"x {jax.process_count()} processes.")
-  return jax.local_devices()[:num_devices]
-
-
-def _map_step(step, devices: list, donate_state: bool = False):
-  """`step` mapped over `devices` with axis name "batch": pmap, or on one device (and one process) the same
-  step under jit(vmap), which has the same collectives and dispatches faster than pmap."""
-  donate = (0,) if donate_state else ()
-  if len(devices) == 1 and jax.process_count() == 1:
-    return jax.jit(jax.vmap(step, axis_name=AXIS), donate_argnums=donate)
-  return jax.pmap(step, axis_name=AXIS, devices=devices, donate_argnums=donate)
-
-
-def _replicate(tree, devices):
-  """One copy per device along a new leading axis (pmap shards it on the first call)."""
-  return jax.tree.map(lambda a: np.broadcast_to(np.asarray(a), (len(devices), *np.shape(a))).copy(),
-                      jax.device_get(tree))
-
-
-def _unreplicate(tree):
-  return jax.tree.map(lambda a: np.asarray(a[0]), jax.device_get(tree))
-
-
 def evaluate(model, state: TrainState | Any, x: np.ndarray, y: np.ndarray, task: str = "classification",
              batch_size: int = 1000) -> dict:
   """Loss and accuracy/MSE of params (or a TrainState) on (x, y), on the default device."""
@@ -232,89 +197,124 @@ class FitResult:
   workdir: str
 
 
-def _checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=False, create=True)
-  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")), options=options)
+def _is_int(value) -> bool:
+  return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
-def _restore(manager: ocp.CheckpointManager, template: TrainState) -> TrainState:
-  target = flax.serialization.to_state_dict(template)
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-  try:
-    restored = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(abstract))
-  except ValueError as err:
-    raise ValueError(
-        f"the checkpoint at step {manager.latest_step()} in {manager.directory} does not match this run's model "
-        f"and optimizer (resume with the same configuration, or use a new workdir): {err}") from None
-  return flax.serialization.from_state_dict(template, restored)
+def validate_config(config: TrainConfig) -> None:
+  """Raises ValueError naming the first `TrainConfig` field outside its allowed range."""
+  rules = [("epochs", 0, "an int >= 0"), ("batch_size", 1, "an int > 0"), ("eval_batch_size", 1, "an int > 0"),
+           ("seed", 0, "an int >= 0"), ("num_devices", 0, "an int >= 0 (0: all local devices)"),
+           ("checkpoint_every_steps", 0, "an int >= 0 (0: only at epoch ends)")]
+  for field, lower, allowed in rules:
+    value = getattr(config, field)
+    if not _is_int(value) or value < lower:
+      raise ValueError(f"TrainConfig.{field} must be {allowed}; got {field}={value!r}.")
+  _per_example_loss(config.task)
+  if config.checkpoint and (not _is_int(config.keep_checkpoints) or config.keep_checkpoints < 1):
+    raise ValueError(f"TrainConfig.keep_checkpoints must be an int >= 1 when checkpoint=True (0 would keep no "
+                     f"checkpoint to resume from); got keep_checkpoints={config.keep_checkpoints!r}.")
 
 
-def _restore_latest(manager: ocp.CheckpointManager, template, resume: bool):
-  """(state, step): the latest checkpoint when resuming and one exists, else (template, 0)."""
-  if resume and manager.latest_step() is not None:
-    state = _restore(manager, template)
-    return state, int(state.step)
-  return template, 0
+def _validate_labels(name: str, y: np.ndarray, num_examples: int, num_outputs: int, task: str,
+                     check_finite: bool) -> None:
+  if len(y) != num_examples:
+    raise ValueError(f"{name}: {num_examples} inputs but {len(y)} targets.")
+  if task == "classification":
+    if y.ndim != 1:
+      hint = (" (one-hot labels: pass y.argmax(-1))" if y.ndim == 2 and y.shape[1] > 1 else
+              " (pass y.reshape(-1))")
+      raise ValueError(f"{name}: classification labels must be integer class indices of shape (N,); "
+                       f"got shape {y.shape}{hint}.")
+    if not np.issubdtype(y.dtype, np.integer):
+      raise ValueError(f"{name}: classification labels must have an integer dtype (class indices 0..{num_outputs - 1});"
+                       f" got {y.dtype} (convert with y.astype(np.int32) if they are class indices).")
+    if len(y) and (y.min() < 0 or y.max() >= num_outputs):
+      bad = int(y.min()) if y.min() < 0 else int(y.max())
+      raise ValueError(f"{name}: labels must lie in [0, {num_outputs - 1}] for a model with {num_outputs} outputs; "
+                       f"got label {bad}.")
+  elif check_finite:
+    if not np.issubdtype(y.dtype, np.number):
+      raise ValueError(f"{name}: regression targets must be numeric; got {y.dtype}.")
+    data.check_finite(np.asarray(y, np.float64).reshape(len(y), -1), f"{name} targets")
 
 
-def _save_checkpoint(manager: ocp.CheckpointManager, step: int, replicated_state) -> None:
-  manager.save(step, args=ocp.args.StandardSave(flax.serialization.to_state_dict(_unreplicate(replicated_state))))
-  manager.wait_until_finished()
+def _validated_data(name: str, pair, input_shape, num_outputs: int, config: TrainConfig):
+  """(x, y) as numpy arrays, checked before any training step."""
+  if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+    raise ValueError(f"{name} must be a pair (x, y) of arrays; got {type(pair).__name__}.")
+  x, y = np.asarray(pair[0]), np.asarray(pair[1])
+  if x.ndim == 0 or len(x) == 0:
+    raise ValueError(f"{name} is empty: it needs at least one example.")
+  if input_shape is not None and x.shape[1:] != tuple(input_shape):
+    raise ValueError(f"{name}: inputs have shape {x.shape[1:]} per example but the training inputs have "
+                     f"{tuple(input_shape)}.")
+  if not np.issubdtype(x.dtype, np.number) and x.dtype != np.bool_:
+    raise ValueError(f"{name}: inputs must be numeric; got {x.dtype}.")
+  _validate_labels(name, y, len(x), num_outputs, config.task, config.check_finite_inputs)
+  if config.check_finite_inputs:
+    data.check_finite(x, f"{name.split('_')[0]} inputs",
+                      config.batch_size if name == "train_data" else config.eval_batch_size)
+  return x, y
 
 
-def _write_jsonl(path: str, records: list[dict]) -> None:
-  """Rewrites `path` with one JSON record per line."""
-  with open(path, "w") as f:
-    for record in records:
-      f.write(json.dumps(record, default=float) + "\n")
-
-
-def _append_jsonl(path: str, record: dict) -> None:
-  with open(path, "a") as f:
-    f.write(json.dumps(record, default=float) + "\n")
-
-
-def _read_log(path: str, upto_step: int) -> list[dict]:
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    records = [json.loads(line) for line in f if line.strip()]
-  return [r for r in records if r.get("step", 0) <= upto_step]
+def _num_outputs(model, state: TrainState, example: np.ndarray) -> int:
+  outputs = jax.eval_shape(lambda v, x: model.apply(v, x, train=False),
+                           {"params": state.params, **state.model_state}, jnp.asarray(example[:1]))
+  return int(outputs.shape[-1]) if outputs.ndim >= 2 else 1
 
 
 def fit(model, tx: optax.GradientTransformation, train_data: tuple[np.ndarray, np.ndarray],
         eval_data: tuple[np.ndarray, np.ndarray] | None, config: TrainConfig, workdir: str,
         penalty_fn: PenaltyFn | None = None, resume: bool = False,
-        report_fn: Callable[[Any], dict] | None = None) -> FitResult:
-  """Trains `model` with `tx` data-parallel over local devices; logs, checkpoints, resumes.
+        report_fn: Callable[[Any], dict] | None = None, overwrite: bool = False) -> FitResult:
+  """Trains `model` with `tx` data-parallel over the devices of every process; logs, checkpoints, resumes.
 
   Args:
     model: a flax module (`MLP`, `ConvNet`, or any `apply(variables, x, train=...)`).
     tx: optax chain, e.g. `optax.chain(optax.sgd(lr), transforms.integrated_tl1(lam, lr))`.
-    train_data: (x, y) numpy arrays.
+    train_data: (x, y) numpy arrays; classification labels are integers in [0, classes).
     eval_data: (x, y) evaluated at every epoch end, or None.
     config: `TrainConfig`.
-    workdir: where `log.jsonl`, `checkpoints/` and `history.json` go.
+    workdir: where `log.jsonl`, `checkpoints/`, `run_config.json` and `history.json` go.
     penalty_fn: optional activity penalty `(params, intermediates) -> scalar`.
-    resume: continue from the latest checkpoint in `workdir` (bit-identical).
+    resume: continue from the latest checkpoint in `workdir` (bit-identical); the
+      batch size, seed, task and data sizes must match the stored run.
     report_fn: `params -> dict` of size metrics per epoch; default
       `metrics.report` for MLP/ConvNet, `metrics.summary` otherwise.
+    overwrite: replace another run's checkpoints and records in `workdir`.
+
+  Multi-process: call `jax.distributed.initialize()` on every process first and give
+  every process the same arguments; the processes then train one model (see
+  `sparsejax.runloop`). Only process 0 writes records.
 
   Raises:
-    ValueError: batch size not divisible by the devices, non-finite inputs
-      (when `config.check_finite_inputs`), mismatched x/y.
+    ValueError: before the first step, for any configuration or data outside its
+      allowed range (naming it), an unusable or occupied workdir, or a resume whose
+      stored configuration differs.
     NonFiniteLossError: the loss became NaN/inf; the last good checkpoint is kept.
+    runloop.PeerLostError: a peer process of a multi-process run died.
   """
-  x_train, y_train = train_data
-  if len(x_train) != len(y_train):
-    raise ValueError(f"train_data: {len(x_train)} inputs but {len(y_train)} targets.")
-  devices = _data_parallel_devices(config.num_devices, config.batch_size)
-  num_devices = len(devices)
-  if config.check_finite_inputs:
-    data.check_finite(x_train, "train inputs", config.batch_size)
-    if eval_data is not None:
-      data.check_finite(eval_data[0], "eval inputs", config.eval_batch_size)
+  validate_config(config)
+  devices = runloop.data_parallel_devices(config.num_devices, config.batch_size)
+  if not isinstance(train_data, (tuple, list)) or len(train_data) != 2:
+    raise ValueError(f"train_data must be a pair (x, y) of arrays; got {type(train_data).__name__}.")
+  x_probe = np.asarray(train_data[0])
+  if x_probe.ndim == 0 or len(x_probe) == 0:
+    raise ValueError("train_data is empty: it needs at least one example.")
+  try:
+    initial = create_train_state(model, tx, x_probe, config.seed)
+  except (TypeError, ValueError) as err:
+    raise ValueError(f"model.init failed on one training input of shape {x_probe.shape[1:]}: {err}") from err
+  num_outputs = _num_outputs(model, initial, x_probe)
+  x_train, y_train = _validated_data("train_data", train_data, None, num_outputs, config)
   input_shape = x_train.shape[1:]
+  if eval_data is not None:
+    eval_data = _validated_data("eval_data", eval_data, input_shape, num_outputs, config)
+  runloop.check_same_on_every_process("fit", {
+      "batch_size": config.batch_size, "seed": config.seed, "epochs": config.epochs,
+      "num_train_examples": len(x_train), "num_eval_examples": 0 if eval_data is None else len(eval_data[0]),
+      "resume": int(resume)})
   if report_fn is None:
     def report_fn(params):
       try:
@@ -322,20 +322,31 @@ def fit(model, tx: optax.GradientTransformation, train_data: tuple[np.ndarray, n
       except ValueError:
         return metrics.summary(params)
 
-  os.makedirs(workdir, exist_ok=True)
+  run_config = {"trainer": "fit", "batch_size": config.batch_size, "seed": config.seed, "task": config.task,
+                "num_train_examples": len(x_train), "input_shape": list(input_shape),
+                "num_eval_examples": 0 if eval_data is None else len(eval_data[0])}
+  runloop.prepare_workdir(workdir, run_config, resume, overwrite)
+  writer = runloop.is_writer()
   log_path = os.path.join(workdir, "log.jsonl")
-  manager = _checkpoint_manager(workdir, config.keep_checkpoints)
-  state, start_step = _restore_latest(manager, create_train_state(model, tx, x_train, config.seed), resume)
-  history = _read_log(log_path, start_step) if resume else []
-  _write_jsonl(log_path, history)
+  manager = runloop.checkpoint_manager(workdir, max(config.keep_checkpoints, 1))
+  state, start_step = runloop.restore_latest(manager, initial, resume)
+  history = runloop.read_jsonl(log_path, start_step) if resume else []
+  if writer:
+    runloop.write_jsonl_atomic(log_path, history)
 
-  train_step = make_train_step(model, tx, config.task, penalty_fn, num_devices * jax.process_count())
+  total_devices = len(devices)
+  local_devices = runloop.local_count(devices)
+  train_step = make_train_step(model, tx, config.task, penalty_fn, total_devices)
   eval_step = make_eval_step(model, config.task)
-  p_train = _map_step(train_step, devices, donate_state=True)
-  p_eval = _map_step(eval_step, devices)
-  rstate = _replicate(state, devices)
+  p_train = runloop.map_step(train_step, devices, donate_state=True)
+  p_eval = runloop.map_step(eval_step, devices)
+  rstate = runloop.replicate(state, devices)
   steps_per_epoch = math.ceil(len(x_train) / config.batch_size)
   step = start_step
+  progress = config.progress and writer
+
+  def where() -> str:
+    return f"at step {step} (last checkpoint: step {manager.latest_step()} in {os.path.join(workdir, 'checkpoints')})"
 
   def save(step_to_save: int, pending: list) -> None:
     if pending and not np.isfinite(_sum_metrics(pending)["loss_sum"]):
@@ -344,45 +355,50 @@ def fit(model, tx: optax.GradientTransformation, train_data: tuple[np.ndarray, n
           f"step {manager.latest_step()} in {os.path.join(workdir, 'checkpoints')} (resume=True restarts there).")
     if not config.checkpoint:
       return
-    _save_checkpoint(manager, step_to_save, rstate)
+    runloop.save_checkpoint(manager, step_to_save, rstate)
 
-  epoch_bar = tqdm(range(start_step // steps_per_epoch, config.epochs), desc="epochs", disable=not config.progress)
+  def evaluate_replicated() -> dict:
+    x_eval, y_eval = eval_data
+    size = math.ceil(min(config.eval_batch_size, len(x_eval)) / total_devices) * total_devices
+    results = []
+    for i in range(0, len(x_eval), size):  # the stride is the padded size: no example counted twice
+      batch = runloop.process_slice(*data.pad_batch(x_eval[i:i + size], y_eval[i:i + size], size))
+      results.append(p_eval(rstate, *data.shard(batch, local_devices)))
+    return _summarize(config.task, _sum_metrics(results))
+
+  epoch_bar = tqdm(range(start_step // steps_per_epoch, config.epochs), desc="epochs", disable=not progress)
   for epoch in epoch_bar:
     start_time = time.time()
     batches = data.epoch_batches(len(x_train), config.batch_size, config.seed, epoch)
     first = step - epoch * steps_per_epoch
     epoch_metrics = []
-    bar = tqdm(batches[first:], desc=f"epoch {epoch + 1}/{config.epochs}", disable=not config.progress, leave=False)
-    for idx in bar:
-      x, y, w = _process_slice(*data.pad_batch(x_train[idx], y_train[idx], config.batch_size))
-      rstate, m = p_train(rstate, *data.shard((x, y, w), num_devices))
-      epoch_metrics.append(m)
-      step += 1
-      if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
-        save(step, epoch_metrics)
-    train_summary = _summarize(config.task, _sum_metrics(epoch_metrics))  # waits for the devices
-    epoch_time = time.time() - start_time
-    if not np.isfinite(train_summary["loss"]):
-      save(step, epoch_metrics)  # raises NonFiniteLossError, keeps the last good checkpoint
-    record = {"epoch": epoch + 1, "step": step, "epoch_time_s": epoch_time,
-              **{f"train_{k}": v for k, v in train_summary.items()}}
-    if first:  # resumed mid-epoch: the train metrics cover the remaining batches only
-      record["resumed_from_step"] = step - len(batches) + first
-    host_state = _unreplicate(rstate)
-    if eval_data is not None:
-      results = []
-      for i in range(0, len(eval_data[0]), config.eval_batch_size):
-        size = math.ceil(min(config.eval_batch_size, len(eval_data[0])) / num_devices) * num_devices
-        xb, yb, wb = data.pad_batch(eval_data[0][i:i + size], eval_data[1][i:i + size], size)
-        results.append(p_eval(rstate, *data.shard((xb, yb, wb), num_devices)))
-      record.update({f"eval_{k}": v for k, v in _summarize(config.task, _sum_metrics(results)).items()})
-    record.update(report_fn(host_state.params))
-    history.append(record)
-    _append_jsonl(log_path, record)
-    save(step, epoch_metrics)
+    bar = tqdm(batches[first:], desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
+    with runloop.peer_loss_guard(where):
+      for idx in bar:
+        batch = runloop.process_slice(*data.pad_batch(x_train[idx], y_train[idx], config.batch_size))
+        rstate, m = p_train(rstate, *data.shard(batch, local_devices))
+        epoch_metrics.append(m)
+        step += 1
+        if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
+          save(step, epoch_metrics)
+      train_summary = _summarize(config.task, _sum_metrics(epoch_metrics))  # waits for the devices
+      epoch_time = time.time() - start_time
+      if not np.isfinite(train_summary["loss"]):
+        save(step, epoch_metrics)  # raises NonFiniteLossError, keeps the last good checkpoint
+      record = {"epoch": epoch + 1, "step": step, "epoch_time_s": epoch_time,
+                **{f"train_{k}": v for k, v in train_summary.items()}}
+      if first:  # resumed mid-epoch: the train metrics cover the remaining batches only
+        record["resumed_from_step"] = step - len(batches) + first
+      if eval_data is not None:
+        record.update({f"eval_{k}": v for k, v in evaluate_replicated().items()})
+      record.update(report_fn(runloop.unreplicate(rstate).params))
+      history.append(record)
+      if writer:
+        runloop.append_jsonl(log_path, record)
+      save(step, epoch_metrics)
     shown = {k: record[k] for k in ("train_loss", "eval_accuracy", "eval_mse", "weight_sparsity") if k in record}
     epoch_bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()})
-  final = jax.tree.map(jnp.asarray, _unreplicate(rstate))
-  with open(os.path.join(workdir, "history.json"), "w") as f:
-    json.dump(history, f, indent=1, default=float)
+  final = jax.tree.map(jnp.asarray, runloop.unreplicate(rstate))
+  if writer:
+    runloop.write_json_atomic(os.path.join(workdir, "history.json"), history)
   return FitResult(state=final, history=history, workdir=workdir)

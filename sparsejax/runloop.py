@@ -1,0 +1,409 @@
+"""The pieces every training loop shares: devices and processes, workdir, records, checkpoints.
+
+`train.fit` and `gan.fit_gan` are both built from these, so the guarantees below hold
+for both.
+
+Data parallelism. The mapped axis ("batch") spans the first `num_devices` local devices
+of *every* process: with `jax.distributed.initialize()` called first on each process,
+`pmap` runs over the global device list, each process feeds its own slice of every
+global batch (`process_slice`), and `lax.psum` / `lax.pmean` reduce over all devices of
+all processes. A run on P processes x D devices is one synchronised run, equal (up to
+float summation order) to a one-process run of the same global batch.
+
+Records. Only process 0 writes records (`log.jsonl`, `steps.jsonl`, `history.json`,
+`run_config.json`). JSON-lines records are append-only, one `write` per line; a torn
+trailing line (a kill or a full disk mid-write) is dropped with a warning when read, and
+every rewrite (resume truncating records past the restored step, `history.json`) goes
+through a temporary file and an atomic rename, so a crash at any moment leaves either
+the old or the new file, never an empty one.
+
+Workdir. `prepare_workdir` checks, before the first step, that the workdir and its
+`checkpoints/` are writable and that the record paths are files; it refuses a fresh run
+in a workdir that holds another run (checkpoints or records) unless `resume` or
+`overwrite` is given, and on resume it compares the stored `run_config.json` with this
+run's and names the first field that differs.
+
+Checkpoints. Orbax, synchronous, called by every process (orbax's multi-process rule:
+all processes call `save`/`restore`; the primary process writes the replicated state).
+The workdir must be on a filesystem that every process sees.
+
+Dead peers. When a peer process dies, the next collective fails on the survivors; the
+loops turn that into `PeerLostError`, which names the process and the last checkpoint.
+The JAX distributed runtime cannot shut down cleanly once a peer is gone (its shutdown
+barrier waits for the dead process until the coordination service aborts), so after
+a `PeerLostError` the process ends with exit code 1 at interpreter exit instead of
+hanging in that barrier.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import flax
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+__all__ = [
+    "AXIS", "PeerLostError", "is_writer", "data_parallel_devices", "map_step", "replicate", "unreplicate",
+    "process_slice", "append_jsonl", "read_jsonl", "write_jsonl_atomic", "write_json_atomic",
+    "prepare_workdir", "checkpoint_manager", "restore_latest", "save_checkpoint", "peer_loss_guard",
+    "sync_processes",
+]
+
+AXIS = "batch"
+RECORD_FILES = ("log.jsonl", "steps.jsonl", "history.json", "run_config.json")
+
+
+class PeerLostError(RuntimeError):
+  """A peer process of a multi-process run stopped (killed, crashed, preempted)."""
+
+
+def is_writer() -> bool:
+  """True on the process that writes records (process 0)."""
+  return jax.process_index() == 0
+
+
+# ------------------------------------------------------------- devices
+
+
+def data_parallel_devices(num_devices: int, batch_size: int) -> list:
+  """The devices of the mapped axis: the first `num_devices` local devices of every process.
+
+  Args:
+    num_devices: devices per process; 0 means all local devices.
+    batch_size: the global batch, which must split evenly over all mapped devices.
+
+  Returns:
+    The global device list (process 0's devices first), the same on every process.
+  """
+  if isinstance(num_devices, bool) or not isinstance(num_devices, (int, np.integer)) or num_devices < 0:
+    raise ValueError(f"num_devices must be an int >= 0 (0: all {jax.local_device_count()} local devices); "
+                     f"got num_devices={num_devices!r}.")
+  if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
+    raise ValueError(f"batch_size must be > 0; got {batch_size}.")
+  per_process = int(num_devices) or jax.local_device_count()
+  if per_process > jax.local_device_count():
+    raise ValueError(f"num_devices={num_devices} but only {jax.local_device_count()} local devices; "
+                     f"allowed: 0 <= num_devices <= {jax.local_device_count()}.")
+  total = per_process * jax.process_count()
+  if batch_size % total:
+    raise ValueError(f"batch_size={batch_size} must be divisible by the {per_process} devices "
+                     f"x {jax.process_count()} processes.")
+  if jax.process_count() == 1:
+    return jax.local_devices()[:per_process]
+  by_process: dict[int, list] = {}
+  for device in jax.devices():
+    by_process.setdefault(device.process_index, []).append(device)
+  return [d for p in sorted(by_process) for d in sorted(by_process[p], key=lambda d: d.id)[:per_process]]
+
+
+def local_count(devices: list) -> int:
+  """How many of `devices` belong to this process (the leading axis of its pmap inputs)."""
+  return sum(d.process_index == jax.process_index() for d in devices)
+
+
+def map_step(step: Callable, devices: list, donate_state: bool = False) -> Callable:
+  """`step` mapped over `devices` with axis name "batch".
+
+  pmap over the global device list; on one device of one process the same step under
+  jit(vmap), which has the same collectives and dispatches faster than pmap.
+  """
+  donate = (0,) if donate_state else ()
+  if len(devices) == 1 and jax.process_count() == 1:
+    return jax.jit(jax.vmap(step, axis_name=AXIS), donate_argnums=donate)
+  return jax.pmap(step, axis_name=AXIS, devices=devices, donate_argnums=donate)
+
+
+def replicate(tree: Any, devices: list) -> Any:
+  """One copy per local mapped device along a new leading axis (pmap shards it on the first call)."""
+  n = local_count(devices)
+  return jax.tree.map(lambda a: np.broadcast_to(np.asarray(a), (n, *np.shape(a))).copy(), jax.device_get(tree))
+
+
+def unreplicate(tree: Any) -> Any:
+  """The first replica, on the host."""
+  return jax.tree.map(lambda a: np.asarray(a[0]), jax.device_get(tree))
+
+
+def process_slice(*arrays: np.ndarray) -> tuple:
+  """This process's share of each array of a global batch; the whole arrays on one process."""
+  count, index = jax.process_count(), jax.process_index()
+  if count == 1:
+    return arrays
+  per = len(arrays[0]) // count
+  return tuple(a[index * per:(index + 1) * per] for a in arrays)
+
+
+def sync_processes(name: str) -> None:
+  """A barrier across processes (no-op on one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices(name)
+
+
+def check_same_on_every_process(name: str, values: dict[str, int]) -> None:
+  """Raises ValueError naming the first field whose value differs between processes."""
+  if jax.process_count() == 1:
+    return
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  keys = sorted(values)
+  gathered = np.asarray(multihost_utils.process_allgather(np.asarray([int(values[k]) for k in keys], np.int64)))
+  for j, key in enumerate(keys):
+    column = gathered[:, j]
+    if np.any(column != column[0]):
+      raise ValueError(f"{name}: {key} differs between processes ({column.tolist()} for processes "
+                       f"0..{len(column) - 1}); every process must run the same configuration on the same data.")
+
+
+# ------------------------------------------------------------- records
+
+
+def _fsync_dir(path: str) -> None:
+  with contextlib.suppress(OSError):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+      os.fsync(fd)
+    finally:
+      os.close(fd)
+
+
+def _atomic_write(path: str, text: str) -> None:
+  directory = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+  try:
+    with os.fdopen(fd, "w") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
+    raise
+  _fsync_dir(directory)
+
+
+def _dumps(record: Any) -> str:
+  return json.dumps(record, default=float)
+
+
+def append_jsonl(path: str, record: dict) -> None:
+  """Appends one JSON record as one line (one write; starts a new line after a torn one)."""
+  line = _dumps(record) + "\n"
+  with open(path, "a+b") as f:
+    if f.tell() > 0:
+      f.seek(-1, os.SEEK_END)
+      if f.read(1) != b"\n":
+        line = "\n" + line
+    f.write(line.encode())
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def read_jsonl(path: str, upto_step: int | None = None) -> list[dict]:
+  """The records of a JSON-lines file (those with step <= upto_step if given).
+
+  A torn *last* line (an interrupted write) is dropped with a warning; a corrupt line
+  anywhere else is a ValueError naming the file and line.
+  """
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    lines = f.read().split("\n")
+  numbered = [(i + 1, line) for i, line in enumerate(lines) if line.strip()]
+  records = []
+  for position, (number, line) in enumerate(numbered):
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError:
+      if position == len(numbered) - 1:
+        warnings.warn(f"{path}: dropped a torn last line {number} (an interrupted write): {line[:80]!r}",
+                      stacklevel=2)
+        continue
+      # A torn line followed by appended records (older files): keep the parsable tail.
+      tail = line[line.rfind("{", 1):] if "{" in line[1:] else ""
+      try:
+        records.append(json.loads(tail))
+        warnings.warn(f"{path}: line {number} held a torn record before a complete one; kept the complete one.",
+                      stacklevel=2)
+      except json.JSONDecodeError:
+        raise ValueError(f"{path}: line {number} is not valid JSON: {line[:80]!r}") from None
+  if upto_step is not None:
+    records = [r for r in records if r.get("step", 0) <= upto_step]
+  return records
+
+
+def write_jsonl_atomic(path: str, records: list[dict]) -> None:
+  """Replaces `path` with one JSON record per line, atomically (temp file + rename)."""
+  _atomic_write(path, "".join(_dumps(r) + "\n" for r in records))
+
+
+def write_json_atomic(path: str, payload: Any, indent: int | None = 1) -> None:
+  """Writes JSON to `path` atomically (temp file + rename)."""
+  _atomic_write(path, json.dumps(payload, indent=indent, default=float))
+
+
+# ------------------------------------------------------------- workdir
+
+
+def _check_writable_dir(path: str, what: str) -> None:
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ValueError(f"{what} {path!r} exists and is not a directory.")
+  try:
+    os.makedirs(path, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix=".write_probe.", dir=path)
+    os.close(fd)
+    os.remove(probe)
+  except OSError as err:
+    raise ValueError(f"{what} {path!r} is not writable ({err.strerror or err}); choose another workdir "
+                     f"or fix its permissions before training.") from None
+
+
+def _existing_steps(checkpoint_dir: str) -> list[int]:
+  if not os.path.isdir(checkpoint_dir):
+    return []
+  return sorted(int(name) for name in os.listdir(checkpoint_dir) if name.isdigit())
+
+
+def _has_records(workdir: str) -> bool:
+  for name in ("log.jsonl", "steps.jsonl", "history.json"):
+    path = os.path.join(workdir, name)
+    if os.path.isfile(path) and os.path.getsize(path) > 0:
+      return True
+  return False
+
+
+def prepare_workdir(workdir: str, run_config: dict, resume: bool, overwrite: bool = False,
+                    resume_fields: tuple[str, ...] | None = None) -> None:
+  """Checks the workdir before the first step and records this run's configuration.
+
+  Args:
+    workdir: the run's directory (created if needed).
+    run_config: JSON-able facts a resumed run must share with the stored one
+      (batch size, seed, dataset size, ...), written to `run_config.json`.
+    resume: continue the run stored in `workdir`.
+    overwrite: delete another run's checkpoints and records first (fresh runs only).
+    resume_fields: the keys of `run_config` that must match on resume (default: all).
+
+  Raises:
+    ValueError: an unwritable workdir or checkpoints/, a record path that is a
+      directory, another run's checkpoints/records without resume/overwrite, or a
+      stored configuration that differs from this one on resume.
+  """
+  if resume and overwrite:
+    raise ValueError("resume=True and overwrite=True contradict each other: choose one.")
+  if is_writer():
+    _check_writable_dir(workdir, "workdir")
+    for name in RECORD_FILES:
+      path = os.path.join(workdir, name)
+      if os.path.isdir(path):
+        raise ValueError(f"{path!r} is a directory; the run writes its records there. Remove it or choose "
+                         f"another workdir.")
+    checkpoint_dir = os.path.join(workdir, "checkpoints")
+    in_use = bool(_existing_steps(checkpoint_dir)) or _has_records(workdir)
+    config_path = os.path.join(workdir, "run_config.json")
+    if in_use and not resume:
+      if not overwrite:
+        raise ValueError(
+            f"workdir {workdir!r} already holds a run (checkpoints {_existing_steps(checkpoint_dir)} / records); "
+            f"pass resume=True to continue it or overwrite=True to replace it, or choose a new workdir.")
+      shutil.rmtree(checkpoint_dir, ignore_errors=True)
+      for name in RECORD_FILES:
+        with contextlib.suppress(FileNotFoundError):
+          os.remove(os.path.join(workdir, name))
+    if resume and os.path.isfile(config_path):
+      with open(config_path) as f:
+        try:
+          stored = json.load(f)
+        except json.JSONDecodeError:
+          stored = None
+      if stored is not None:
+        for key in resume_fields or tuple(run_config):
+          if key in stored and stored[key] != run_config[key]:
+            raise ValueError(
+                f"cannot resume the run in {workdir!r}: {key} was {stored[key]!r} there but is {run_config[key]!r} "
+                f"now. Resume with the same {key}, or start a new run (new workdir, or overwrite=True).")
+    _check_writable_dir(checkpoint_dir, "checkpoint directory")
+    write_json_atomic(config_path, run_config)
+  sync_processes(f"sparsejax-prepare-{os.path.abspath(workdir)}")
+
+
+# ------------------------------------------------------------- checkpoints
+
+
+def checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
+  """A synchronous orbax manager for `workdir/checkpoints`, keeping the newest `keep`."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=False, create=True)
+  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")), options=options)
+
+
+def _restore(manager: ocp.CheckpointManager, template: Any) -> Any:
+  target = flax.serialization.to_state_dict(template)
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+  try:
+    restored = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(abstract))
+  except ValueError as err:
+    raise ValueError(
+        f"the checkpoint at step {manager.latest_step()} in {manager.directory} does not match this run's model "
+        f"and optimizer (resume with the same configuration, or use a new workdir): {err}") from None
+  return flax.serialization.from_state_dict(template, restored)
+
+
+def restore_latest(manager: ocp.CheckpointManager, template: Any, resume: bool) -> tuple[Any, int]:
+  """(state, step): the latest checkpoint when resuming and one exists, else (template, 0)."""
+  if resume and manager.latest_step() is not None:
+    state = _restore(manager, template)
+    return state, int(state.step)
+  return template, 0
+
+
+def save_checkpoint(manager: ocp.CheckpointManager, step: int, replicated_state: Any) -> None:
+  """Saves the first replica of a replicated state at `step` (every process calls this)."""
+  manager.save(step, args=ocp.args.StandardSave(flax.serialization.to_state_dict(unreplicate(replicated_state))))
+  manager.wait_until_finished()
+
+
+# ------------------------------------------------------------- dead peers
+
+_PEER_FAILURE_MARKERS = ("gloo", "connection reset", "connection closed", "socket closed", "broken pipe",
+                         "unavailable", "deadline_exceeded", "heartbeat", "peer", "nccl", "collective")
+_exit_after_peer_loss = False
+
+
+def _end_process_after_peer_loss() -> None:
+  if _exit_after_peer_loss:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)  # the distributed runtime's shutdown barrier would wait for the dead peer
+
+
+@contextlib.contextmanager
+def peer_loss_guard(where: Callable[[], str]) -> Iterator[None]:
+  """Turns a failed collective of a multi-process run into `PeerLostError`.
+
+  `where()` describes the position (step, last checkpoint) for the message.
+  """
+  try:
+    yield
+  except Exception as err:  # pylint: disable=broad-except
+    text = str(err).lower()
+    if jax.process_count() == 1 or not any(marker in text for marker in _PEER_FAILURE_MARKERS):
+      raise
+    global _exit_after_peer_loss
+    if not _exit_after_peer_loss:
+      _exit_after_peer_loss = True
+      atexit.register(_end_process_after_peer_loss)
+    raise PeerLostError(
+        f"process {jax.process_index()} of {jax.process_count()} lost a peer process {where()}: "
+        f"{str(err).splitlines()[0][:300]}. Restart every process with resume=True to continue from the last "
+        f"checkpoint; this process will exit with code 1.") from err

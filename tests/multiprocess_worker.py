@@ -1,0 +1,62 @@
+"""One process of a multi-process `train.fit` / `gan.fit_gan` run, for tests/test_multiprocess.py.
+
+Run as `python -m tests.multiprocess_worker JSON` with a JSON dict of options. It sets
+the device count, joins the job through `jax.distributed.initialize` (127.0.0.1 only)
+when `num_processes > 1`, trains, and writes its final params to `out`.
+"""
+
+import json
+import os
+import sys
+
+
+def main(options: dict) -> None:
+  os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={options['devices']}"
+  os.environ["JAX_PLATFORMS"] = "cpu"
+  import jax  # pylint: disable=import-outside-toplevel
+  if options["num_processes"] > 1:
+    jax.distributed.initialize(coordinator_address=f"127.0.0.1:{options['port']}",
+                               num_processes=options["num_processes"], process_id=options["process_id"],
+                               initialization_timeout=60, heartbeat_timeout_seconds=options.get("heartbeat", 100))
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  import optax  # pylint: disable=import-outside-toplevel
+
+  from sparsejax import data, gan, train, transforms  # pylint: disable=import-outside-toplevel
+  from sparsejax.models import MLP, dcgan  # pylint: disable=import-outside-toplevel
+
+  x, y = data.load("digits", "train")
+  x, y = x[:512], y[:512]
+  if options["trainer"] == "fit":
+    lr = 0.05
+    tx = optax.chain(optax.sgd(lr, momentum=0.9), transforms.integrated_tl1(1e-3, lr, a=0.5))
+    config = train.TrainConfig(epochs=options["epochs"], batch_size=64, eval_batch_size=100, progress=False,
+                               num_devices=options.get("num_devices", 0),
+                               checkpoint_every_steps=options.get("checkpoint_every_steps", 0))
+    slow = options.get("slow_report_s", 0.0)
+
+    def report(params):
+      if slow:
+        import time  # pylint: disable=import-outside-toplevel
+        time.sleep(slow)
+      return {"nonzero": int(sum(int(np.count_nonzero(np.asarray(p))) for p in jax.tree.leaves(params)))}
+
+    result = train.fit(MLP((32, 10)), tx, (x, y), (x[:250], y[:250]), config, options["workdir"],
+                       resume=options.get("resume", False), report_fn=report)
+    params = result.state.params
+  else:
+    images = np.asarray(data.load("digits", "train")[0][:128], np.float32)
+    images = np.pad(images, ((0, 0), (10, 10), (10, 10), (0, 0)))  # 28x28, values in [0, 1]
+    images = images / max(float(images.max()), 1.0)
+    g, d = dcgan.dcgan_28(width=8, axis_name="batch")
+    config = gan.GANConfig(epochs=options["epochs"], batch_size=32, latent_dim=16, progress=False,
+                           log_every_steps=2)
+    result = gan.fit_gan(g, d, optax.adam(2e-4, b1=0.5), optax.adam(2e-4, b1=0.5), images, config,
+                         options["workdir"], resume=options.get("resume", False))
+    params = {"g": result.state.g_params, "d": result.state.d_params}
+  flat = {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(params)}
+  np.savez(options["out"], **flat)
+  print("done", flush=True)
+
+
+if __name__ == "__main__":
+  main(json.loads(sys.argv[1]))

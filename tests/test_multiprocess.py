@@ -1,0 +1,146 @@
+"""Real multi-process runs: 2 local processes (127.0.0.1 only) joined by `jax.distributed`.
+
+Each process is a fresh interpreter running `tests/multiprocess_worker.py` (float32, CPU,
+gloo collectives). A P-process run must be *one* data-parallel run: its params equal a
+one-process run of the same global batch, every epoch is logged once, checkpoints are
+written, and a killed peer gives a clear error in bounded time, after which a resumed
+run completes the same training.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMEOUT_S = 240
+
+
+def _free_port() -> int:
+  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _env():
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_ENABLE_X64")}
+  env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+  return env
+
+
+def _start(options: dict, log_path: str) -> subprocess.Popen:
+  log = open(log_path, "w")  # noqa: SIM115  (closed with the process)
+  return subprocess.Popen([sys.executable, "-m", "tests.multiprocess_worker", json.dumps(options)], cwd=REPO,
+                          env=_env(), stdout=log, stderr=subprocess.STDOUT)
+
+
+def _log_tail(path: str, lines: int = 30) -> str:
+  with open(path) as f:
+    kept = [line for line in f if not line.startswith("    @")]
+  return "".join(kept[-lines:])
+
+
+def _run(tmp_path, name: str, num_processes: int, devices: int, **options) -> list[dict]:
+  """Runs a job to completion; returns each process's final params."""
+  port = _free_port()
+  procs, logs, outs = [], [], []
+  for pid in range(num_processes):
+    out = str(tmp_path / f"{name}_{pid}.npz")
+    log = str(tmp_path / f"{name}_{pid}.log")
+    opts = {"devices": devices, "num_processes": num_processes, "process_id": pid, "port": port,
+            "workdir": str(tmp_path / name), "out": out, **options}
+    procs.append(_start(opts, log))
+    logs.append(log)
+    outs.append(out)
+  for proc, log in zip(procs, logs):
+    try:
+      rc = proc.wait(TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+      for p in procs:
+        p.kill()
+      pytest.fail(f"{name}: a process hung:\n{_log_tail(log)}")
+    assert rc == 0, f"{name}: exit {rc}\n{_log_tail(log)}"
+  return [dict(np.load(out)) for out in outs]
+
+
+def _assert_params_close(a: dict, b: dict, atol: float):
+  assert sorted(a) == sorted(b)
+  for key in a:
+    np.testing.assert_allclose(a[key], b[key], atol=atol, rtol=0, err_msg=key)
+
+
+def _records(path: str) -> list[dict]:
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def reference_fit(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp("reference")
+  return _run(tmp, "ref", 1, 1, trainer="fit", epochs=3)[0]
+
+
+def test_two_processes_one_device_each_are_one_run(tmp_path, reference_fit):
+  p0, p1 = _run(tmp_path, "two", 2, 1, trainer="fit", epochs=3)
+  _assert_params_close(p0, p1, atol=0.0)  # both processes hold the same model
+  _assert_params_close(p0, reference_fit, atol=1e-5)  # and it is the one-process model
+  records = _records(str(tmp_path / "two" / "log.jsonl"))
+  assert [r["epoch"] for r in records] == [1, 2, 3]  # one writer: each epoch once
+  with open(tmp_path / "two" / "history.json") as f:
+    assert [r["step"] for r in json.load(f)] == [8, 16, 24]
+  steps = sorted(int(d) for d in os.listdir(tmp_path / "two" / "checkpoints") if d.isdigit())
+  assert steps == [16, 24]  # keep_checkpoints=2
+
+
+def test_two_processes_two_devices_each_are_one_run(tmp_path, reference_fit):
+  p0, p1 = _run(tmp_path, "two_by_two", 2, 2, trainer="fit", epochs=3)
+  _assert_params_close(p0, p1, atol=0.0)
+  _assert_params_close(p0, reference_fit, atol=1e-5)
+
+
+def test_gan_two_processes_equal_one_process(tmp_path):
+  (ref,) = _run(tmp_path, "gan_ref", 1, 1, trainer="gan", epochs=1)
+  p0, p1 = _run(tmp_path, "gan_two", 2, 1, trainer="gan", epochs=1)
+  _assert_params_close(p0, p1, atol=0.0)
+  _assert_params_close(p0, ref, atol=1e-5)
+  assert [r["epoch"] for r in _records(str(tmp_path / "gan_two" / "log.jsonl"))] == [1]
+
+
+def test_killed_peer_gives_clear_error_quickly_and_resume_completes(tmp_path):
+  epochs = 30
+  (reference,) = _run(tmp_path, "kill_ref", 1, 1, trainer="fit", epochs=epochs, checkpoint_every_steps=4)
+  port = _free_port()
+  workdir = str(tmp_path / "killed")
+  common = {"devices": 1, "num_processes": 2, "port": port, "trainer": "fit", "epochs": epochs,
+            "workdir": workdir, "checkpoint_every_steps": 4, "slow_report_s": 0.3}
+  logs = [str(tmp_path / f"killed_{i}.log") for i in range(2)]
+  procs = [_start({**common, "process_id": i, "out": str(tmp_path / f"killed_{i}.npz")}, logs[i]) for i in range(2)]
+  log_path = os.path.join(workdir, "log.jsonl")
+  deadline = time.time() + TIMEOUT_S
+  while time.time() < deadline and not (os.path.exists(log_path) and len(_records(log_path)) >= 3):
+    assert procs[0].poll() is None, _log_tail(logs[0])
+    time.sleep(0.05)
+  procs[1].send_signal(signal.SIGKILL)
+  killed_at = time.time()
+  try:
+    rc = procs[0].wait(60)
+  except subprocess.TimeoutExpired:
+    procs[0].kill()
+    pytest.fail("the survivor hung after its peer was killed")
+  elapsed = time.time() - killed_at
+  assert rc == 1, _log_tail(logs[0])
+  assert elapsed < 30, elapsed
+  tail = _log_tail(logs[0])
+  assert "PeerLostError: process 0 of 2 lost a peer process at step" in tail, tail
+  assert "resume=True" in tail
+  # Restart both processes with resume=True: the run completes and equals the uninterrupted one.
+  p0, p1 = _run(tmp_path, "killed", 2, 1, trainer="fit", epochs=epochs, checkpoint_every_steps=4, resume=True)
+  _assert_params_close(p0, p1, atol=0.0)
+  _assert_params_close(p0, reference, atol=1e-5)
+  assert [r["epoch"] for r in _records(log_path)] == list(range(1, epochs + 1))
