@@ -207,7 +207,8 @@ def make_mnist_trainer(model, init, train_xy, test_xy, config: Config, per_layer
     tx = optax.chain(optax.sgd(lr), transforms.proximal(prox.l1, tree, lr))
     cfg = train.TrainConfig(epochs=config.epochs, batch_size=128, seed=0, checkpoint=False, progress=False,
                             num_devices=1)
-    result = train.fit(model, tx, train_xy, test_xy, cfg, os.path.join(workdir, "runs"), report_fn=lambda p: {})
+    result = train.fit(model, tx, train_xy, test_xy, cfg, os.path.join(workdir, "runs"), report_fn=lambda p: {},
+                       overwrite=True)
     params = result.state.params
     return selection.TrainOutcome(params, selection.count_nonzero(params, per_layer=per_layer),
                                   full_gradient_magnitudes(params),

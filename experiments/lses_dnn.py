@@ -113,7 +113,7 @@ def fit_network(method: str, config: Config, train_xy, test_xy, workdir: str, st
   cfg = train.TrainConfig(epochs=config.epochs, batch_size=config.batch_size, seed=config.seed, checkpoint=False,
                           progress=False, num_devices=1)
   result = train.fit(model, _network_tx(method, config, strength), train_xy, None, cfg, workdir, penalty_fn=penalty,
-                     report_fn=lambda p: {})
+                     report_fn=lambda p: {}, overwrite=True)
   params = result.state.params
   _, state = model.apply({"params": params}, jnp.asarray(test_xy[0]), mutable=["intermediates"])
   responses = jax.tree.leaves(state["intermediates"])

@@ -51,7 +51,8 @@ def train_and_evaluate(config: Config, workdir: str, progress: bool = True) -> d
   train_config = train.TrainConfig(epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
                                    num_devices=config.num_devices, progress=progress)
   start = time.time()
-  result = train.fit(model, tx, (x_train, y_train), (x_test, y_test), train_config, workdir)
+  result = train.fit(model, tx, (x_train, y_train), (x_test, y_test), train_config, workdir,
+                       overwrite=True)
   wall = time.time() - start
   params = result.state.params
   shape = x_train.shape[1:]

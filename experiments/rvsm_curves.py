@@ -93,7 +93,8 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     tx = make_tx(method, config, schedule)
     cfg = train.TrainConfig(epochs=config.epochs, batch_size=config.batch_size, seed=config.seed, checkpoint=False,
                             progress=False, num_devices=1)
-    fit = train.fit(model, tx, (x, y), (xt, yt), cfg, os.path.join(out_dir, "runs", method), report_fn=lambda p: {})
+    fit = train.fit(model, tx, (x, y), (xt, yt), cfg, os.path.join(out_dir, "runs", method), report_fn=lambda p: {},
+                    overwrite=True)
     params = fit.state.params
     if method.startswith("rvsm"):
       params = transforms.rvsm_sparse_params(fit.state.opt_state, params)
@@ -113,19 +114,13 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
 
 
 def _example_grid(x, y, path, dataset):
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  fig, axes = plt.subplots(3, 8, figsize=(10, 4.2))
+  fig, axes = plotting.new_figure(3, 8, figsize=(10, 4.2))
   names = {0: "regular", 1: "shaky"} if dataset == "shaky_curves" else {}
   for i, ax in enumerate(axes.ravel()):
     ax.imshow(x[i, :, :, 0], cmap="gray_r", vmin=0, vmax=1)
     ax.set_title(names.get(int(y[i]), str(int(y[i]))), fontsize=8)
     ax.axis("off")
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  plotting.save_figure(fig, path)
 
 
 def _write_table(config, results, out_dir):

@@ -166,18 +166,13 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
 
 
 def _histogram_plot(histograms, path):
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  fig, ax = plt.subplots(figsize=(7, 4))
+  fig, ax = plotting.new_figure(figsize=(7, 4))
   for method, mean_act in histograms.items():
     ax.hist(mean_act, bins=40, range=(0, 1), histtype="step", label=method)
   ax.set_xlabel("mean activation k_j of a hidden unit over the training set")
   ax.set_ylabel("hidden units")
   ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  plotting.save_figure(fig, path)
 
 
 def _write_table(config, results, workdir):

@@ -104,7 +104,7 @@ def train_classifier(config: Config, x, y, x_test, y_test, workdir: str):
   model = cnn.lenet5(int(max(y.max(), y_test.max())) + 1)
   tcfg = train.TrainConfig(epochs=config.classifier_epochs, batch_size=128, progress=config.progress)
   result = train.fit(model, optax.adam(1e-3), (x, y), (x_test, y_test), tcfg, os.path.join(workdir, "classifier"),
-                     resume=config.resume)
+                     resume=config.resume, overwrite=not config.resume)
   return model, result.state.params, result.history[-1].get("eval_accuracy", float("nan"))
 
 
@@ -166,6 +166,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
       tx = optax.adam(config.learning_rate, b1=config.beta1)
       result = gan.fit_gan(generator, discriminator, tx, tx, x, gan.GANConfig(seed=seed, **gcfg), run_dir,
                            d_penalty=penalty, g_penalty=penalty, resume=config.resume,
+                           overwrite=not config.resume,
                            epoch_fn=make_epoch_fn(config, generator, scorer, run_dir, seed))
       results["runs"][f"{method}_seed{seed}"] = {"method": method, "seed": seed, "history": result.history,
                                                  "steps": result.steps, **summarize(result.history, result.steps)}
@@ -235,8 +236,7 @@ def write_outputs(config: Config, results: dict, workdir: str) -> None:
 
 
 def _loss_plot(runs: dict, path: str) -> None:
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel  (plotting sets the Agg backend)
-  fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+  fig, axes = plotting.new_figure(1, 2, figsize=(12, 4))
   for ax, key in zip(axes, ("d_loss", "g_loss")):
     for name, run in runs.items():
       ax.plot([s["epoch"] for s in run["steps"]], [s[key] for s in run["steps"]], lw=0.8, label=name)
@@ -244,9 +244,7 @@ def _loss_plot(runs: dict, path: str) -> None:
     ax.set_ylabel(f"{key.replace('_', ' ')} (mean over each logged window)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  plotting.save_figure(fig, path)
 
 
 def main(argv=None):

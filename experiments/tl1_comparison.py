@@ -135,7 +135,7 @@ def run_one(config: Config, setup: DatasetSetup, train_data, eval_data, regulari
                                    progress=False, num_devices=config.num_devices)
   start = time.time()
   result = train.fit(model, tx, train_data, eval_data, train_config,
-                     workdir or os.path.join("/tmp", "sparsejax_tl1", f"{regularizer}_{seed}"))
+                     workdir or os.path.join("/tmp", "sparsejax_tl1", f"{regularizer}_{seed}"), overwrite=True)
   final = result.history[-1]
   report = metrics.report(model, result.state.params, train_data[0].shape[1:])
   return {"regularizer": regularizer, "strength": strength, "seed": seed, "a": config.a if a is None else a,

@@ -137,11 +137,18 @@ def _from_data_dir(name: str, split: str, data_dir: str):
     return _sdd_text(os.path.join(data_dir, "sdd"), split)
   npz = os.path.join(data_dir, f"{name}.npz")
   if os.path.exists(npz):
-    with np.load(npz) as arrays:
+    try:
+      arrays = np.load(npz, allow_pickle=False)
+    except Exception as err:  # BadZipFile, OSError, ValueError: all mean "not a readable npz"
+      raise ValueError(f"{npz} is not a readable .npz file ({type(err).__name__}: {err}); replace it with one "
+                       f"holding x_{split} and y_{split}.") from None
+    with arrays:
       if f"x_{split}" in arrays:
+        if f"y_{split}" not in arrays:
+          raise ValueError(f"{npz} has x_{split} but no y_{split}; it holds {sorted(arrays.files)}.")
         x = arrays[f"x_{split}"]
         x = _images(x) if x.ndim >= 3 or name in ("mnist", "fashion_mnist") else x.astype(np.float32)
-        return x, arrays[f"y_{split}"].astype(np.int32)
+        return x, _integer_labels(arrays[f"y_{split}"], f"{npz} y_{split}")
   directory = os.path.join(data_dir, name)
   if os.path.isdir(directory):
     return _from_idx_dir(directory, split)
@@ -213,6 +220,34 @@ def _from_tfds(name: str, split: str, data_dir: str | None, download: bool):
 SOURCES = ("data_dir", "offline", "tfds")
 
 
+def _integer_labels(y: np.ndarray, what: str) -> np.ndarray:
+  """Class labels as int32; ValueError for NaN/inf, non-integer values or a non-numeric dtype."""
+  y = np.asarray(y)
+  if np.issubdtype(y.dtype, np.integer):
+    return y.astype(np.int32)
+  if not np.issubdtype(y.dtype, np.floating):
+    raise ValueError(f"{what}: labels must be integers; got dtype {y.dtype}.")
+  if not np.all(np.isfinite(y)):
+    raise ValueError(f"{what}: labels hold {int(np.sum(~np.isfinite(y)))} NaN/inf values "
+                     f"(first at index {int(np.argmin(np.isfinite(y)))}).")
+  if np.any(y != np.round(y)):
+    raise ValueError(f"{what}: labels must be integer class indices; got non-integer value "
+                     f"{y[y != np.round(y)].ravel()[0]!r}.")
+  return y.astype(np.int32)
+
+
+def _checked_pair(out, name: str, split: str, where: str):
+  """A loader's (x, y), checked: same length, at least one example."""
+  if out is None:
+    return None
+  x, y = out
+  if len(x) != len(y):
+    raise ValueError(f"dataset {name!r} split {split!r} from {where}: {len(x)} inputs but {len(y)} labels.")
+  if len(x) == 0:
+    raise ValueError(f"dataset {name!r} split {split!r} from {where} is empty.")
+  return x, y
+
+
 def load(name: str, split: str = "train", data_dir: str | None = None, download: bool = False,
          source: str | None = None):
   """Loads dataset `name` (one of `DATASETS`) split `split` as numpy arrays `(x, y)`.
@@ -227,7 +262,8 @@ def load(name: str, split: str = "train", data_dir: str | None = None, download:
       try them in that order.
 
   Raises:
-    ValueError: unknown name, split or source.
+    ValueError: unknown name, split or source; a corrupt or incomplete npz;
+      inputs and labels of different lengths; NaN or non-integer labels.
     DataNotFoundError: no source has the data; the message says how to get it.
   """
   if name not in DATASETS:
@@ -241,7 +277,7 @@ def load(name: str, split: str = "train", data_dir: str | None = None, download:
   tried = []
   if data_dir and "data_dir" in use:
     tried.append(f"data_dir {data_dir!r}")
-    out = _from_data_dir(name, split, data_dir)
+    out = _checked_pair(_from_data_dir(name, split, data_dir), name, split, f"data_dir {data_dir!r}")
     if out is not None:
       return out
   offline = {
@@ -253,12 +289,12 @@ def load(name: str, split: str = "train", data_dir: str | None = None, download:
   }
   if name in offline and "offline" in use:
     tried.append("offline package")
-    out = offline[name]()
+    out = _checked_pair(offline[name](), name, split, "the offline package")
     if out is not None:
       return out
   if "tfds" in use:
     tried.append("tensorflow-datasets")
-    out = _from_tfds(name, split, data_dir, download)
+    out = _checked_pair(_from_tfds(name, split, data_dir, download), name, split, "tensorflow-datasets")
     if out is not None:
       return out
   raise DataNotFoundError(

@@ -342,7 +342,8 @@ def fit_gan(generator, discriminator, g_tx: optax.GradientTransformation, d_tx: 
             runloop.append_jsonl(steps_path, record)
           bar.set_postfix({"d": f"{record['d_loss']:.3f}", "g": f"{record['g_loss']:.3f}"})
           window = []
-        if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
+        if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0 and \
+            step != (epoch + 1) * steps_per_epoch:  # the epoch-end checkpoint follows the record
           save(step, epoch_metrics[-config.checkpoint_every_steps:])
       values = _metric_arrays(epoch_metrics)
       if not all(np.isfinite(v).all() for v in values.values()):

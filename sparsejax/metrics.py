@@ -21,13 +21,14 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from sparsejax.models.cnn import ConvNet
 from sparsejax.models.mlp import MLP
 
 __all__ = ["nnz", "sparsity_per_leaf", "summary", "Layer", "layers", "alive_units", "neurons_removed",
-           "flops_and_params", "report"]
+           "flops_and_params", "report", "check_params_match"]
 
 
 def nnz(tree: Any) -> int:
@@ -70,8 +71,43 @@ class Layer(NamedTuple):
   padding: str | None = None
 
 
+def check_params_match(model: Any, params: Any, input_shape: Sequence[int]) -> None:
+  """Raises ValueError unless `params` are `model`'s parameters for inputs of `input_shape`.
+
+  Compares the pytree structure and every leaf's shape with what `model.init` would
+  create (traced abstractly, no computation), naming the first difference.
+  """
+  shape = tuple(int(d) for d in input_shape)
+  try:
+    expected = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, *shape), jnp.float32)))
+  except Exception as err:  # pylint: disable=broad-except
+    raise ValueError(f"{type(model).__name__} cannot take inputs of shape {shape} (input_shape): "
+                     f"{str(err).splitlines()[0]}") from None
+  expected = expected.get("params", {}) if isinstance(expected, dict) or hasattr(expected, "get") else expected
+  got_leaves, got_def = jax.tree_util.tree_flatten_with_path(params)
+  want_leaves, want_def = jax.tree_util.tree_flatten_with_path(expected)
+  if got_def != want_def:
+    got_paths = {jax.tree_util.keystr(p) for p, _ in got_leaves}
+    want_paths = {jax.tree_util.keystr(p) for p, _ in want_leaves}
+    detail = sorted(want_paths - got_paths)[:3] or sorted(got_paths - want_paths)[:3]
+    raise ValueError(f"params do not belong to this {type(model).__name__}: their structure differs "
+                     f"(e.g. {detail}).")
+  for (path, got), (_, want) in zip(got_leaves, want_leaves):
+    if tuple(np.shape(got)) != tuple(want.shape):
+      raise ValueError(f"params do not match this {type(model).__name__} for input_shape {shape}: "
+                       f"{jax.tree_util.keystr(path)} has shape {tuple(np.shape(got))}, the model expects "
+                       f"{tuple(want.shape)}.")
+
+
 def layers(model: Any, params: Any, input_shape: Sequence[int]) -> list[Layer]:
-  """The layer sequence of an `MLP` or `ConvNet` for inputs of `input_shape` (no batch axis)."""
+  """The layer sequence of an `MLP` or `ConvNet` for inputs of `input_shape` (no batch axis).
+
+  Raises:
+    ValueError: another kind of model, or params/input_shape that do not fit it.
+  """
+  if not isinstance(model, (MLP, ConvNet)):
+    raise ValueError(f"metrics support MLP and ConvNet models; got {type(model).__name__}.")
+  check_params_match(model, params, input_shape)
   if isinstance(model, MLP):
     names = [f"Dense_{i}" for i in range(len(model.features))]
     return [Layer(n, "dense", np.asarray(params[n]["kernel"]), np.asarray(params[n]["bias"]), 1) for n in names]

@@ -1,7 +1,9 @@
 """Plots written beside the JSON results: training curves, sparsity per layer, filters.
 
-Uses matplotlib's Agg backend (no display needed). Every function writes a PNG
-and returns its path.
+Figures are built with `matplotlib.figure.Figure` and saved through its own canvas,
+so nothing here needs a display or touches global state: importing this module
+never changes matplotlib's backend (inline figures in Jupyter keep working). Every
+function writes a PNG and returns its path.
 """
 
 from __future__ import annotations
@@ -9,21 +11,24 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-__all__ = ["training_curves", "sparsity_per_layer", "first_layer_filters", "line_plot", "tile_images",
+__all__ = ["new_figure", "save_figure", "training_curves", "sparsity_per_layer", "first_layer_filters", "line_plot", "tile_images",
            "image_grid", "image_panels"]
 
 
-def _save(fig, path: str) -> str:
+def new_figure(nrows: int = 1, ncols: int = 1, figsize=None, squeeze: bool = True):
+  """(figure, axes) like `pyplot.subplots`, without pyplot's global figure manager."""
+  fig = Figure(figsize=figsize)
+  return fig, fig.subplots(nrows, ncols, squeeze=squeeze)
+
+
+def save_figure(fig, path: str) -> str:
+  """Lays out `fig`, writes it to `path` as a PNG (creating folders) and returns the path."""
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
-  plt.close(fig)
   return path
 
 
@@ -34,7 +39,7 @@ def training_curves(history: Sequence[dict], path: str, title: str = "") -> str:
             ("accuracy" if "eval_accuracy" in history[-1] or "train_accuracy" in history[-1] else "mse",
              ["train_accuracy", "eval_accuracy", "train_mse", "eval_mse"]),
             ("sparsity / fraction used", ["weight_sparsity", "flops_fraction", "params_fraction"])]
-  fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+  fig, axes = new_figure(1, 3, figsize=(13, 3.6))
   for ax, (label, keys) in zip(axes, panels):
     for key in keys:
       if any(key in r for r in history):
@@ -46,7 +51,7 @@ def training_curves(history: Sequence[dict], path: str, title: str = "") -> str:
       ax.legend(fontsize=8)
   if title:
     fig.suptitle(title)
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def sparsity_per_layer(report: dict, path: str, title: str = "") -> str:
@@ -56,7 +61,7 @@ def sparsity_per_layer(report: dict, path: str, title: str = "") -> str:
   "neurons_removed"/"neurons_total" as written by `metrics.report`.
   """
   layers = list(report["layer_sparsity"])
-  fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+  fig, axes = new_figure(1, 2, figsize=(11, 3.6))
   axes[0].bar(layers, [report["layer_sparsity"][l] for l in layers], color="tab:blue")
   axes[0].set_ylim(0, 1)
   axes[0].set_ylabel("fraction of weights exactly zero")
@@ -72,7 +77,7 @@ def sparsity_per_layer(report: dict, path: str, title: str = "") -> str:
     ax.tick_params(axis="x", rotation=30)
   if title:
     fig.suptitle(title)
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def first_layer_filters(kernel: np.ndarray, path: str, image_shape: Sequence[int] | None = None,
@@ -93,7 +98,7 @@ def first_layer_filters(kernel: np.ndarray, path: str, image_shape: Sequence[int
   filters = filters[:max_filters]
   cols = int(np.ceil(np.sqrt(len(filters))))
   rows = int(np.ceil(len(filters) / cols))
-  fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.3 * rows), squeeze=False)
+  fig, axes = new_figure(rows, cols, figsize=(1.3 * cols, 1.3 * rows), squeeze=False)
   scale = float(np.max(np.abs(kernel))) or 1.0
   for ax in axes.ravel():
     ax.axis("off")
@@ -101,13 +106,13 @@ def first_layer_filters(kernel: np.ndarray, path: str, image_shape: Sequence[int
     ax.imshow(f, cmap="RdBu_r", vmin=-scale, vmax=scale)
   if title:
     fig.suptitle(title)
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def line_plot(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: str, xlabel: str, ylabel: str,
               title: str = "", logx: bool = False, logy: bool = False) -> str:
   """One line per entry {label: (x, y)}."""
-  fig, ax = plt.subplots(figsize=(6, 4))
+  fig, ax = new_figure(figsize=(6, 4))
   for label, (xs, ys) in series.items():
     ax.plot(xs, ys, marker="o", label=label)
   ax.set_xlabel(xlabel)
@@ -120,7 +125,7 @@ def line_plot(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: 
   ax.legend(fontsize=8)
   if title:
     ax.set_title(title)
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def tile_images(images: np.ndarray, columns: int | None = None, pad: int = 1) -> np.ndarray:
@@ -148,11 +153,11 @@ def _show(ax, canvas: np.ndarray) -> None:
 def image_grid(images: np.ndarray, path: str, columns: int | None = None, title: str = "") -> str:
   """One PNG of (N, H, W[, C]) images in [0, 1] tiled in a grid (e.g. GAN samples of an epoch)."""
   canvas = tile_images(images, columns)
-  fig, ax = plt.subplots(figsize=(max(2.0, canvas.shape[1] / 40), max(2.0, canvas.shape[0] / 40)))
+  fig, ax = new_figure(figsize=(max(2.0, canvas.shape[1] / 40), max(2.0, canvas.shape[0] / 40)))
   _show(ax, canvas)
   if title:
     ax.set_title(title, fontsize=9)
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def image_panels(panels: dict[str, np.ndarray], path: str, columns: int | None = None,
@@ -162,10 +167,10 @@ def image_panels(panels: dict[str, np.ndarray], path: str, columns: int | None =
     raise ValueError("panels must not be empty.")
   per_row = panels_per_row or len(panels)
   rows = int(np.ceil(len(panels) / per_row))
-  fig, axes = plt.subplots(rows, per_row, figsize=(3.0 * per_row, 3.2 * rows), squeeze=False)
+  fig, axes = new_figure(rows, per_row, figsize=(3.0 * per_row, 3.2 * rows), squeeze=False)
   for ax in axes.ravel():
     ax.axis("off")
   for ax, (label, images) in zip(axes.ravel(), panels.items()):
     _show(ax, tile_images(images, columns))
     ax.set_title(label, fontsize=9)
-  return _save(fig, path)
+  return save_figure(fig, path)

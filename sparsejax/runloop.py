@@ -44,7 +44,6 @@ import os
 import shutil
 import sys
 import tempfile
-import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -52,6 +51,8 @@ import flax
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from sparsejax.records import append_jsonl, read_jsonl, write_json_atomic, write_jsonl_atomic
 
 __all__ = [
     "AXIS", "PeerLostError", "is_writer", "data_parallel_devices", "map_step", "replicate", "unreplicate",
@@ -166,91 +167,6 @@ def check_same_on_every_process(name: str, values: dict[str, int]) -> None:
 
 
 # ------------------------------------------------------------- records
-
-
-def _fsync_dir(path: str) -> None:
-  with contextlib.suppress(OSError):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-      os.fsync(fd)
-    finally:
-      os.close(fd)
-
-
-def _atomic_write(path: str, text: str) -> None:
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-  try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    with contextlib.suppress(OSError):
-      os.remove(tmp)
-    raise
-  _fsync_dir(directory)
-
-
-def _dumps(record: Any) -> str:
-  return json.dumps(record, default=float)
-
-
-def append_jsonl(path: str, record: dict) -> None:
-  """Appends one JSON record as one line (one write; starts a new line after a torn one)."""
-  line = _dumps(record) + "\n"
-  with open(path, "a+b") as f:
-    if f.tell() > 0:
-      f.seek(-1, os.SEEK_END)
-      if f.read(1) != b"\n":
-        line = "\n" + line
-    f.write(line.encode())
-    f.flush()
-    os.fsync(f.fileno())
-
-
-def read_jsonl(path: str, upto_step: int | None = None) -> list[dict]:
-  """The records of a JSON-lines file (those with step <= upto_step if given).
-
-  A torn *last* line (an interrupted write) is dropped with a warning; a corrupt line
-  anywhere else is a ValueError naming the file and line.
-  """
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    lines = f.read().split("\n")
-  numbered = [(i + 1, line) for i, line in enumerate(lines) if line.strip()]
-  records = []
-  for position, (number, line) in enumerate(numbered):
-    try:
-      records.append(json.loads(line))
-    except json.JSONDecodeError:
-      if position == len(numbered) - 1:
-        warnings.warn(f"{path}: dropped a torn last line {number} (an interrupted write): {line[:80]!r}",
-                      stacklevel=2)
-        continue
-      # A torn line followed by appended records (older files): keep the parsable tail.
-      tail = line[line.rfind("{", 1):] if "{" in line[1:] else ""
-      try:
-        records.append(json.loads(tail))
-        warnings.warn(f"{path}: line {number} held a torn record before a complete one; kept the complete one.",
-                      stacklevel=2)
-      except json.JSONDecodeError:
-        raise ValueError(f"{path}: line {number} is not valid JSON: {line[:80]!r}") from None
-  if upto_step is not None:
-    records = [r for r in records if r.get("step", 0) <= upto_step]
-  return records
-
-
-def write_jsonl_atomic(path: str, records: list[dict]) -> None:
-  """Replaces `path` with one JSON record per line, atomically (temp file + rename)."""
-  _atomic_write(path, "".join(_dumps(r) + "\n" for r in records))
-
-
-def write_json_atomic(path: str, payload: Any, indent: int | None = 1) -> None:
-  """Writes JSON to `path` atomically (temp file + rename)."""
-  _atomic_write(path, json.dumps(payload, indent=indent, default=float))
 
 
 # ------------------------------------------------------------- workdir

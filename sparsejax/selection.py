@@ -34,7 +34,6 @@ Two ways:
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -48,6 +47,7 @@ import optax
 
 from sparsejax import _checks
 from sparsejax import prox as _prox
+from sparsejax import records as runloop_records
 
 __all__ = ["TrainOutcome", "SelectionResult", "SelectionError", "bracket", "next_strength", "select_strength",
            "select_layer_strengths", "threshold_inverse", "weight_leaves", "count_nonzero", "gradient_magnitudes",
@@ -176,20 +176,60 @@ def _bad(outcome: TrainOutcome) -> bool:
 
 
 class _History:
-  """In-memory history mirrored to a JSON-lines file after every training."""
+  """The trainings of a selection, mirrored to an append-only JSON-lines file.
 
-  def __init__(self, path: str | None):
+  With a `path`, every record is appended as it is made (never truncated) and the
+  gradient magnitudes of the latest training go to `path + ".gradients.npz"` (atomic
+  rename), so a selection killed at any moment resumes from the file: the trainings
+  it holds are not repeated. A history written for another target is refused.
+  """
+
+  def __init__(self, path: str | None, identity: dict):
     self.records: list[dict] = []
     self.path = path
+    self.identity = identity
     if path:
+      if os.path.isdir(path):
+        raise ValueError(f"history_path {path!r} is a directory; give a file path.")
       os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-      open(path, "w").close()
+      self.records = runloop_records.read_jsonl(path)
+      for record in self.records:
+        for key, value in identity.items():
+          if key in record and record[key] != value:
+            raise ValueError(f"history_path {path!r} holds a selection with {key}={record[key]!r}, not {value!r}; "
+                             f"use another history_path (or delete the file) for a new selection.")
 
-  def add(self, record: dict) -> None:
+  @property
+  def gradients_path(self) -> str:
+    return f"{self.path}.gradients.npz"
+
+  def add(self, record: dict, gradients: list[np.ndarray] | None = None) -> None:
+    record = {**self.identity, **record}
     self.records.append(record)
     if self.path:
-      with open(self.path, "a") as f:
-        f.write(json.dumps(record, default=float) + "\n")
+      if gradients is not None:
+        tmp = f"{self.gradients_path}.tmp.npz"
+        np.savez(tmp, *[np.asarray(g, np.float32) for g in gradients])
+        os.replace(tmp, self.gradients_path)
+      runloop_records.append_jsonl(self.path, record)
+
+  def replay(self) -> tuple[list[dict], list[np.ndarray] | None]:
+    """The completed trainings found on disk and the latest one's gradient magnitudes (or None)."""
+    done = [r for r in self.records if "error" not in r]
+    if not done or not self.path or not os.path.exists(self.gradients_path):
+      return [], None
+    with np.load(self.gradients_path) as f:
+      gradients = [f[k] for k in sorted(f.files, key=lambda name: int(name.split("_")[1]))]
+    return done, gradients
+
+
+def _check_selection_args(initial_strengths: Sequence[float], max_trainings: int) -> None:
+  if isinstance(max_trainings, bool) or not isinstance(max_trainings, (int, np.integer)) or max_trainings < 1:
+    raise ValueError(f"max_trainings must be an int >= 1; got max_trainings={max_trainings!r}.")
+  if len(initial_strengths) == 0:
+    raise ValueError("initial_strengths must hold at least one strength > 0; got ().")
+  for value in initial_strengths:
+    _checks.check_range("initial_strengths", value, lower=0.0, lower_inclusive=False)
 
 
 def select_strength(
@@ -215,21 +255,38 @@ def select_strength(
       (otherwise checked after the first training from the gradient count).
     candidate_fn: maps gradient magnitudes to candidate lambdas
       (`threshold_inverse` for non-L1 penalties); default identity (L1).
-    history_path: JSON-lines file written after every training.
+    history_path: JSON-lines file appended after every training (never
+      truncated). A selection interrupted at any moment resumes from it: call
+      again with the same arguments and the trainings it holds are not repeated.
 
   Raises:
     ValueError: target_nnz <= 0 or above the number of weights; r outside (0, 1).
     SelectionError: a training returned NaN/inf; `.history` has the trainings so far.
   """
   _check_target(target_nnz, r)
+  _check_selection_args(initial_strengths, max_trainings)
   if num_weights is not None and target_nnz > num_weights:
     raise ValueError(f"target_nnz={target_nnz} exceeds the {num_weights} regularised weights.")
   candidate_fn = candidate_fn or (lambda g: g)
-  history = _History(history_path)
+  history = _History(history_path, {"target_nnz": target_nnz, "r": r})
   pairs: list[tuple[float, float]] = []
-  strength = float(initial_strengths[0])
-  best = None
-  for k in range(max_trainings):
+  best = None  # (strength, nnz, params or None for a replayed training)
+  done, last_gradients = history.replay()
+  for record in done:
+    pairs.append((record["strength"], record["nnz"]))
+    if best is None or abs(record["nnz"] - target_nnz) < abs(best[1] - target_nnz):
+      best = (record["strength"], record["nnz"], None)
+  if done and abs(done[-1]["nnz"] - target_nnz) <= r * target_nnz:
+    strength = done[-1]["strength"]  # converged before the interruption: train it once more for its params
+    done.pop()
+    pairs.pop()
+  elif done:
+    k = len(done)
+    strength = (float(initial_strengths[k]) if k < len(initial_strengths)
+                else next_strength(pairs, target_nnz, candidate_fn(last_gradients[0].astype(np.float64))))
+  else:
+    strength = float(initial_strengths[0])
+  for k in range(len(done), max_trainings):
     outcome = train_fn(strength)
     record = {"training": k + 1, "strength": strength, "nnz": int(np.sum(outcome.nnz)), **(outcome.extras or {})}
     if _bad(outcome):
@@ -237,13 +294,13 @@ def select_strength(
       raise SelectionError(f"training {k + 1} with strength {strength:g} returned non-finite values; "
                            f"history of {len(history.records)} trainings kept" +
                            (f" in {history.path}" if history.path else ""), history.records)
-    history.add(record)
     grads = np.asarray(outcome.gradient_magnitudes, np.float64).ravel()
+    history.add(record, [grads])
     if k == 0 and target_nnz > grads.size:
       raise ValueError(f"target_nnz={target_nnz} exceeds the {grads.size} regularised weights.")
     nnz = record["nnz"]
     pairs.append((strength, nnz))
-    if best is None or abs(nnz - target_nnz) < abs(best[1] - target_nnz):
+    if best is None or abs(nnz - target_nnz) <= abs(best[1] - target_nnz):
       best = (strength, nnz, outcome.params)
     if abs(nnz - target_nnz) <= r * target_nnz:
       return SelectionResult(strength, outcome.params, nnz, history.records, k + 1, True)
@@ -251,6 +308,8 @@ def select_strength(
       strength = float(initial_strengths[k + 1])
     else:
       strength = next_strength(pairs, target_nnz, candidate_fn(grads))
+  if best[2] is None:  # the best training was replayed from the history: retrain it for its params
+    best = (best[0], best[1], train_fn(best[0]).params)
   return SelectionResult(best[0], best[2], best[1], history.records, max_trainings, False)
 
 
@@ -273,16 +332,48 @@ def select_layer_strengths(
   targets = [float(t) for t in target_nnz]
   for t in targets:
     _check_target(t, r)
+  _check_selection_args(initial_strengths, max_trainings)
   num_layers = len(targets)
+  if num_layers == 0:
+    raise ValueError("target_nnz must hold one target per layer; got an empty sequence.")
   min_layers = num_layers if min_layers is None else min_layers
   if not 1 <= min_layers <= num_layers:
     raise ValueError(f"min_layers must satisfy 1 <= min_layers <= {num_layers}; got {min_layers}.")
   candidate_fns = candidate_fns or [lambda g: g] * num_layers
-  history = _History(history_path)
+  history = _History(history_path, {"target_nnz": targets, "r": r})
   pairs: list[list[tuple[float, float]]] = [[] for _ in range(num_layers)]
   strengths = [float(initial_strengths[0])] * num_layers
-  best = None
-  for k in range(max_trainings):
+  best = None  # (score, strengths, nnz, params or None for a replayed training)
+
+  def score_of(nnz):
+    return sum(abs(n - t) / t for n, t in zip(nnz, targets))
+
+  def within(nnz):
+    return [abs(n - t) <= r * t for n, t in zip(nnz, targets)]
+
+  def advance(k, nnz, gradients):
+    ok = within(nnz)
+    for layer in range(num_layers):
+      pairs[layer].append((strengths[layer], nnz[layer]))
+      if k + 1 < len(initial_strengths):
+        strengths[layer] = float(initial_strengths[k + 1])
+      elif not ok[layer]:
+        g = np.asarray(gradients[layer], np.float64).ravel()
+        strengths[layer] = next_strength(pairs[layer], targets[layer], candidate_fns[layer](g))
+
+  done, last_gradients = history.replay()
+  for k, record in enumerate(done):
+    strengths[:] = list(record["strengths"])
+    if best is None or score_of(record["nnz"]) < best[0]:
+      best = (score_of(record["nnz"]), list(strengths), list(record["nnz"]), None)
+    if k < len(done) - 1:
+      for layer in range(num_layers):
+        pairs[layer].append((strengths[layer], record["nnz"][layer]))
+    elif sum(within(record["nnz"])) >= min_layers:
+      done.pop()  # converged before the interruption: train it once more for its params
+    else:
+      advance(k, record["nnz"], last_gradients)
+  for k in range(len(done), max_trainings):
     outcome = train_fn(list(strengths))
     nnz = [int(n) for n in outcome.nnz]
     if len(nnz) != num_layers or len(outcome.gradient_magnitudes) != num_layers:
@@ -292,24 +383,19 @@ def select_layer_strengths(
     if _bad(outcome):
       history.add({**record, "error": "non-finite"})
       raise SelectionError(f"training {k + 1} returned non-finite values; history kept", history.records)
-    history.add(record)
+    history.add(record, [np.asarray(g, np.float64).ravel() for g in outcome.gradient_magnitudes])
     if k == 0:
       for layer, (t, g) in enumerate(zip(targets, outcome.gradient_magnitudes)):
         if t > np.size(g):
           raise ValueError(f"target_nnz[{layer}]={t:g} exceeds the {np.size(g)} weights of layer {layer}.")
-    ok = [abs(n - t) <= r * t for n, t in zip(nnz, targets)]
-    score = sum(abs(n - t) / t for n, t in zip(nnz, targets))
-    if best is None or score < best[0]:
+    score = score_of(nnz)
+    if best is None or score <= best[0]:
       best = (score, list(strengths), nnz, outcome.params)
-    if sum(ok) >= min_layers:
+    if sum(within(nnz)) >= min_layers:
       return SelectionResult(list(strengths), outcome.params, nnz, history.records, k + 1, True)
-    for layer in range(num_layers):
-      pairs[layer].append((strengths[layer], nnz[layer]))
-      if k + 1 < len(initial_strengths):
-        strengths[layer] = float(initial_strengths[k + 1])
-      elif not ok[layer]:
-        g = np.asarray(outcome.gradient_magnitudes[layer], np.float64).ravel()
-        strengths[layer] = next_strength(pairs[layer], targets[layer], candidate_fns[layer](g))
+    advance(k, nnz, outcome.gradient_magnitudes)
+  if best[3] is None:  # the best training was replayed from the history: retrain it for its params
+    best = (*best[:3], train_fn(best[1]).params)
   return SelectionResult(best[1], best[3], best[2], history.records, max_trainings, False)
 
 

@@ -32,6 +32,7 @@ dropout agree across device counts up to float summation order.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import os
 import time
@@ -51,7 +52,7 @@ from sparsejax.runloop import AXIS, PeerLostError
 
 __all__ = ["TrainState", "TrainConfig", "create_train_state", "make_train_step", "make_eval_step",
            "fit", "FitResult", "evaluate", "NonFiniteLossError",
-           "PeerLostError", "validate_config"]
+           "PeerLostError", "validate_config", "mode_kwargs"]
 
 PenaltyFn = Callable[[Any, Any], jax.Array]
 
@@ -96,6 +97,22 @@ def create_train_state(model, tx: optax.GradientTransformation, example_input: n
                     rng=train_rng, model_state=variables)
 
 
+def mode_kwargs(model, train: bool) -> dict:
+  """How to tell `model.__call__` train vs eval: `train=`, `deterministic=` (flax's dropout
+  convention, the negation), or nothing when its signature takes neither."""
+  try:
+    parameters = inspect.signature(type(model).__call__).parameters
+  except (TypeError, ValueError):
+    return {"train": train}
+  if "train" in parameters:
+    return {"train": train}
+  if "deterministic" in parameters:
+    return {"deterministic": not train}
+  if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+    return {"train": train}
+  return {}
+
+
 def _per_example_loss(task: str):
   if task == "classification":
     return optax.softmax_cross_entropy_with_integer_labels
@@ -117,7 +134,8 @@ def make_train_step(model, tx: optax.GradientTransformation, task: str = "classi
   """The pmap-able train step `(state, x, y, weight) -> (state, metrics)` (axis name "batch").
 
   Args:
-    model: a flax module called as `model.apply(variables, x, train=True)`.
+    model: a flax module; called with `train=True` (or `deterministic=False`) when its
+      `__call__` takes that argument (`mode_kwargs`).
     tx: the optax chain (e.g. sgd + a proximal transform).
     task: "classification" (softmax cross-entropy) or "regression" (squared error).
     penalty_fn: optional `penalty_fn(params, intermediates) -> scalar` added to
@@ -125,6 +143,7 @@ def make_train_step(model, tx: optax.GradientTransformation, task: str = "classi
     num_devices: replicas in the pmap (the penalty is split evenly over them).
   """
   per_example = _per_example_loss(task)
+  train_mode = mode_kwargs(model, True)
 
   def train_step(state: TrainState, x, y, w):
     rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), lax.axis_index(AXIS))
@@ -133,7 +152,7 @@ def make_train_step(model, tx: optax.GradientTransformation, task: str = "classi
 
     def objective(params):
       variables = {"params": params, **state.model_state}
-      outputs, new_vars = model.apply(variables, x, train=True, rngs={"dropout": rng}, mutable=mutable)
+      outputs, new_vars = model.apply(variables, x, **train_mode, rngs={"dropout": rng}, mutable=mutable)
       loss_sum = jnp.sum(per_example(outputs, y) * w)
       total = loss_sum / global_count
       if penalty_fn is not None:
@@ -153,9 +172,10 @@ def make_train_step(model, tx: optax.GradientTransformation, task: str = "classi
 
 def make_eval_step(model, task: str = "classification"):
   per_example = _per_example_loss(task)
+  eval_mode = mode_kwargs(model, False)
 
   def eval_step(state: TrainState, x, y, w):
-    outputs = model.apply({"params": state.params, **state.model_state}, x, train=False)
+    outputs = model.apply({"params": state.params, **state.model_state}, x, **eval_mode)
     return _batch_metrics(task, outputs, y, w, jnp.sum(per_example(outputs, y) * w))
 
   return eval_step
@@ -259,7 +279,7 @@ def _validated_data(name: str, pair, input_shape, num_outputs: int, config: Trai
 
 
 def _num_outputs(model, state: TrainState, example: np.ndarray) -> int:
-  outputs = jax.eval_shape(lambda v, x: model.apply(v, x, train=False),
+  outputs = jax.eval_shape(lambda v, x: model.apply(v, x, **mode_kwargs(model, False)),
                            {"params": state.params, **state.model_state}, jnp.asarray(example[:1]))
   return int(outputs.shape[-1]) if outputs.ndim >= 2 else 1
 
@@ -379,7 +399,10 @@ def fit(model, tx: optax.GradientTransformation, train_data: tuple[np.ndarray, n
         rstate, m = p_train(rstate, *data.shard(batch, local_devices))
         epoch_metrics.append(m)
         step += 1
-        if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
+        # Not at the epoch's last step: that checkpoint comes after the epoch's record, so
+        # a checkpoint at an epoch boundary always has its record (resume never skips one).
+        if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0 and \
+            step != (epoch + 1) * steps_per_epoch:
           save(step, epoch_metrics)
       train_summary = _summarize(config.task, _sum_metrics(epoch_metrics))  # waits for the devices
       epoch_time = time.time() - start_time

@@ -246,7 +246,7 @@ def _scaled(strength: ScalarOrSchedule, factor: float) -> ScalarOrSchedule:
   return strength * factor
 
 
-def _layer_strengths(strength, m, weight_of_mu, layer_scale, mask):
+def _layer_strengths(strength, m, weight_of_mu, layer_scale, mask, scale_name: str = "layer_scale"):
   """strengths_for(params, treedef) giving strength * weight_of_mu(mu_l) * c_l per layer."""
 
   def strengths_for(params, treedef):
@@ -255,7 +255,8 @@ def _layer_strengths(strength, m, weight_of_mu, layer_scale, mask):
     scales = [1.0] * num_layers if layer_scale is None else list(layer_scale)
     if len(scales) != num_layers:
       raise ValueError(
-          f"layer_scale has {len(scales)} entries but params have {num_layers} regularised layers.")
+          f"{scale_name} has {len(scales)} entries but params have {num_layers} regularised layers; "
+          f"give one per layer (or None for all 1).")
     out = []
     for l in treedef.flatten_up_to(index_tree):
       out.append(None if l is None else _scaled(strength, weight_of_mu(mus[l - 1]) * scales[l - 1]))
@@ -298,14 +299,15 @@ def sparse_group_lasso(
 
 
 def _group_then(second_prox: Callable[..., Any], strength, learning_rate, m, group_scale,
-                second_scale, axis, mask, order=("group", "second")) -> optax.GradientTransformation:
+                second_scale, axis, mask, order=("group", "second"),
+                scale_names=("layer_scale", "layer_scale")) -> optax.GradientTransformation:
   _check_strength_and_lr(strength, learning_rate)
   _checks.check_range("m", m, lower=0.0, upper=0.5)
   group = _proximal_from_leaf_strengths(
       functools.partial(_prox.group_lasso, axis=axis),
-      _layer_strengths(strength, m, lambda mu: 1.0 - mu, group_scale, mask), learning_rate, mask)
+      _layer_strengths(strength, m, lambda mu: 1.0 - mu, group_scale, mask, scale_names[0]), learning_rate, mask)
   second = _proximal_from_leaf_strengths(
-      second_prox, _layer_strengths(strength, m, lambda mu: mu, second_scale, mask),
+      second_prox, _layer_strengths(strength, m, lambda mu: mu, second_scale, mask, scale_names[1]),
       learning_rate, mask)
   steps = {"group": group, "second": second}
   return optax.chain(*(steps[name] for name in order))
@@ -340,7 +342,7 @@ def cges(
   """
   op = _prox.exclusive if exact_exclusive else _prox.cges_exclusive
   return _group_then(functools.partial(op, axis=axis), strength, learning_rate, m,
-                     group_scale, exclusive_scale, axis, mask)
+                     group_scale, exclusive_scale, axis, mask, scale_names=("group_scale", "exclusive_scale"))
 
 
 def integrated_tl1(
