@@ -310,13 +310,13 @@ def fit_gan(generator, discriminator, g_tx: optax.GradientTransformation, d_tx: 
   progress = config.progress and writer
 
   def where() -> str:
-    return f"at step {step} (last checkpoint: step {manager.latest_step()} in {os.path.join(workdir, 'checkpoints')})"
+    return f"at step {step} (last checkpoint: step {runloop.latest_checkpoint_step(workdir)} in {os.path.join(workdir, 'checkpoints')})"
 
   def save(step_to_save: int, window: list) -> None:
     if window and not all(np.isfinite(v) for v in _mean_metrics(window).values()):
       raise NonFiniteLossError(
           f"a GAN loss became non-finite before step {step_to_save}; not checkpointed. Last good checkpoint: "
-          f"step {manager.latest_step()} in {os.path.join(workdir, 'checkpoints')} (resume=True restarts there).")
+          f"step {runloop.latest_checkpoint_step(workdir)} in {os.path.join(workdir, 'checkpoints')} (resume=True restarts there).")
     if config.checkpoint:
       runloop.save_checkpoint(manager, step_to_save, rstate)
 

@@ -23,9 +23,11 @@ in a workdir that holds another run (checkpoints or records) unless `resume` or
 `overwrite` is given, and on resume it compares the stored `run_config.json` with this
 run's and names the first field that differs.
 
-Checkpoints. Orbax, synchronous, called by every process (orbax's multi-process rule:
-all processes call `save`/`restore`; the primary process writes the replicated state).
-The workdir must be on a filesystem that every process sees.
+Checkpoints. Orbax, synchronous. The state is replicated, identical on every process
+and held on the host, so process 0 writes it and every process restores it; each
+process's orbax manager is scoped to that process, so no cross-process barrier sits on
+the save path (see `checkpoint_manager`). The workdir must be on a filesystem that
+every process sees.
 
 Dead peers. When a peer process dies, the next collective fails on the survivors; the
 loops turn that into `PeerLostError`, which names the process and the last checkpoint.
@@ -58,7 +60,7 @@ __all__ = [
     "AXIS", "PeerLostError", "is_writer", "data_parallel_devices", "map_step", "replicate", "unreplicate",
     "process_slice", "append_jsonl", "read_jsonl", "write_jsonl_atomic", "write_json_atomic",
     "prepare_workdir", "checkpoint_manager", "restore_latest", "save_checkpoint", "peer_loss_guard",
-    "sync_processes",
+    "sync_processes", "latest_checkpoint_step", "local_count", "check_same_on_every_process",
 ]
 
 AXIS = "batch"
@@ -191,6 +193,12 @@ def _existing_steps(checkpoint_dir: str) -> list[int]:
   return sorted(int(name) for name in os.listdir(checkpoint_dir) if name.isdigit())
 
 
+def latest_checkpoint_step(workdir: str) -> int | None:
+  """The newest finished checkpoint step in `workdir/checkpoints` (read from disk; None if none)."""
+  steps = _existing_steps(os.path.join(workdir, "checkpoints"))
+  return steps[-1] if steps else None
+
+
 def _has_records(workdir: str) -> bool:
   for name in ("log.jsonl", "steps.jsonl", "history.json"):
     path = os.path.join(workdir, name)
@@ -258,9 +266,23 @@ def prepare_workdir(workdir: str, run_config: dict, resume: bool, overwrite: boo
 
 
 def checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
-  """A synchronous orbax manager for `workdir/checkpoints`, keeping the newest `keep`."""
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=False, create=True)
-  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")), options=options)
+  """A synchronous orbax manager for `workdir/checkpoints`, keeping the newest `keep`.
+
+  The trainers' state is replicated and held on the host (numpy), identical on every
+  process, so process 0 alone writes it (`save_checkpoint` is a no-op elsewhere) and
+  every process reads it on resume. Each process's manager is therefore scoped to
+  itself (`MultiprocessingOptions(primary_host=i, active_processes={i})`): orbax then
+  places no cross-process barrier on the save path, where a dead peer would block the
+  survivor until the coordination service's heartbeat timeout aborts it.
+  """
+  index = jax.process_index()
+  directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+  if is_writer():
+    os.makedirs(directory, exist_ok=True)  # prepare_workdir made it already; this is for direct callers
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep, enable_async_checkpointing=False, create=False,
+      multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=index, active_processes={index}))
+  return ocp.CheckpointManager(directory, options=options)
 
 
 def _restore(manager: ocp.CheckpointManager, template: Any) -> Any:
@@ -284,7 +306,9 @@ def restore_latest(manager: ocp.CheckpointManager, template: Any, resume: bool) 
 
 
 def save_checkpoint(manager: ocp.CheckpointManager, step: int, replicated_state: Any) -> None:
-  """Saves the first replica of a replicated state at `step` (every process calls this)."""
+  """Saves the first replica of a replicated state at `step` (process 0 writes; a no-op elsewhere)."""
+  if not is_writer():
+    return
   manager.save(step, args=ocp.args.StandardSave(flax.serialization.to_state_dict(unreplicate(replicated_state))))
   manager.wait_until_finished()
 

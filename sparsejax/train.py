@@ -366,13 +366,13 @@ def fit(model, tx: optax.GradientTransformation, train_data: tuple[np.ndarray, n
   progress = config.progress and writer
 
   def where() -> str:
-    return f"at step {step} (last checkpoint: step {manager.latest_step()} in {os.path.join(workdir, 'checkpoints')})"
+    return f"at step {step} (last checkpoint: step {runloop.latest_checkpoint_step(workdir)} in {os.path.join(workdir, 'checkpoints')})"
 
   def save(step_to_save: int, pending: list) -> None:
     if pending and not np.isfinite(_sum_metrics(pending)["loss_sum"]):
       raise NonFiniteLossError(
           f"training loss became non-finite before step {step_to_save}; not checkpointed. Last good checkpoint: "
-          f"step {manager.latest_step()} in {os.path.join(workdir, 'checkpoints')} (resume=True restarts there).")
+          f"step {runloop.latest_checkpoint_step(workdir)} in {os.path.join(workdir, 'checkpoints')} (resume=True restarts there).")
     if not config.checkpoint:
       return
     runloop.save_checkpoint(manager, step_to_save, rstate)

@@ -37,6 +37,7 @@ from typing import Any, NamedTuple
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from sparsejax import _checks
@@ -74,9 +75,29 @@ def _resolve_prox(prox_fn: ProxFn, prox_kwargs: dict) -> Callable[..., Any]:
   return functools.partial(fn, **prox_kwargs) if prox_kwargs else fn
 
 
+NAMED_MASKS = {"weights_only": weights_only, "all": None}
+
+
 def mask_leaves(mask: Mask, params: Any) -> list[bool]:
-  """One bool per leaf of params (flatten order) from a mask pytree, a prefix of one, or a callable; None = all."""
+  """One bool per leaf of params (flatten order).
+
+  `mask` is a pytree of bools, a prefix of one, a callable params -> such a pytree,
+  a name in `NAMED_MASKS` ("weights_only": kernels, ndim >= 2; "all"), or None (all).
+  The ready-made chains default to the *name* "weights_only", not the function:
+  `optax.inject_hyperparams` takes every callable argument for a schedule and would
+  call the function with the step count.
+
+  Raises:
+    ValueError: an unknown name, a structure that does not match params, or a mask
+      leaf that is an array, which is what a callable mask becomes when
+      `optax.inject_hyperparams` evaluates it as a schedule (it would silently
+      regularise nothing).
+  """
   treedef = jax.tree.structure(params)
+  if isinstance(mask, str):
+    if mask not in NAMED_MASKS:
+      raise ValueError(f"unknown mask name {mask!r}; allowed: {sorted(NAMED_MASKS)}, a pytree of bools or a callable.")
+    mask = NAMED_MASKS[mask]
   if mask is None:
     return [True] * treedef.num_leaves
   mask_tree = mask(params) if callable(mask) else mask
@@ -84,7 +105,13 @@ def mask_leaves(mask: Mask, params: Any) -> list[bool]:
     full = jax.tree.map(lambda m, sub: jax.tree.map(lambda _: m, sub), mask_tree, params)
   except ValueError as err:
     raise ValueError(f"mask does not match the structure of params: {err}") from None
-  return [bool(m) for m in treedef.flatten_up_to(full)]
+  leaves = treedef.flatten_up_to(full)
+  if any(isinstance(m, (jax.Array, np.ndarray)) and not isinstance(m, np.bool_) for m in leaves):
+    raise ValueError(
+        "mask holds arrays, not Python bools. A callable mask passed through optax.inject_hyperparams is "
+        "evaluated as a schedule (mask(step_count)); pass static_args=('mask',) to inject_hyperparams, or a "
+        "mask name such as 'weights_only'.")
+  return [bool(m) for m in leaves]
 
 
 def _strength_leaves(strength: Any, params: Any, treedef) -> list:
@@ -207,7 +234,7 @@ def _natural_key(path) -> list:
   return [int(tok) if tok.isdigit() else tok for tok in re.split(r"(\d+)", text)]
 
 
-def layer_index(params: Any, mask: Mask = weights_only) -> Any:
+def layer_index(params: Any, mask: Mask = "weights_only") -> Any:
   """1-based layer number l of every regularised leaf (None elsewhere), and L.
 
   Layers are the masked-in leaves ordered by their path with numbers compared
@@ -268,7 +295,7 @@ def _layer_strengths(strength, m, weight_of_mu, layer_scale, mask, scale_name: s
 # ------------------------------------------------------- ready-made chains
 
 
-def l1(strength: Any, learning_rate: ScalarOrSchedule, mask: Mask = weights_only) -> optax.GradientTransformation:
+def l1(strength: Any, learning_rate: ScalarOrSchedule, mask: Mask = "weights_only") -> optax.GradientTransformation:
   """Proximal l1 (soft thresholding at lr*strength) on the kernels: the L1 baseline.
 
   Example: `optax.chain(optax.sgd(lr), transforms.l1(1e-4, lr))`.
@@ -282,7 +309,7 @@ def sparse_group_lasso(
     learning_rate: ScalarOrSchedule,
     axis: int | Sequence[int] = -1,
     scale_by_group_size: bool = True,
-    mask: Mask = weights_only,
+    mask: Mask = "weights_only",
 ) -> optax.GradientTransformation:
   """Exact prox of l1_strength*sum|w| + group_strength*sum_g sqrt(|g|)||w_g|| (Scardapane et al. 2017).
 
@@ -321,7 +348,7 @@ def cges(
     exclusive_scale: Sequence[float] | None = None,
     axis: int | Sequence[int] = -1,
     exact_exclusive: bool = False,
-    mask: Mask = weights_only,
+    mask: Mask = "weights_only",
 ) -> optax.GradientTransformation:
   """Combined group and exclusive sparsity (Yoon & Hwang 2017), MATH.md §5.4.
 
@@ -353,7 +380,7 @@ def integrated_tl1(
     layer_scale: Sequence[float] | None = None,
     axis: int | Sequence[int] = -1,
     order: tuple[str, str] = ("group", "tl1"),
-    mask: Mask = weights_only,
+    mask: Mask = "weights_only",
 ) -> optax.GradientTransformation:
   """Integrated transformed-l1 regulariser (Ma et al. 2019), MATH.md §2.5.
 

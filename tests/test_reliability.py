@@ -288,6 +288,23 @@ for name, make in [("l1", lambda: optax.chain(optax.sgd(0.1, momentum=0.9), tran
   assert float(lines["tl1"][0]) <= 2e-4 and lines["tl1"][1] == "True"
 
 
+# ------------------------------------------------------------------ 2. end to end: NaN is never a sparse zero
+
+
+@pytest.mark.parametrize("make_prox", [
+    lambda lr: transforms.integrated_tl1(1e-3, lr, a=0.5),
+    lambda lr: transforms.sparse_group_lasso(1e-3, 1e-3, lr),
+    lambda lr: transforms.proximal("log_sum", 1e-3, lr, eps=0.1),
+], ids=["integrated_tl1", "sparse_group_lasso", "log_sum"])
+def test_nan_gradients_through_a_proximal_step_stop_the_run(tmp_path, digits, make_prox):
+  """NaN updates used to come out of the prox as zeros: a 'sparse', finite, wrong run."""
+  lr = 0.1
+  tx = optax.chain(optax.sgd(lr), optax.scale_by_schedule(lambda step: jnp.where(step >= 15, jnp.nan, 1.0)),
+                   make_prox(lr))
+  with pytest.raises(train.NonFiniteLossError, match="Last good checkpoint: step 10"):
+    _fit(digits, tmp_path, config=_config(epochs=3))
+
+
 # ------------------------------------------------------------------ 6. bad input, before training
 
 
@@ -437,3 +454,38 @@ def test_peer_lost_error_only_for_collective_failures_of_multiprocess_runs():
     with runloop.peer_loss_guard(lambda: "at step 1"):
       raise RuntimeError("Gloo all-reduce failed: Connection reset by peer")
   assert issubclass(runloop.PeerLostError, RuntimeError)
+
+
+# ------------------------------------------------------------------ inject_hyperparams must not drop the penalty
+
+
+@pytest.mark.parametrize("factory,kwargs", [
+    (transforms.l1, {"strength": 0.05}),
+    (transforms.integrated_tl1, {"strength": 0.05, "a": 0.5}),
+    (transforms.sparse_group_lasso, {"l1_strength": 0.05, "group_strength": 0.05}),
+    (transforms.cges, {"strength": 0.05}),
+], ids=["l1", "integrated_tl1", "sparse_group_lasso", "cges"])
+def test_inject_hyperparams_applies_the_same_penalty(factory, kwargs):
+  """The default mask used to be a callable, which inject_hyperparams took for a schedule: no penalty at all."""
+  params = {"Dense_0": {"kernel": jnp.asarray([[0.5, -0.02], [0.01, 2.0]]), "bias": jnp.asarray([0.01, -0.01])},
+            "Dense_1": {"kernel": jnp.asarray([[0.3], [-0.04]]), "bias": jnp.asarray([0.02])}}
+  grads = jax.tree.map(lambda p: 0.1 * jnp.ones_like(p), params)
+  plain = factory(learning_rate=0.1, **kwargs)
+  injected = optax.inject_hyperparams(factory)(learning_rate=0.1, **kwargs)
+  expected, _ = plain.update(grads, plain.init(params), params)
+  got, state = jax.jit(injected.update)(grads, injected.init(params), params)
+  for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+  assert any(float(jnp.max(jnp.abs(u - g))) > 0 for u, g in zip(jax.tree.leaves(got), jax.tree.leaves(grads)))
+
+
+def test_callable_mask_through_inject_hyperparams_is_an_error_not_a_silent_no_op():
+  params = {"w": jnp.ones((2, 2)), "b": jnp.ones(2)}
+  tx = optax.inject_hyperparams(transforms.l1)(strength=0.1, learning_rate=0.1, mask=transforms.weights_only)
+  with pytest.raises(ValueError, match=r"static_args=\('mask',\)"):
+    tx.init(params)
+  ok = optax.inject_hyperparams(transforms.l1, static_args=("mask",))(
+      strength=0.1, learning_rate=0.1, mask=transforms.weights_only)
+  updates, _ = ok.update(jax.tree.map(jnp.zeros_like, params), ok.init(params), params)
+  np.testing.assert_allclose(np.asarray(updates["w"]), -0.01)
+  np.testing.assert_allclose(np.asarray(updates["b"]), 0.0)
