@@ -47,6 +47,7 @@ import optax
 
 from sparsejax import _checks
 from sparsejax import prox as _prox
+from sparsejax import pruning
 from sparsejax import records as runloop_records
 
 __all__ = ["TrainOutcome", "SelectionResult", "SelectionError", "bracket", "next_strength", "select_strength",
@@ -453,6 +454,9 @@ def nnz_controller(
     rate: float = 0.05,
     interval: int = 1,
     mask: Any = None,
+    total_steps: int | None = None,
+    exact_final_steps: int = 0,
+    ramp: tuple[int, int] | None = None,
     **prox_kwargs: Any,
 ) -> optax.GradientTransformation:
   """A proximal step whose strength tracks, during one run, the lambda that keeps `target_nnz` weights.
@@ -467,6 +471,20 @@ def nnz_controller(
   with about `target_nnz` nonzeros. The current lambda is
   `exp(state.log_strength)`.
 
+  Cost: q is found exactly by bisection on the bit patterns of |v|
+  (`pruning.kth_largest_magnitude`: 32 counting passes in float32, no sort or
+  top_k), and only on the steps that update lambda (under `lax.cond`), so
+  `interval` amortises it: the step costs a plain proximal step plus 32/interval
+  passes over the regularised weights.
+
+  Hitting the target exactly: with mini-batch noise, a slowly moving lambda lets the
+  count wander around the target (rate sets how far: larger rates follow the target
+  more closely but change the penalty, and so the weights, more abruptly). Give
+  `total_steps` and `exact_final_steps` = E to move lambda all the way to lambda*
+  (rate 1, every step) during the last E steps: the run then ends with exactly
+  `target_nnz` nonzeros (up to ties in |v|), after E steps of training at the
+  final support's strength. A few hundred steps (a fraction of an epoch) is enough.
+
   Args:
     prox_fn: a `sparsejax.prox` function with a `threshold` (l1, tl1, log_sum, mcp, ...), or its name.
     target_nnz: the wanted number of nonzero regularised weights.
@@ -475,14 +493,31 @@ def nnz_controller(
     rate: fraction of the log-distance to lambda* moved per update, 0 < rate <= 1.
     interval: steps between updates of lambda.
     mask: regularised leaves (default: kernels, ndim >= 2).
+    total_steps: the run's number of optimizer steps (needed for exact_final_steps).
+    exact_final_steps: in the last this many steps lambda = lambda* every step.
+    ramp: (begin_step, end_step): the target count falls from all regularised weights
+      to `target_nnz` along Zhu & Gupta's cubic schedule between these steps (as
+      gradual magnitude pruning does) instead of being `target_nnz` from step 0; the
+      strength follows the moving target (use rate = 1 to follow it exactly at
+      every update).
     **prox_kwargs: penalty shape parameters (e.g. a=1.0).
   """
   from sparsejax import transforms  # pylint: disable=import-outside-toplevel
   _checks.check_range("target_nnz", target_nnz, lower=0.0, lower_inclusive=False)
   _checks.check_range("initial_strength", initial_strength, lower=0.0, lower_inclusive=False)
   _checks.check_range("rate", rate, lower=0.0, upper=1.0, lower_inclusive=False)
-  if interval < 1:
-    raise ValueError(f"interval must be >= 1; got {interval}.")
+  if isinstance(interval, bool) or not isinstance(interval, (int, np.integer)) or interval < 1:
+    raise ValueError(f"interval must be an int >= 1; got {interval!r}.")
+  if isinstance(exact_final_steps, bool) or not isinstance(exact_final_steps, (int, np.integer)) \
+      or exact_final_steps < 0:
+    raise ValueError(f"exact_final_steps must be an int >= 0; got {exact_final_steps!r}.")
+  if exact_final_steps and (total_steps is None or total_steps < exact_final_steps):
+    raise ValueError(f"exact_final_steps={exact_final_steps} needs total_steps >= exact_final_steps (the run's "
+                     f"optimizer steps); got total_steps={total_steps!r}.")
+  if ramp is not None:
+    if len(ramp) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in ramp) \
+        or not 0 <= ramp[0] <= ramp[1]:
+      raise ValueError(f"ramp must be (begin_step, end_step) with 0 <= begin_step <= end_step; got {ramp!r}.")
   fn = _prox.get(prox_fn) if isinstance(prox_fn, str) else prox_fn
   threshold = getattr(fn, "threshold", None)
   if threshold is None:
@@ -506,12 +541,23 @@ def nnz_controller(
     leaves_p, treedef = jax.tree.flatten(params)
     leaves_u = treedef.flatten_up_to(updates)
     pre_prox = [p + u for p, u, m in zip(leaves_p, leaves_u, masks) if m]
-    magnitudes = jnp.concatenate([jnp.abs(v).ravel() for v in pre_prox])
-    quantile = jax.lax.top_k(magnitudes, k + 1)[0][-1]
-    log_target = _invert_threshold(threshold, quantile, lr, prox_kwargs)
-    adjust = state.count % interval == 0
-    log_strength = jnp.where(adjust, state.log_strength + rate * (log_target - state.log_strength),
-                             state.log_strength)
+    final = (state.count >= total_steps - exact_final_steps) if exact_final_steps else jnp.asarray(False)
+    adjust = (state.count % interval == 0) | final
+    step_rate = jnp.where(final, 1.0, rate)
+
+    if ramp is None:
+      keep = jnp.asarray(k)
+    else:
+      total = sum(int(v.size) for v in pre_prox)
+      remaining = 1.0 - pruning.cubic_sparsity(state.count, 1.0, ramp[0], ramp[1])  # 1 -> 0 along the ramp
+      keep = jnp.round(k + (total - k) * remaining).astype(jnp.int32)
+
+    def moved_log_strength():
+      quantile = pruning.kth_largest_magnitude(pre_prox, keep + 1)
+      log_target = _invert_threshold(threshold, quantile, lr, prox_kwargs)
+      return (state.log_strength + step_rate * (log_target - state.log_strength)).astype(jnp.float32)
+
+    log_strength = jax.lax.cond(adjust, moved_log_strength, lambda: state.log_strength.astype(jnp.float32))
     strength = jnp.exp(log_strength)
     new_u, nnz, i = [], jnp.zeros([], jnp.float32), 0
     for p, u, m in zip(leaves_p, leaves_u, masks):

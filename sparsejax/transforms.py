@@ -156,7 +156,14 @@ def _proximal_from_leaf_strengths(
     # Validate before any training step: strength/mask structure, and the prox
     # on every regularised leaf's shape (e.g. a group axis out of range).
     strengths = strengths_for(params, treedef)
-    for leaf, s, m in zip(leaves, strengths, mask_leaves(mask, params)):
+    masks = mask_leaves(mask, params)
+    if not any(m and s is not None for m, s in zip(masks, strengths)):
+      raise ValueError(
+          "this proximal step regularises no parameter: its mask and strength select no leaf of params, so it "
+          "would silently do nothing. Check mask/strength; if the transform is wrapped in "
+          "optax.inject_hyperparams with a callable mask, pass static_args=('mask',) (inject_hyperparams calls "
+          "callables as schedules).")
+    for leaf, s, m in zip(leaves, strengths, masks):
       if m and s is not None:
         jax.eval_shape(lambda x: prox_fn(x, 0.0), jax.ShapeDtypeStruct(jnp.shape(leaf), jnp.result_type(leaf)))
     return ProximalState(count=jnp.zeros([], jnp.int32))
@@ -307,7 +314,7 @@ def sparse_group_lasso(
     l1_strength: Any,
     group_strength: Any,
     learning_rate: ScalarOrSchedule,
-    axis: int | Sequence[int] = -1,
+    axis: int | Sequence[int] = (-1,),
     scale_by_group_size: bool = True,
     mask: Mask = "weights_only",
 ) -> optax.GradientTransformation:
@@ -346,7 +353,7 @@ def cges(
     m: float = 0.2,
     group_scale: Sequence[float] | None = None,
     exclusive_scale: Sequence[float] | None = None,
-    axis: int | Sequence[int] = -1,
+    axis: int | Sequence[int] = (-1,),
     exact_exclusive: bool = False,
     mask: Mask = "weights_only",
 ) -> optax.GradientTransformation:
@@ -378,7 +385,7 @@ def integrated_tl1(
     a: float = 1.0,
     m: float = 0.2,
     layer_scale: Sequence[float] | None = None,
-    axis: int | Sequence[int] = -1,
+    axis: int | Sequence[int] = (-1,),
     order: tuple[str, str] = ("group", "tl1"),
     mask: Mask = "weights_only",
 ) -> optax.GradientTransformation:

@@ -1,0 +1,101 @@
+"""Cost of a training step with each sparsification method, as ratios to a plain step, in one run.
+
+Model: MLP 784-300-100-10 (266,200 kernel weights), batch 128, momentum SGD, one jitted
+step (forward, backward, optimizer, sparsification) timed as the median of many calls.
+Rows: the plain SGD step; a proximal l1 step; the NNZ controller with `interval` 1, 10
+and 100 (exact k-th largest |w| by bit bisection, under `lax.cond`); the same controller
+with a global `lax.top_k` every step (how it was computed before, for reference); GMP
+(mask update every 100 steps, global). Ratios are to the proximal l1 step (controller
+rows) or to the plain SGD step.
+
+Usage: python -m benchmarks.sparsity_steps [--repeats 200] [--out benchmarks/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from benchmarks import common
+from sparsejax import pruning, selection, transforms
+from sparsejax.models import MLP
+
+
+def top_k_controller(target_nnz: int, learning_rate: float, rate: float = 0.05):
+  """The controller as computed before (global lax.top_k every step), for the reference row."""
+  def init_fn(params):
+    return jnp.asarray(np.log(1e-4), jnp.float32)
+
+  def update_fn(updates, log_strength, params):
+    leaves = [p + u for p, u in zip(jax.tree.leaves(params), jax.tree.leaves(updates))]
+    kernels = [v for v in leaves if v.ndim >= 2]
+    q = jax.lax.top_k(jnp.concatenate([jnp.abs(v).ravel() for v in kernels]), target_nnz + 1)[0][-1]
+    log_strength = log_strength + rate * (jnp.log(q / learning_rate) - log_strength)
+    tau = learning_rate * jnp.exp(log_strength)
+    new = [jnp.where(v.ndim >= 2, v - jnp.clip(v, -tau, tau), v) if v.ndim >= 2 else v for v in leaves]
+    return jax.tree.unflatten(jax.tree.structure(params),
+                              [n - p for n, p in zip(new, jax.tree.leaves(params))]), log_strength
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def step_time(model, tx, x, y, repeats: int) -> float:
+  params = model.init(jax.random.PRNGKey(0), x[:1])["params"]
+  opt_state = tx.init(params)
+
+  @jax.jit
+  def step(params, opt_state, xb, yb):
+    def loss_fn(p):
+      return optax.softmax_cross_entropy_with_integer_labels(model.apply({"params": p}, xb), yb).mean()
+    updates, opt_state = tx.update(jax.grad(loss_fn)(params), opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  def run(params, opt_state):
+    for _ in range(10):  # 10 consecutive steps per timing: the interval-amortised cost
+      params, opt_state = step(params, opt_state, x, y)
+    return params
+
+  return common.median_time(run, params, opt_state, repeats=repeats) / 10
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--repeats", type=int, default=100)
+  parser.add_argument("--batch-size", type=int, default=128)
+  parser.add_argument("--out", default=os.path.join("benchmarks", "results"))
+  args = parser.parse_args(argv)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.random((args.batch_size, 28, 28, 1), dtype=np.float32))
+  y = jnp.asarray(rng.integers(0, 10, args.batch_size).astype(np.int32))
+  model, lr, target = MLP((300, 100, 10)), 0.05, 13_310  # 95% sparsity of 266,200 kernel weights
+  sgd = optax.sgd(lr, momentum=0.9)
+  cases = {
+      "sgd": sgd,
+      "proximal l1": optax.chain(sgd, transforms.l1(1e-4, lr)),
+      "nnz_controller interval 1": optax.chain(sgd, selection.nnz_controller("l1", target, lr, interval=1)),
+      "nnz_controller interval 10": optax.chain(sgd, selection.nnz_controller("l1", target, lr, interval=10)),
+      "nnz_controller interval 100": optax.chain(sgd, selection.nnz_controller("l1", target, lr, interval=100)),
+      "top_k controller every step (before)": optax.chain(sgd, top_k_controller(target, lr)),
+      "GMP, mask every 100 steps": optax.chain(sgd, pruning.gradual_magnitude_pruning(0.95, 0, 10**6, 100)),
+  }
+  times = {name: step_time(model, tx, x, y, args.repeats) for name, tx in cases.items()}
+  rows = []
+  for name, t in times.items():
+    base = "proximal l1" if "controller" in name else "sgd"
+    rows.append({"step": name, "ms": 1e3 * t, "ratio": t / times[base], "relative_to": base})
+  device = jax.devices()[0]
+  print(f"device: {device.platform} ({device.device_kind}); MLP 784-300-100-10, batch {args.batch_size}\n")
+  print("| step | ms | ratio | relative to |\n|---|---:|---:|---|")
+  for r in rows:
+    print(f"| {r['step']} | {r['ms']:.3f} | {r['ratio']:.3f} | {r['relative_to']} |")
+  common.write_rows(args.out, f"sparsity_steps_{device.platform}", rows, device=device.device_kind)
+  return rows
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,280 @@
+"""The sparsity-accuracy frontier: regularisers vs magnitude pruning at exactly matched sparsity.
+
+Every method trains the same model with the same optimizer (momentum SGD, cosine-decayed
+step size), the same epochs and batches, in `train.fit`; only the sparsification
+differs, and every sparse method ends at the target fraction of zero kernel weights:
+
+  dense            no sparsification (the ceiling)
+  gmp              gradual magnitude pruning (Zhu & Gupta 2017): cubic schedule from
+                   `gmp_begin` to `gmp_end` (fractions of the run), global, mask every
+                   `gmp_frequency` steps, then training inside the mask
+  one_shot         dense training for `one_shot_at` of the run, one-shot global
+                   magnitude pruning, fine-tuning inside the mask for the rest
+  random           a random mask from step 0 with GMP's final per-layer densities
+  l1, tl1, log_sum, mcp
+                   proximal steps whose strength the NNZ controller adapts so that the
+                   run ends with exactly the target count (`selection.nnz_controller`
+                   with `exact_final_steps`); with `ramp` (default) the target count
+                   follows GMP's cubic schedule over the same window, so the penalties
+                   and GMP remove weights at the same pace
+  NAME+retrain     the same penalty for the first 1 - `retrain_fraction` of the run,
+                   then the support it found is frozen and the surviving weights are
+                   retrained without the penalty (`pruning.sparsify_then_retrain`)
+
+  python -m experiments.frontier [--dataset fashion_mnist] [--model mlp] [--sparsities 0.9 0.95 0.98 0.99]
+      [--seeds 0 1 2] [--epochs 10] [--methods ...] [--workdir results/frontier]
+
+Writes <workdir>/<dataset>_<model>/: results.json, results.csv (one row per run),
+table.md (mean +- std over seeds), frontier.png (accuracy vs sparsity), and resumes
+from results.json (runs already there are not repeated).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import time
+
+import jax
+import numpy as np
+import optax
+from tqdm import tqdm
+
+from experiments import common
+from sparsejax import data, plotting, pruning, records, selection, train, transforms
+from sparsejax.models import MLP, lenet5
+
+PENALTIES = {"l1": {}, "tl1": {"a": 0.02}, "log_sum": {"eps": 0.01}, "mcp": {"lam": 0.02, "gamma": 3.0}}
+METHODS = ("dense", "gmp", "one_shot", "random", "l1", "tl1", "log_sum", "mcp",
+           "l1+retrain", "tl1+retrain", "log_sum+retrain", "mcp+retrain")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  dataset: str = "fashion_mnist"
+  model: str = "mlp"                  # "mlp" (784-300-100-10) or "lenet5"
+  sparsities: tuple[float, ...] = (0.9, 0.95, 0.98, 0.99)
+  methods: tuple[str, ...] = METHODS
+  seeds: tuple[int, ...] = (0, 1, 2)
+  epochs: int = 10
+  batch_size: int = 128
+  learning_rate: float = 0.05
+  momentum: float = 0.9
+  train_examples: int = 0             # 0: the whole training set
+  gmp_begin: float = 0.1
+  gmp_end: float = 0.6
+  gmp_frequency: int = 100
+  one_shot_at: float = 0.5
+  retrain_fraction: float = 0.25
+  controller_rate: float = 1.0
+  controller_interval: int = 10
+  ramp: bool = True                   # penalties follow GMP's cubic target schedule
+  exact_final_steps: int = 200
+  progress: bool = True
+
+
+def build_model(name: str, num_classes: int):
+  if name == "mlp":
+    return MLP((300, 100, num_classes))
+  if name == "lenet5":
+    return lenet5(num_classes)
+  raise ValueError(f"model must be 'mlp' or 'lenet5'; got {name!r}.")
+
+
+def _penalty_chain(penalty: str, target: int, optimizer, schedule, config: Config, total_steps: int):
+  ramp = (int(config.gmp_begin * total_steps), int(config.gmp_end * total_steps)) if config.ramp else None
+  controller = selection.nnz_controller(penalty, target, schedule, initial_strength=1e-4, rate=config.controller_rate,
+                                        interval=config.controller_interval, total_steps=total_steps,
+                                        exact_final_steps=min(config.exact_final_steps, total_steps), ramp=ramp,
+                                        **PENALTIES[penalty])
+  return optax.chain(optimizer, controller)
+
+
+def make_tx(method: str, sparsity: float, num_weights: int, steps: int, config: Config, random_mask=None):
+  """The optax chain of one method (the same optimizer and schedule for all).
+
+  `random_mask` (a binary mask pytree) is required for "random".
+  """
+  schedule = optax.cosine_decay_schedule(config.learning_rate, steps, alpha=0.02)
+  optimizer = optax.sgd(schedule, momentum=config.momentum)
+  target = int(round((1.0 - sparsity) * num_weights))
+  if method == "dense":
+    return optimizer
+  if method == "gmp":
+    return optax.chain(optimizer, pruning.gradual_magnitude_pruning(
+        sparsity, int(config.gmp_begin * steps), int(config.gmp_end * steps), config.gmp_frequency))
+  if method == "one_shot":
+    return pruning.sparsify_then_retrain(
+        optimizer, optax.sgd(schedule, momentum=config.momentum), int(config.one_shot_at * steps),
+        support_fn=lambda params: pruning.one_shot_magnitude_mask(params, sparsity))
+  if method == "random":
+    if random_mask is None:
+      raise ValueError("random needs a mask (with the per-layer densities of the GMP run).")
+    return optax.chain(optimizer, pruning.fixed_mask(random_mask))
+  penalty, _, retrain = method.partition("+")
+  if penalty not in PENALTIES or retrain not in ("", "retrain"):
+    raise ValueError(f"unknown method {method!r}; known: {list(METHODS)}.")
+  if not retrain:
+    return _penalty_chain(penalty, target, optimizer, schedule, config, steps)
+  switch = int(round((1.0 - config.retrain_fraction) * steps))
+  return pruning.sparsify_then_retrain(_penalty_chain(penalty, target, optimizer, schedule, config, switch),
+                                       optax.sgd(schedule, momentum=config.momentum), switch)
+
+
+def _kernel_count(params) -> int:
+  return sum(int(np.size(k)) for k in selection.weight_leaves(params))
+
+
+def run_one(config: Config, method: str, sparsity: float, seed: int, train_xy, test_xy, workdir: str,
+            densities=None) -> dict:
+  num_classes = int(max(train_xy[1].max(), test_xy[1].max())) + 1
+  model = build_model(config.model, num_classes)
+  steps = pruning.schedule_total_steps(config.epochs, len(train_xy[0]), config.batch_size)
+  params0 = train.create_train_state(model, optax.identity(), train_xy[0], seed).params
+  num_weights = _kernel_count(params0)
+  random = None if densities is None else pruning.random_mask(params0, densities, seed=seed)
+  tx = make_tx(method, sparsity, num_weights, steps, config, random)
+  cfg = train.TrainConfig(epochs=config.epochs, batch_size=config.batch_size, seed=seed, checkpoint=False,
+                          progress=False)
+  start = time.time()
+  result = train.fit(model, tx, train_xy, test_xy, cfg, workdir, report_fn=lambda p: {}, overwrite=True)
+  params = result.state.params
+  kernels = selection.weight_leaves(params)
+  nonzero = sum(int(np.count_nonzero(np.asarray(k))) for k in kernels)
+  return {"method": method, "target_sparsity": sparsity, "seed": seed, "accuracy": result.history[-1]["eval_accuracy"],
+          "train_accuracy": result.history[-1]["train_accuracy"], "sparsity": 1.0 - nonzero / num_weights,
+          "nonzero": nonzero, "weights": num_weights,
+          "layer_density": [float(np.count_nonzero(np.asarray(k)) / np.size(k)) for k in kernels],
+          "wall_time_s": time.time() - start, "epochs": config.epochs, "steps": steps}
+
+
+def _key(row) -> tuple:
+  return (row["method"], float(row["target_sparsity"]), int(row["seed"]))
+
+
+def _densities_tree(params, layer_density):
+  """Per-leaf densities for `pruning.random_mask` from the per-layer list of a GMP run."""
+  index, _ = transforms.layer_index(params)
+  return jax.tree.map(lambda l: 1.0 if l is None else layer_density[l - 1], index, is_leaf=lambda v: v is None)
+
+
+def summarize(rows: list[dict], config: Config) -> list[dict]:
+  out = []
+  for method in config.methods:
+    for sparsity in ([0.0] if method == "dense" else config.sparsities):
+      accs = [r["accuracy"] for r in rows if r["method"] == method and
+              (method == "dense" or abs(r["target_sparsity"] - sparsity) < 1e-12)]
+      spars = [r["sparsity"] for r in rows if r["method"] == method and
+               (method == "dense" or abs(r["target_sparsity"] - sparsity) < 1e-12)]
+      if accs:
+        out.append({"method": method, "target_sparsity": sparsity, "accuracy_mean": float(np.mean(accs)),
+                    "accuracy_std": float(np.std(accs)), "sparsity_mean": float(np.mean(spars)), "runs": len(accs)})
+  return out
+
+
+def write_outputs(config: Config, rows: list[dict], out_dir: str, reduced: bool) -> dict:
+  summary = summarize(rows, config)
+  payload = {"config": dataclasses.asdict(config), "reduced_config": reduced, "runs": rows, "summary": summary}
+  records.write_json_atomic(os.path.join(out_dir, "results.json"), payload)
+  if rows:
+    with open(os.path.join(out_dir, "results.csv"), "w", newline="") as f:
+      fields = [k for k in rows[0] if k != "layer_density"]
+      writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+      writer.writeheader()
+      writer.writerows(rows)
+  dense = next((s for s in summary if s["method"] == "dense"), None)
+  header = ["method"] + [f"{100 * s:g}%" for s in config.sparsities]
+  lines = [f"Test accuracy (%) at exactly matched sparsity of kernel weights, mean ± std over "
+           f"{len(config.seeds)} seed(s); {config.dataset}, {config.model}, {config.epochs} epochs"
+           + (" (REDUCED config)" if reduced else "") + ".", "",
+           "| " + " | ".join(header) + " |", "|---" + "|---:" * len(config.sparsities) + "|"]
+  if dense:
+    lines.append(f"| dense (0%) | {100 * dense['accuracy_mean']:.2f} ± {100 * dense['accuracy_std']:.2f}"
+                 + " |" * len(config.sparsities))
+  best = {}
+  for sparsity in config.sparsities:
+    cells = [s for s in summary if s["method"] != "dense" and abs(s["target_sparsity"] - sparsity) < 1e-12]
+    if cells:
+      best[sparsity] = max(cells, key=lambda s: s["accuracy_mean"])["method"]
+  for method in config.methods:
+    if method == "dense":
+      continue
+    cells = []
+    for sparsity in config.sparsities:
+      s = next((s for s in summary if s["method"] == method and abs(s["target_sparsity"] - sparsity) < 1e-12), None)
+      if s is None:
+        cells.append("")
+        continue
+      text = f"{100 * s['accuracy_mean']:.2f} ± {100 * s['accuracy_std']:.2f}"
+      cells.append(f"**{text}**" if best.get(sparsity) == method else text)
+    lines.append(f"| {method} | " + " | ".join(cells) + " |")
+  common.write_lines(os.path.join(out_dir, "table.md"), lines)
+  fig, ax = plotting.new_figure(figsize=(7.5, 4.5))
+  for method in config.methods:
+    points = sorted((s["target_sparsity"], s["accuracy_mean"], s["accuracy_std"]) for s in summary
+                    if s["method"] == method and method != "dense")
+    if points:
+      xs, ys, es = zip(*points)
+      ax.errorbar([100 * x for x in xs], [100 * y for y in ys], yerr=[100 * e for e in es], marker="o", ms=3,
+                  capsize=2, lw=1, label=method, ls="--" if method in ("gmp", "one_shot", "random") else "-")
+  if dense:
+    ax.axhline(100 * dense["accuracy_mean"], color="k", lw=0.8, ls=":", label="dense")
+  ax.set_xlabel("kernel weights removed (%)")
+  ax.set_ylabel("test accuracy (%)")
+  ax.set_title(f"{config.dataset}, {config.model}, {config.epochs} epochs" + (" (reduced)" if reduced else ""))
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7, ncol=2)
+  plotting.save_figure(fig, os.path.join(out_dir, "frontier.png"))
+  return payload
+
+
+def main(argv=None) -> dict:
+  config, workdir = common.parse_config(Config, __doc__, os.path.join("results", "frontier"), argv)
+  for method in config.methods:
+    if method not in METHODS:
+      raise ValueError(f"unknown method {method!r}; known: {list(METHODS)}.")
+  for s in config.sparsities:
+    if not 0.0 < s < 1.0:
+      raise ValueError(f"sparsities must lie in (0, 1); got {s}.")
+  train_xy, test_xy = data.load(config.dataset, "train"), data.load(config.dataset, "test")
+  reduced = bool(config.train_examples) or config.epochs < Config.epochs
+  if config.train_examples:
+    train_xy = (train_xy[0][:config.train_examples], train_xy[1][:config.train_examples])
+  out_dir = os.path.join(workdir, f"{config.dataset}_{config.model}")
+  os.makedirs(out_dir, exist_ok=True)
+  results_path = os.path.join(out_dir, "results.json")
+  rows = []
+  if os.path.exists(results_path):
+    with open(results_path) as f:
+      previous = json.load(f)
+    if previous.get("config", {}).get("epochs") == config.epochs and \
+        previous.get("config", {}).get("train_examples") == config.train_examples:
+      rows = previous.get("runs", [])
+  done = {_key(r) for r in rows}
+  order = [m for m in config.methods if m == "gmp"] + [m for m in config.methods if m != "gmp"]
+  plan = [(m, s, seed) for seed in config.seeds for m in order
+          for s in ([0.0] if m == "dense" else config.sparsities)]
+  if "random" in config.methods and "gmp" not in config.methods:
+    raise ValueError("method 'random' takes GMP's per-layer densities: include 'gmp' in --methods.")
+  scratch = os.path.join(out_dir, "scratch_run")
+  for method, sparsity, seed in tqdm(plan, desc="frontier runs", disable=not config.progress):
+    if (method, float(sparsity), int(seed)) in done:
+      continue
+    densities = None
+    if method == "random":
+      gmp_row = next(r for r in rows if _key(r) == ("gmp", float(sparsity), int(seed)))
+      model = build_model(config.model, int(max(train_xy[1].max(), test_xy[1].max())) + 1)
+      params0 = train.create_train_state(model, optax.identity(), train_xy[0], seed).params
+      densities = _densities_tree(params0, gmp_row["layer_density"])
+    row = run_one(config, method, sparsity, seed, train_xy, test_xy, scratch, densities)
+    rows.append(row)
+    write_outputs(config, rows, out_dir, reduced)  # after every run: a kill loses at most one run
+  payload = write_outputs(config, rows, out_dir, reduced)
+  common.print_file(os.path.join(out_dir, "table.md"))
+  return payload
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,365 @@
+"""Magnitude-pruning baselines as optax transforms, and exact O(n) magnitude selection.
+
+The baselines a sparsity method has to beat, in the same trainer and with the same
+schedule as the regularisers:
+
+* `gradual_magnitude_pruning` (GMP; Zhu & Gupta 2017, "To prune, or not to prune"): the
+  sparsity ramps from `initial_sparsity` to `target_sparsity` along the cubic schedule
+  s_t = s_f + (s_i - s_f)(1 - (t - t_0)/(t_1 - t_0))^3; every `frequency` steps the
+  smallest-magnitude kernel weights are masked (globally over all regularised leaves,
+  or per layer), and the mask is held between updates.
+* `fixed_mask`: training with a given binary mask (fine-tuning after one-shot pruning,
+  random pruning, or retraining the support a penalty found: `support_mask`).
+* `one_shot_magnitude_mask` and `random_mask`: the masks of one-shot magnitude pruning
+  and of random pruning at given per-layer densities (a sanity floor).
+* `sparsify_then_retrain`: a penalty finds the support, then the surviving weights are
+  retrained without shrinkage inside that frozen support.
+
+Every transform is placed *after* the optimizer, like the proximal steps: it turns the
+optimizer's proposal p + u into (p + u) * mask, so masked weights are exactly zero
+after every step whatever momentum or Adam state the optimizer carries.
+
+Selection is exact and linear: the k-th largest |w| is found by bisection on the bit
+pattern of |w| (for non-negative IEEE floats the integer order of the bits is the
+numeric order), so 32 (float32) or 64 (float64) counting passes give the exact value
+with no sort and no `top_k` (`kth_largest_magnitude`). In GMP it runs only on the steps
+that update the mask, under `lax.cond`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+
+from sparsejax import _checks, transforms
+
+__all__ = [
+    "kth_largest_magnitude", "cubic_sparsity", "MaskState", "gradual_magnitude_pruning", "fixed_mask",
+    "one_shot_magnitude_mask", "random_mask", "support_mask", "apply_mask", "mask_density",
+    "schedule_total_steps", "TwoPhaseState", "sparsify_then_retrain",
+]
+
+Mask = Any
+
+
+def _selected(mask: Mask, params: Any) -> list[bool]:
+  """One bool per leaf: which leaves are pruned (default: kernels, ndim >= 2)."""
+  return transforms.mask_leaves("weights_only" if mask is None else mask, params)
+
+
+# ------------------------------------------------------------- exact selection
+
+
+def _magnitude_bits(x: jax.Array) -> jax.Array:
+  """|x| as unsigned integers whose order is the order of |x| (NaN sorts above inf)."""
+  ax = jnp.abs(x.astype(jnp.float64 if x.dtype == jnp.float64 else jnp.float32))
+  utype = jnp.uint64 if ax.dtype == jnp.float64 else jnp.uint32
+  return lax.bitcast_convert_type(ax, utype)
+
+
+def kth_largest_magnitude(leaves: Sequence[jax.Array], k: chex.Numeric) -> jax.Array:
+  """The k-th largest |w| over all `leaves` (k >= 1, counted with multiplicity); 0 if k > size.
+
+  Exact, in O(bits x n): bisection over the bit patterns of |w|, each step one counting
+  pass (no sort, no top_k). Jit-compatible; `k` may be traced.
+  """
+  bits = [_magnitude_bits(leaf).ravel() for leaf in leaves]
+  utype = bits[0].dtype
+  width = 64 if utype == jnp.uint64 else 32
+  k = jnp.asarray(k, jnp.int64 if width == 64 else jnp.int32)
+
+  def count_at_least(threshold):
+    return sum(jnp.sum(b >= threshold, dtype=k.dtype) for b in bits)
+
+  # Find the largest t with count(|w| >= t) >= k: build t bit by bit from the top.
+  def body(i, t):
+    candidate = t | (jnp.asarray(1, utype) << (width - 1 - i).astype(utype))
+    return jnp.where(count_at_least(candidate) >= k, candidate, t)
+
+  t = lax.fori_loop(0, width, body, jnp.zeros((), utype))
+  value = lax.bitcast_convert_type(t, jnp.float64 if width == 64 else jnp.float32)
+  total = sum(b.size for b in bits)
+  return jnp.where(k <= total, value, 0.0)
+
+
+def cubic_sparsity(step: chex.Numeric, target_sparsity: float, begin_step: int, end_step: int,
+                   initial_sparsity: float = 0.0) -> jax.Array:
+  """Zhu & Gupta's schedule: s_f + (s_i - s_f)(1 - (t - t_0)/(t_1 - t_0))^3, clipped to [t_0, t_1]."""
+  span = max(end_step - begin_step, 1)
+  progress = jnp.clip((jnp.asarray(step, jnp.float32) - begin_step) / span, 0.0, 1.0)
+  return target_sparsity + (initial_sparsity - target_sparsity) * (1.0 - progress) ** 3
+
+
+# ------------------------------------------------------------- masks
+
+
+def _keep_largest(leaves: list[jax.Array], keep: chex.Numeric) -> list[jax.Array]:
+  """Boolean masks keeping the `keep` largest |w| over `leaves` (ties at the threshold kept)."""
+  threshold = kth_largest_magnitude(leaves, jnp.maximum(keep, 1))
+  return [jnp.where(keep > 0, jnp.abs(leaf) >= threshold.astype(leaf.dtype), False) for leaf in leaves]
+
+
+def one_shot_magnitude_mask(params: Any, sparsity: float, scope: str = "global", mask: Mask = None) -> Any:
+  """Boolean mask pytree keeping the largest-magnitude (1 - sparsity) of the regularised weights.
+
+  Args:
+    params: the trained parameters.
+    sparsity: fraction of the regularised weights to remove, in [0, 1).
+    scope: "global" (one threshold over all regularised leaves) or "layer" (the same
+      fraction in every leaf).
+    mask: which leaves are pruned (default: kernels); other leaves get True.
+  """
+  _checks.check_range("sparsity", sparsity, lower=0.0, upper=1.0, upper_inclusive=False)
+  _check_scope(scope)
+  leaves, treedef = jax.tree.flatten(params)
+  chosen = _selected(mask, params)
+  picked = [jnp.asarray(leaf) for leaf, c in zip(leaves, chosen) if c]
+  if scope == "global":
+    total = sum(p.size for p in picked)
+    kept = iter(_keep_largest(picked, int(round((1.0 - sparsity) * total))))
+  else:
+    kept = iter([_keep_largest([p], int(round((1.0 - sparsity) * p.size)))[0] for p in picked])
+  return jax.tree.unflatten(treedef, [next(kept) if c else jnp.ones(jnp.shape(leaf), bool)
+                                      for leaf, c in zip(leaves, chosen)])
+
+
+def random_mask(params: Any, densities: Any, seed: int = 0, mask: Mask = None) -> Any:
+  """Boolean mask pytree keeping a uniformly random `density` fraction of each regularised leaf.
+
+  `densities` is one fraction for every regularised leaf, or a pytree like params with
+  one per leaf (e.g. `mask_density(one_shot_mask)` to match another method per layer).
+  """
+  leaves, treedef = jax.tree.flatten(params)
+  chosen = _selected(mask, params)
+  if isinstance(densities, (int, float)):
+    per_leaf = [float(densities)] * len(leaves)
+  else:
+    per_leaf = treedef.flatten_up_to(densities)
+  rng = np.random.default_rng(seed)
+  out = []
+  for leaf, c, d in zip(leaves, chosen, per_leaf):
+    if not c:
+      out.append(jnp.ones(jnp.shape(leaf), bool))
+      continue
+    _checks.check_range("density", d, lower=0.0, upper=1.0)
+    size = int(np.size(leaf))
+    keep = np.zeros(size, bool)
+    keep[rng.permutation(size)[:int(round(float(d) * size))]] = True
+    out.append(jnp.asarray(keep.reshape(np.shape(leaf))))
+  return jax.tree.unflatten(treedef, out)
+
+
+def support_mask(params: Any, mask: Mask = None) -> Any:
+  """True where a regularised weight is nonzero (the support a penalty found); True on other leaves."""
+  leaves, treedef = jax.tree.flatten(params)
+  chosen = _selected(mask, params)
+  return jax.tree.unflatten(treedef, [jnp.asarray(leaf) != 0 if c else jnp.ones(jnp.shape(leaf), bool)
+                                      for leaf, c in zip(leaves, chosen)])
+
+
+def mask_density(binary_mask: Any) -> Any:
+  """Fraction of True entries per leaf (a pytree of floats)."""
+  return jax.tree.map(lambda m: float(np.mean(np.asarray(m))), binary_mask)
+
+
+def apply_mask(params: Any, binary_mask: Any) -> Any:
+  """params * mask (exact zeros where the mask is False)."""
+  return jax.tree.map(lambda p, m: jnp.where(m, p, jnp.zeros_like(p)), params, binary_mask)
+
+
+def _check_scope(scope: str) -> None:
+  if scope not in ("global", "layer"):
+    raise ValueError(f"scope must be 'global' or 'layer'; got {scope!r}.")
+
+
+# ------------------------------------------------------------- transforms
+
+
+class MaskState(NamedTuple):
+  """State of the masking transforms: the step count and the current binary mask (a params-like pytree)."""
+  count: chex.Array
+  mask: Any
+
+
+def _masked_updates(updates: Any, params: Any, binary_mask: Any) -> Any:
+  """Updates that land params on (params + updates) * mask."""
+  def leaf(u, p, m):
+    target = jnp.where(m, p + u, jnp.zeros_like(p))
+    return (target - p).astype(jnp.result_type(u))
+  return jax.tree.map(leaf, updates, params, binary_mask)
+
+
+def fixed_mask(binary_mask: Any) -> optax.GradientTransformation:
+  """Keeps training inside a fixed support: params_new = (params + u) * mask.
+
+  Place after the optimizer: `optax.chain(optax.sgd(lr, momentum=0.9), fixed_mask(m))`.
+  Masked weights are exactly zero after every step (also when they were nonzero before).
+  """
+  def init_fn(params):
+    _check_mask_structure(binary_mask, params)
+    return MaskState(jnp.zeros([], jnp.int32), jax.tree.map(lambda m: jnp.asarray(m, bool), binary_mask))
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError("fixed_mask needs params: call tx.update(updates, state, params).")
+    return _masked_updates(updates, params, state.mask), MaskState(optax.safe_increment(state.count), state.mask)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _check_mask_structure(binary_mask: Any, params: Any) -> None:
+  if jax.tree.structure(binary_mask) != jax.tree.structure(params):
+    raise ValueError("the mask must have the structure of params (one boolean array per leaf); got "
+                     f"{jax.tree.structure(binary_mask)} for params {jax.tree.structure(params)}.")
+  for m, p in zip(jax.tree.leaves(binary_mask), jax.tree.leaves(params)):
+    if np.shape(m) != np.shape(p):
+      raise ValueError(f"mask leaf of shape {np.shape(m)} does not match the parameter of shape {np.shape(p)}.")
+
+
+def gradual_magnitude_pruning(
+    target_sparsity: float,
+    begin_step: int,
+    end_step: int,
+    frequency: int = 100,
+    initial_sparsity: float = 0.0,
+    scope: str = "global",
+    mask: Mask = None,
+) -> optax.GradientTransformation:
+  """Gradual magnitude pruning (Zhu & Gupta 2017) as a transform placed after the optimizer.
+
+  On steps t in [begin_step, end_step] with (t - begin_step) % frequency == 0 (and at
+  end_step), the mask is recomputed to remove the s_t (cubic schedule,
+  `cubic_sparsity`) smallest-magnitude regularised weights of the proposal params + u,
+  among the weights still unmasked (pruned weights do not regrow); between updates it
+  is held. params_new = (params + u) * mask every step.
+
+  Args:
+    target_sparsity: final fraction of regularised weights removed, in [0, 1).
+    begin_step, end_step: the pruning window (0 <= begin_step <= end_step).
+    frequency: steps between mask updates (>= 1).
+    initial_sparsity: sparsity at begin_step.
+    scope: "global" (one threshold over all regularised leaves) or "layer".
+    mask: which leaves are pruned (default: kernels, ndim >= 2); a pytree of bools,
+      a callable, or a mask name.
+
+  Returns:
+    An optax transform with state `MaskState` (the current mask is `state.mask`).
+  """
+  _checks.check_range("target_sparsity", target_sparsity, lower=0.0, upper=1.0, upper_inclusive=False)
+  _checks.check_range("initial_sparsity", initial_sparsity, lower=0.0, upper=target_sparsity)
+  for name, value, lower in (("begin_step", begin_step, 0), ("end_step", end_step, begin_step),
+                             ("frequency", frequency, 1)):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lower:
+      raise ValueError(f"{name} must be an int >= {lower}; got {name}={value!r}.")
+  _check_scope(scope)
+
+  def init_fn(params):
+    leaves = jax.tree.leaves(params)
+    chosen = _selected(mask, params)
+    if not any(chosen):
+      raise ValueError("gradual_magnitude_pruning: the mask selects no parameter leaf to prune.")
+    return MaskState(jnp.zeros([], jnp.int32),
+                     jax.tree.unflatten(jax.tree.structure(params), [jnp.ones(jnp.shape(l), bool) for l in leaves]))
+
+  def new_mask(proposal_leaves, mask_leaves_now, chosen, sparsity):
+    picked = [jnp.where(m, p, jnp.zeros_like(p)) for p, m, c in zip(proposal_leaves, mask_leaves_now, chosen) if c]
+    if scope == "global":
+      total = sum(p.size for p in picked)
+      keep = jnp.round((1.0 - sparsity) * total).astype(jnp.int32)
+      kept = _keep_largest(picked, keep)
+    else:
+      kept = [_keep_largest([p], jnp.round((1.0 - sparsity) * p.size).astype(jnp.int32))[0] for p in picked]
+    kept = iter(kept)
+    return [(next(kept) & m) if c else m for m, c in zip(mask_leaves_now, chosen)]
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError("gradual_magnitude_pruning needs params: call tx.update(updates, state, params).")
+    leaves_p, treedef = jax.tree.flatten(params)
+    leaves_u = treedef.flatten_up_to(updates)
+    leaves_m = treedef.flatten_up_to(state.mask)
+    chosen = _selected(mask, params)
+    proposal = [p + u for p, u in zip(leaves_p, leaves_u)]
+    t = state.count
+    in_window = (t >= begin_step) & (t <= end_step)
+    due = in_window & (((t - begin_step) % frequency == 0) | (t == end_step))
+    sparsity = cubic_sparsity(t, target_sparsity, begin_step, end_step, initial_sparsity)
+    leaves_m = lax.cond(due, lambda: new_mask(proposal, leaves_m, chosen, sparsity), lambda: list(leaves_m))
+    binary_mask = jax.tree.unflatten(treedef, leaves_m)
+    return (_masked_updates(updates, params, binary_mask),
+            MaskState(optax.safe_increment(state.count), binary_mask))
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def schedule_total_steps(epochs: int, num_examples: int, batch_size: int) -> int:
+  """Optimizer steps of `train.fit` for a run: epochs x ceil(num_examples / batch_size)."""
+  return int(epochs) * -(-int(num_examples) // int(batch_size))
+
+
+
+class TwoPhaseState(NamedTuple):
+  """State of `sparsify_then_retrain`: step count, both inner states, and the frozen support."""
+  count: chex.Array
+  sparsify_state: Any
+  retrain_state: Any
+  mask: Any
+
+
+def sparsify_then_retrain(sparsify: optax.GradientTransformation, retrain: optax.GradientTransformation,
+                          switch_step: int, mask: Mask = None,
+                          support_fn: Callable[[Any], Any] | None = None) -> optax.GradientTransformation:
+  """Find a support with a penalty, then retrain the surviving weights without shrinkage.
+
+  Steps t < switch_step use `sparsify` (e.g. `optax.chain(optax.sgd(lr), nnz_controller(...))`
+  or any proximal chain). At t = switch_step the support is frozen: the nonzero
+  regularised weights (`support_mask`; leaves outside `mask` stay free). Steps
+  t >= switch_step use `retrain` (e.g. the same optimizer without the penalty) with
+  params_new = (params + u) * support, so the zero set never changes again while the
+  kept weights lose the shrinkage bias the penalty put on them (a "debiasing" phase).
+
+  Args:
+    sparsify: the transform of the first phase (must leave exact zeros).
+    retrain: the transform of the second phase (typically the plain optimizer).
+    switch_step: the first step of the second phase (>= 0).
+    mask: which leaves have their support frozen (default: kernels, ndim >= 2).
+    support_fn: params -> binary mask computed at the switch (jit-traceable); default
+      `support_mask(params, mask)`. One-shot magnitude pruning with fine-tuning is
+      `sparsify_then_retrain(opt, opt, switch, support_fn=lambda p:
+      one_shot_magnitude_mask(p, sparsity))`.
+  """
+  if support_fn is None:
+    support_fn = lambda params: support_mask(params, mask)  # noqa: E731
+  if isinstance(switch_step, bool) or not isinstance(switch_step, (int, np.integer)) or switch_step < 0:
+    raise ValueError(f"switch_step must be an int >= 0; got switch_step={switch_step!r}.")
+
+  def init_fn(params):
+    return TwoPhaseState(jnp.zeros([], jnp.int32), sparsify.init(params), retrain.init(params),
+                         jax.tree.map(lambda p: jnp.ones(jnp.shape(p), bool), params))
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError("sparsify_then_retrain needs params: call tx.update(updates, state, params).")
+
+    def first():
+      new_updates, sparsify_state = sparsify.update(updates, state.sparsify_state, params)
+      new_updates = jax.tree.map(lambda n, u: n.astype(jnp.result_type(u)), new_updates, updates)
+      return new_updates, sparsify_state, state.retrain_state, state.mask
+
+    def second():
+      support = jax.lax.cond(state.count == switch_step, lambda: support_fn(params), lambda: state.mask)
+      new_updates, retrain_state = retrain.update(updates, state.retrain_state, params)
+      new_updates = jax.tree.map(lambda n, u: n.astype(jnp.result_type(u)), new_updates, updates)
+      return _masked_updates(new_updates, params, support), state.sparsify_state, retrain_state, support
+
+    new_updates, sparsify_state, retrain_state, support = jax.lax.cond(state.count < switch_step, first, second)
+    return new_updates, TwoPhaseState(optax.safe_increment(state.count), sparsify_state, retrain_state, support)
+
+  return optax.GradientTransformation(init_fn, update_fn)

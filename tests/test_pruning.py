@@ -1,0 +1,165 @@
+"""Magnitude-pruning baselines and exact O(n) selection (`sparsejax.pruning`), and the NNZ controller's accuracy."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from sparsejax import data, pruning, selection, train
+from sparsejax.models import MLP
+
+
+def _params(seed=0, dtype=jnp.float32):
+  rng = np.random.default_rng(seed)
+  return {"Dense_0": {"kernel": jnp.asarray(rng.normal(size=(40, 20)), dtype), "bias": jnp.asarray(rng.normal(size=20), dtype)},
+          "Dense_1": {"kernel": jnp.asarray(rng.normal(size=(20, 5)), dtype), "bias": jnp.asarray(rng.normal(size=5), dtype)}}
+
+
+def _kernels(tree):
+  return [tree["Dense_0"]["kernel"], tree["Dense_1"]["kernel"]]
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_kth_largest_magnitude_is_exact(dtype):
+  rng = np.random.default_rng(1)
+  leaves = [jnp.asarray(rng.normal(size=(50, 7)), dtype), jnp.asarray(rng.standard_cauchy(size=33), dtype),
+            jnp.asarray(np.repeat([0.5, -0.5, 0.0], 10), dtype)]  # ties and zeros
+  values = np.sort(np.abs(np.concatenate([np.asarray(l, np.float64).ravel() for l in leaves])))[::-1]
+  f = jax.jit(pruning.kth_largest_magnitude)
+  for k in [1, 2, 17, 100, 350, 375, 383, values.size]:
+    assert float(f(leaves, k)) == values[k - 1], k
+  assert float(f(leaves, values.size + 1)) == 0.0
+
+
+def test_cubic_schedule():
+  s = [float(pruning.cubic_sparsity(t, 0.9, 10, 110, 0.1)) for t in (0, 10, 60, 110, 500)]
+  np.testing.assert_allclose(s, [0.1, 0.1, 0.9 + (0.1 - 0.9) * 0.5 ** 3, 0.9, 0.9], rtol=1e-6)
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+@pytest.mark.parametrize("optimizer", [optax.sgd(0.05, momentum=0.9), optax.adam(1e-2)], ids=["momentum", "adam"])
+def test_gmp_reaches_the_target_and_masked_weights_stay_zero(scope, optimizer):
+  params = _params()
+  tx = optax.chain(optimizer, pruning.gradual_magnitude_pruning(0.9, 5, 45, frequency=10, scope=scope))
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  rng = np.random.default_rng(2)
+  previous_mask = None
+  for step in range(80):
+    grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype), params)
+    updates, state = update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    mask = state[1].mask
+    for leaf, m in zip(jax.tree.leaves(params), jax.tree.leaves(mask)):
+      assert np.all(np.asarray(leaf)[~np.asarray(m)] == 0), step  # exactly zero under momentum/Adam
+    if previous_mask is not None and step not in (5, 15, 25, 35, 45):
+      for a, b in zip(jax.tree.leaves(previous_mask), jax.tree.leaves(mask)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # held between updates
+    previous_mask = mask
+  kernels = _kernels(params)
+  if scope == "global":
+    assert sum(int(np.count_nonzero(k)) for k in kernels) == round(0.1 * (800 + 100))
+  else:
+    assert [int(np.count_nonzero(k)) for k in kernels] == [80, 10]
+  assert np.all(np.asarray(params["Dense_0"]["bias"]) != 0)  # biases are not pruned
+
+
+def test_one_shot_random_and_fixed_masks():
+  params = _params(3)
+  m = pruning.one_shot_magnitude_mask(params, 0.75)
+  kept = np.concatenate([np.abs(np.asarray(k))[np.asarray(mk)] for k, mk in zip(_kernels(params), _kernels(m))])
+  dropped = np.concatenate([np.abs(np.asarray(k))[~np.asarray(mk)] for k, mk in zip(_kernels(params), _kernels(m))])
+  assert kept.size == 225 and kept.min() >= dropped.max()
+  layer = pruning.one_shot_magnitude_mask(params, 0.5, scope="layer")
+  assert [int(np.sum(np.asarray(k))) for k in _kernels(layer)] == [400, 50]
+  density = pruning.mask_density(m)
+  rand = pruning.random_mask(params, density, seed=0)
+  for a, b in zip(_kernels(rand), _kernels(m)):
+    assert abs(np.mean(np.asarray(a)) - np.mean(np.asarray(b))) < 1e-9
+  assert np.all(np.asarray(rand["Dense_0"]["bias"]))
+  tx = optax.chain(optax.adam(0.1), pruning.fixed_mask(m))
+  state = tx.init(params)
+  for _ in range(5):
+    updates, state = tx.update(jax.tree.map(jnp.ones_like, params), state, params)
+    params = optax.apply_updates(params, updates)
+  for k, mk in zip(_kernels(params), _kernels(m)):
+    assert np.all(np.asarray(k)[~np.asarray(mk)] == 0)
+  with pytest.raises(ValueError, match="structure of params"):
+    pruning.fixed_mask({"w": True}).init(params)
+
+
+def test_bad_pruning_arguments():
+  with pytest.raises(ValueError, match=r"target_sparsity must satisfy"):
+    pruning.gradual_magnitude_pruning(1.0, 0, 10)
+  with pytest.raises(ValueError, match=r"end_step must be an int >= 10"):
+    pruning.gradual_magnitude_pruning(0.5, 10, 5)
+  with pytest.raises(ValueError, match=r"frequency must be an int >= 1"):
+    pruning.gradual_magnitude_pruning(0.5, 0, 5, frequency=0)
+  with pytest.raises(ValueError, match=r"scope must be"):
+    pruning.gradual_magnitude_pruning(0.5, 0, 5, scope="per_row")
+  with pytest.raises(ValueError, match=r"switch_step must be an int >= 0"):
+    pruning.sparsify_then_retrain(optax.sgd(0.1), optax.sgd(0.1), -1)
+
+
+def test_sparsify_then_retrain_freezes_the_support_and_removes_shrinkage():
+  from sparsejax import transforms
+  params = _params(4)
+  sparsify = optax.chain(optax.sgd(0.1), transforms.l1(2.0, 0.1))
+  tx = pruning.sparsify_then_retrain(sparsify, optax.sgd(0.1), switch_step=3)
+  state = tx.init(params)
+  zero_grads = jax.tree.map(jnp.zeros_like, params)
+  for _ in range(3):
+    updates, state = tx.update(zero_grads, state, params)
+    params = optax.apply_updates(params, updates)
+  support = [np.asarray(k) != 0 for k in _kernels(params)]
+  assert 0 < sum(s.sum() for s in support) < 900
+  frozen = jax.tree.map(np.asarray, params)
+  updates, state = tx.update(zero_grads, state, params)  # phase 2, zero gradient: nothing moves (no shrinkage)
+  params = optax.apply_updates(params, updates)
+  for a, b in zip(jax.tree.leaves(frozen), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(a, np.asarray(b))
+  ones = jax.tree.map(jnp.ones_like, params)
+  for _ in range(3):  # phase 2 with gradients: kept weights move, the zero set stays
+    updates, state = tx.update(ones, state, params)
+    params = optax.apply_updates(params, updates)
+  for k, s in zip(_kernels(params), support):
+    np.testing.assert_array_equal(np.asarray(k) != 0, s)
+
+
+@pytest.mark.parametrize("optimizer_name", ["momentum", "adam"])
+def test_nnz_controller_ends_within_one_percent_of_the_target(tmp_path, optimizer_name):
+  (x, y), test = data.load("digits", "train"), data.load("digits", "test")
+  epochs, batch = (6, 64) if optimizer_name == "momentum" else (20, 64)
+  steps = pruning.schedule_total_steps(epochs, len(x), batch)
+  lr = 0.05 if optimizer_name == "momentum" else 1e-2
+  optimizer = optax.sgd(lr, momentum=0.9) if optimizer_name == "momentum" else optax.adam(lr)
+  target = 800  # of 64*64 + 64*10 = 4736 kernel weights
+  controller = selection.nnz_controller("l1", target, lr, initial_strength=1e-3, rate=0.05, interval=5,
+                                        total_steps=steps, exact_final_steps=30)
+  result = train.fit(MLP((64, 10)), optax.chain(optimizer, controller), (x, y), test,
+                     train.TrainConfig(epochs=epochs, batch_size=batch, progress=False, checkpoint=False),
+                     str(tmp_path), report_fn=lambda p: {})
+  nnz = selection.count_nonzero(result.state.params)
+  assert abs(nnz - target) <= 0.01 * target, nnz
+  assert result.history[-1]["eval_accuracy"] > 0.85
+
+
+def test_nnz_controller_per_layer_targets_by_chaining(tmp_path):
+  (x, y), test = data.load("digits", "train"), data.load("digits", "test")
+  epochs, batch, lr = 6, 64, 0.05
+  steps = pruning.schedule_total_steps(epochs, len(x), batch)
+
+  def only(name):
+    return lambda params: {k: {"kernel": k == name, "bias": False} for k in params}
+
+  tx = optax.chain(optax.sgd(lr, momentum=0.9),
+                   selection.nnz_controller("l1", 600, lr, 1e-3, interval=5, mask=only("Dense_0"),
+                                            total_steps=steps, exact_final_steps=30),
+                   selection.nnz_controller("l1", 200, lr, 1e-3, interval=5, mask=only("Dense_1"),
+                                            total_steps=steps, exact_final_steps=30))
+  result = train.fit(MLP((64, 10)), tx, (x, y), test,
+                     train.TrainConfig(epochs=epochs, batch_size=batch, progress=False, checkpoint=False),
+                     str(tmp_path), report_fn=lambda p: {})
+  counts = selection.count_nonzero(result.state.params, per_layer=True)
+  assert abs(counts[0] - 600) <= 6 and abs(counts[1] - 200) <= 2, counts
