@@ -553,7 +553,10 @@ def nnz_controller(
       keep = jnp.round(k + (total - k) * remaining).astype(jnp.int32)
 
     def moved_log_strength():
-      quantile = pruning.kth_largest_magnitude(pre_prox, keep + 1)
+      # p + u is formed again inside the branch: capturing the sums would make XLA
+      # materialise them every step just to pass them to the conditional.
+      proposal = [p + u for p, u, m in zip(leaves_p, leaves_u, masks) if m]
+      quantile = pruning.kth_largest_magnitude(proposal, keep + 1)
       log_target = _invert_threshold(threshold, quantile, lr, prox_kwargs)
       return (state.log_strength + step_rate * (log_target - state.log_strength)).astype(jnp.float32)
 

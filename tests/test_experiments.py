@@ -140,3 +140,25 @@ def test_sparse_gan_fashion_mnist_reproduction(tmp_path):
   standard, sparse = out["runs"]["standard_seed0"], out["runs"]["sparse_x0.1_seed0"]
   assert standard["fid_final"] < 15 and sparse["fid_final"] < 15
   assert sparse["g_zero_activation_fraction"] > standard["g_zero_activation_fraction"] + 0.05
+
+
+def test_frontier_small_config_matches_sparsity_exactly_and_resumes(tmp_path):
+  from experiments import frontier
+  args = ["--dataset", "digits", "--workdir", str(tmp_path), "--seeds", "0", "--epochs", "3", "--batch-size", "32",
+          "--sparsities", "0.9", "--methods", "dense", "gmp", "one_shot", "random", "l1", "tl1+retrain",
+          "--exact-final-steps", "30", "--gmp-frequency", "10", "--no-progress"]
+  out = frontier.main(args)
+  runs = {r["method"]: r for r in out["runs"]}
+  assert set(runs) == {"dense", "gmp", "one_shot", "random", "l1", "tl1+retrain"}
+  assert runs["dense"]["sparsity"] < 0.01
+  for method in ("gmp", "one_shot", "random", "l1", "tl1+retrain"):
+    assert abs(runs[method]["sparsity"] - 0.9) <= 0.01 * 0.1, (method, runs[method]["sparsity"])  # +-1% of the count
+  assert runs["gmp"]["accuracy"] > runs["random"]["accuracy"]
+  assert out["reduced_config"]
+  directory = tmp_path / "digits_mlp"
+  for name in ("results.json", "results.csv", "table.md", "frontier.png"):
+    assert os.path.getsize(directory / name) > 0
+  with open(directory / "table.md") as f:
+    assert "REDUCED config" in f.read()
+  again = frontier.main(args)  # resumes: every run is already in results.json
+  assert [r["wall_time_s"] for r in again["runs"]] == [r["wall_time_s"] for r in out["runs"]]
