@@ -407,25 +407,40 @@ def _group_scale(v, axes, max_exponent: int = 100):
   return jnp.ldexp(jnp.ones((), v.dtype), jnp.maximum(exponent - max_exponent, 0))
 
 
-def _group_shrink(v, thr, axes):
-  """max(0, 1 - thr/||v_g||) v_g, with 0 (not NaN) on an all-zero group and NaN on a NaN group.
+def _group_shrink(x, thr, axes, pre=None):
+  """max(0, 1 - thr/||v_g||) v_g for v = pre(x) (default x), with 0 (not NaN) on an all-zero
+  group and NaN on a NaN group.
 
-  The norm is taken of v / scale (`_group_scale`, a power of two), so it does not
-  overflow for entries near the dtype's max.
+  The sum of squares is NaN exactly on the groups that hold a NaN, so it marks them at no
+  cost. It overflows only for entries above ~1e19 in float32; then (and only then, under
+  `lax.cond`) the norm is taken of v / 2^k (`_group_scale`), which does not overflow.
+  `pre` (e.g. the soft thresholding of the sparse group lasso) is applied inside each
+  use, so the conditional captures only `x` and v is never materialised.
   """
-  scale = _group_scale(v, axes, max_exponent=60)
-  norm = _pen._group_norm(v / scale, axes) * scale  # pylint: disable=protected-access
+  pre = pre or (lambda a: a)
+  sq = jnp.sum(pre(x) ** 2, axis=axes, keepdims=True)
+
+  def plain_norm():
+    nonzero = sq > 0
+    return jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, sq, 1.0)), 0.0)
+
+  def rescaled_norm():
+    v = pre(x)
+    scale = _group_scale(v, axes, max_exponent=60)
+    return _pen._group_norm(v / scale, axes) * scale  # pylint: disable=protected-access
+
+  norm = lax.cond(jnp.any(jnp.isinf(sq)), rescaled_norm, plain_norm)
   keep = norm > thr
   factor = 1.0 - thr / jnp.where(keep, norm, 1.0)
-  out = jnp.where(keep, factor * v, jnp.zeros_like(v))
-  return jnp.where(_group_nan(v, axes), jnp.asarray(jnp.nan, v.dtype), out)
+  out = jnp.where(keep, factor * pre(x), jnp.zeros_like(x))
+  return jnp.where(jnp.isnan(sq), jnp.asarray(jnp.nan, x.dtype), out)
 
 
-def _group_lasso_leaf(v, tau, axis, scale_by_group_size):
+def _group_lasso_leaf(v, tau, axis, scale_by_group_size, pre=None):
   axes = _checks.normalize_axes(axis, v.ndim)
   _check_group_param("tau", tau, v, axes)
   thr = tau * _pen._group_weight(v, axes, scale_by_group_size)  # pylint: disable=protected-access
-  return _group_shrink(v, thr, axes)
+  return _group_shrink(v, thr, axes, pre)
 
 
 @_with_threshold(_pen.group_lasso_threshold)
@@ -445,7 +460,7 @@ def group_lasso(x: Any, tau: Any, axis: Axis = -1, scale_by_group_size: bool = F
 def _sgl_leaf(v, tau, l1, axis, scale_by_group_size):
   axes = _checks.normalize_axes(axis, v.ndim)
   _check_group_param("l1", l1, v, axes)
-  return _group_lasso_leaf(_soft(v, tau * l1), tau, axis, scale_by_group_size)
+  return _group_lasso_leaf(v, tau, axis, scale_by_group_size, pre=lambda a: _soft(a, tau * l1))
 
 
 @_with_threshold(_pen.sparse_group_lasso_threshold)
@@ -536,10 +551,17 @@ def _cges_leaf(v, tau, axis):
   _check_group_param("tau", tau, v, axes)
   if v.size == 0:
     return v
-  scale = _group_scale(v, axes)
-  alpha = tau * jnp.sum(jnp.abs(v / scale), axis=axes, keepdims=True)
-  out = _soft(v / scale, alpha) * scale
-  return _l1_group_finish(v, out, tau, axes)
+  l1 = jnp.sum(jnp.abs(v), axis=axes, keepdims=True)  # NaN on NaN groups, inf on inf or overflowing groups
+
+  def plain():
+    return jnp.where(jnp.isnan(l1), jnp.asarray(jnp.nan, v.dtype), _soft(v, tau * l1))
+
+  def careful():
+    scale = _group_scale(v, axes)
+    alpha = tau * jnp.sum(jnp.abs(v / scale), axis=axes, keepdims=True)
+    return _l1_group_finish(v, _soft(v / scale, alpha) * scale, tau, axes)
+
+  return lax.cond(jnp.any(jnp.isinf(l1)), careful, plain)
 
 
 @_with_threshold(None)
