@@ -14,7 +14,7 @@ density; here they are added to the minimised losses.
 
 Every step makes one discriminator update and then `g_steps` generator updates
 with the same z. Like `train.fit`, the step runs data-parallel under pmap (one
-device: jit(vmap)) with axis name "batch": each replica takes its shard of the
+device: jit(shard_map)) with axis name "batch": each replica takes its shard of the
 real batch and its slice of one global z draw, gradients are averaged with
 `lax.pmean`, and batch norm and the mean activations k use global-batch
 statistics when the models are built with `axis_name="batch"`; the run is then

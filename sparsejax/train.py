@@ -1,8 +1,9 @@
 """Data-parallel training: `TrainState`, pmap train/eval steps, and the `fit` loop.
 
-The train step runs under `jax.pmap` over `num_devices` local devices (on a
-single device, the same step under `jax.jit(jax.vmap(...))`, which dispatches
-faster and has the same collectives): the
+The train step runs under `jax.pmap` over `num_devices` local devices of every
+process (on one device of one process, the same step under jit(shard_map) over a
+one-device mesh, which dispatches faster and has the same collectives; see
+`runloop.map_step`): the
 global batch is sharded over them, each replica computes the gradient of its
 share of the *global mean* loss (per-example losses weighted 0 on padding,
 divided by the global count of real examples), the gradients are summed with
