@@ -20,6 +20,7 @@ __all__ = [
     "map_leaves",
     "as_float_array",
     "check_broadcast",
+    "check_int",
 ]
 
 
@@ -76,6 +77,16 @@ def check_range(
       raise ValueError(
           f"{name} must satisfy {lo}{name}{hi}; got {name}={shown!r}."
       )
+
+
+def check_int(name: str, value: Any, lower: int, allowed: str | None = None) -> None:
+  """Raises ValueError unless `value` is an int (not a bool) >= `lower`.
+
+  The message is "{name} must be {allowed}; got {name}={value!r}.", with `allowed`
+  defaulting to "an int >= {lower}".
+  """
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lower:
+    raise ValueError(f"{name} must be {allowed or f'an int >= {lower}'}; got {name}={value!r}.")
 
 
 def normalize_axes(axis: int | Sequence[int], ndim: int, name: str = "axis") -> tuple[int, ...]:

@@ -84,17 +84,11 @@ class GANConfig:
 
 def _validate_gan_config(config: GANConfig) -> None:
   """Raises ValueError naming the first `GANConfig` field outside its allowed range."""
-  rules = [("epochs", 0, "an int >= 0"), ("batch_size", 1, "an int > 0"), ("latent_dim", 1, "an int > 0"),
-           ("g_steps", 1, "an int >= 1"), ("seed", 0, "an int >= 0"),
-           ("num_devices", 0, "an int >= 0 (0: all local devices)"), ("log_every_steps", 1, "an int >= 1"),
-           ("checkpoint_every_steps", 0, "an int >= 0 (0: only at epoch ends)")]
-  for field, lower, allowed in rules:
-    value = getattr(config, field)
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lower:
-      raise ValueError(f"GANConfig.{field} must be {allowed}; got {field}={value!r}.")
-  if config.checkpoint and (isinstance(config.keep_checkpoints, bool) or config.keep_checkpoints < 1):
-    raise ValueError(f"GANConfig.keep_checkpoints must be an int >= 1 when checkpoint=True; "
-                     f"got keep_checkpoints={config.keep_checkpoints!r}.")
+  runloop.validate_loop_config(config, [
+      ("epochs", 0, "an int >= 0"), ("batch_size", 1, "an int > 0"), ("latent_dim", 1, "an int > 0"),
+      ("g_steps", 1, "an int >= 1"), ("seed", 0, "an int >= 0"),
+      ("num_devices", 0, "an int >= 0 (0: all local devices)"), ("log_every_steps", 1, "an int >= 1"),
+      ("checkpoint_every_steps", 0, "an int >= 0 (0: only at epoch ends)")])
   if config.generator_loss not in ("non_saturating", "saturating"):
     raise ValueError(f"GANConfig.generator_loss must be 'non_saturating' or 'saturating'; "
                      f"got {config.generator_loss!r}.")
@@ -290,7 +284,7 @@ def fit_gan(generator, discriminator, g_tx: optax.GradientTransformation, d_tx: 
                 "num_images": len(images), "image_shape": list(images.shape[1:]), "latent_dim": config.latent_dim}
   runloop.prepare_workdir(workdir, run_config, resume, overwrite)
   writer = runloop.is_writer()
-  manager = runloop.checkpoint_manager(workdir, config.keep_checkpoints)
+  manager = runloop.checkpoint_manager(workdir, max(config.keep_checkpoints, 1))
   state, start_step = runloop.restore_latest(
       manager, create_gan_state(generator, discriminator, g_tx, d_tx, images.shape[1:], config.latent_dim,
                                 config.seed), resume)
@@ -310,13 +304,13 @@ def fit_gan(generator, discriminator, g_tx: optax.GradientTransformation, d_tx: 
   progress = config.progress and writer
 
   def where() -> str:
-    return f"at step {step} (last checkpoint: step {runloop.latest_checkpoint_step(workdir)} in {os.path.join(workdir, 'checkpoints')})"
+    return f"at step {step} (last checkpoint: {runloop.last_checkpoint_text(workdir)})"
 
   def save(step_to_save: int, window: list) -> None:
     if window and not all(np.isfinite(v) for v in _mean_metrics(window).values()):
       raise NonFiniteLossError(
           f"a GAN loss became non-finite before step {step_to_save}; not checkpointed. Last good checkpoint: "
-          f"step {runloop.latest_checkpoint_step(workdir)} in {os.path.join(workdir, 'checkpoints')} (resume=True restarts there).")
+          f"{runloop.last_checkpoint_text(workdir)} (resume=True restarts there).")
     if config.checkpoint:
       runloop.save_checkpoint(manager, step_to_save, rstate)
 

@@ -254,10 +254,9 @@ def gradual_magnitude_pruning(
   """
   _checks.check_range("target_sparsity", target_sparsity, lower=0.0, upper=1.0, upper_inclusive=False)
   _checks.check_range("initial_sparsity", initial_sparsity, lower=0.0, upper=target_sparsity)
-  for name, value, lower in (("begin_step", begin_step, 0), ("end_step", end_step, begin_step),
-                             ("frequency", frequency, 1)):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lower:
-      raise ValueError(f"{name} must be an int >= {lower}; got {name}={value!r}.")
+  _checks.check_int("begin_step", begin_step, 0)
+  _checks.check_int("end_step", end_step, begin_step)
+  _checks.check_int("frequency", frequency, 1)
   _check_scope(scope)
 
   def init_fn(params):
@@ -337,8 +336,7 @@ def sparsify_then_retrain(sparsify: optax.GradientTransformation, retrain: optax
   """
   if support_fn is None:
     support_fn = lambda params: support_mask(params, mask)  # noqa: E731
-  if isinstance(switch_step, bool) or not isinstance(switch_step, (int, np.integer)) or switch_step < 0:
-    raise ValueError(f"switch_step must be an int >= 0; got switch_step={switch_step!r}.")
+  _checks.check_int("switch_step", switch_step, 0)
 
   def init_fn(params):
     return TwoPhaseState(jnp.zeros([], jnp.int32), sparsify.init(params), retrain.init(params),

@@ -55,13 +55,16 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from sparsejax import _checks
+
 from sparsejax.records import append_jsonl, read_jsonl, write_json_atomic, write_jsonl_atomic
 
 __all__ = [
     "AXIS", "PeerLostError", "is_writer", "data_parallel_devices", "map_step", "replicate", "unreplicate",
     "process_slice", "append_jsonl", "read_jsonl", "write_jsonl_atomic", "write_json_atomic",
     "prepare_workdir", "checkpoint_manager", "restore_latest", "save_checkpoint", "peer_loss_guard",
-    "sync_processes", "latest_checkpoint_step", "local_count", "check_same_on_every_process",
+    "sync_processes", "latest_checkpoint_step", "last_checkpoint_text", "local_count", "check_same_on_every_process",
+    "validate_loop_config",
 ]
 
 AXIS = "batch"
@@ -90,11 +93,8 @@ def data_parallel_devices(num_devices: int, batch_size: int) -> list:
   Returns:
     The global device list (process 0's devices first), the same on every process.
   """
-  if isinstance(num_devices, bool) or not isinstance(num_devices, (int, np.integer)) or num_devices < 0:
-    raise ValueError(f"num_devices must be an int >= 0 (0: all {jax.local_device_count()} local devices); "
-                     f"got num_devices={num_devices!r}.")
-  if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
-    raise ValueError(f"batch_size must be > 0; got {batch_size}.")
+  _checks.check_int("num_devices", num_devices, 0, f"an int >= 0 (0: all {jax.local_device_count()} local devices)")
+  _checks.check_int("batch_size", batch_size, 1, "an int > 0")
   per_process = int(num_devices) or jax.local_device_count()
   if per_process > jax.local_device_count():
     raise ValueError(f"num_devices={num_devices} but only {jax.local_device_count()} local devices; "
@@ -181,9 +181,6 @@ def check_same_on_every_process(name: str, values: dict[str, int]) -> None:
                        f"0..{len(column) - 1}); every process must run the same configuration on the same data.")
 
 
-# ------------------------------------------------------------- records
-
-
 # ------------------------------------------------------------- workdir
 
 
@@ -212,6 +209,30 @@ def latest_checkpoint_step(workdir: str) -> int | None:
   return steps[-1] if steps else None
 
 
+def last_checkpoint_text(workdir: str) -> str:
+  """"step N in <workdir>/checkpoints": where a resumed run restarts, for error messages."""
+  return f"step {latest_checkpoint_step(workdir)} in {os.path.join(workdir, 'checkpoints')}"
+
+
+def validate_loop_config(config: Any, int_fields: list[tuple[str, int, str]]) -> None:
+  """Checks the integer fields of a trainer config and its checkpoint settings.
+
+  Args:
+    config: a `TrainConfig` or `GANConfig` (any dataclass with `checkpoint` and
+      `keep_checkpoints`).
+    int_fields: (field, lower bound, allowed-range text) for each integer field.
+
+  Raises:
+    ValueError: naming `Class.field`, what is allowed and the value given.
+  """
+  name = type(config).__name__
+  for field, lower, allowed in int_fields:
+    _checks.check_int(f"{name}.{field}", getattr(config, field), lower, allowed)
+  if config.checkpoint:
+    _checks.check_int(f"{name}.keep_checkpoints", config.keep_checkpoints, 1,
+                      "an int >= 1 when checkpoint=True (0 would keep no checkpoint to resume from)")
+
+
 def _has_records(workdir: str) -> bool:
   for name in ("log.jsonl", "steps.jsonl", "history.json"):
     path = os.path.join(workdir, name)
@@ -220,8 +241,7 @@ def _has_records(workdir: str) -> bool:
   return False
 
 
-def prepare_workdir(workdir: str, run_config: dict, resume: bool, overwrite: bool = False,
-                    resume_fields: tuple[str, ...] | None = None) -> None:
+def prepare_workdir(workdir: str, run_config: dict, resume: bool, overwrite: bool = False) -> None:
   """Checks the workdir before the first step and records this run's configuration.
 
   Args:
@@ -230,7 +250,6 @@ def prepare_workdir(workdir: str, run_config: dict, resume: bool, overwrite: boo
       (batch size, seed, dataset size, ...), written to `run_config.json`.
     resume: continue the run stored in `workdir`.
     overwrite: delete another run's checkpoints and records first (fresh runs only).
-    resume_fields: the keys of `run_config` that must match on resume (default: all).
 
   Raises:
     ValueError: an unwritable workdir or checkpoints/, a record path that is a
@@ -265,7 +284,7 @@ def prepare_workdir(workdir: str, run_config: dict, resume: bool, overwrite: boo
         except json.JSONDecodeError:
           stored = None
       if stored is not None:
-        for key in resume_fields or tuple(run_config):
+        for key in run_config:
           if key in stored and stored[key] != run_config[key]:
             raise ValueError(
                 f"cannot resume the run in {workdir!r}: {key} was {stored[key]!r} there but is {run_config[key]!r} "

@@ -48,7 +48,7 @@ import optax
 from sparsejax import _checks
 from sparsejax import prox as _prox
 from sparsejax import pruning
-from sparsejax import records as runloop_records
+from sparsejax import records
 
 __all__ = ["TrainOutcome", "SelectionResult", "SelectionError", "bracket", "next_strength", "select_strength",
            "select_layer_strengths", "threshold_inverse", "weight_leaves", "count_nonzero", "gradient_magnitudes",
@@ -193,7 +193,7 @@ class _History:
       if os.path.isdir(path):
         raise ValueError(f"history_path {path!r} is a directory; give a file path.")
       os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-      self.records = runloop_records.read_jsonl(path)
+      self.records = records.read_jsonl(path)
       for record in self.records:
         for key, value in identity.items():
           if key in record and record[key] != value:
@@ -212,7 +212,7 @@ class _History:
         tmp = f"{self.gradients_path}.tmp.npz"
         np.savez(tmp, *[np.asarray(g, np.float32) for g in gradients])
         os.replace(tmp, self.gradients_path)
-      runloop_records.append_jsonl(self.path, record)
+      records.append_jsonl(self.path, record)
 
   def replay(self) -> tuple[list[dict], list[np.ndarray] | None]:
     """The completed trainings found on disk and the latest one's gradient magnitudes (or None)."""
@@ -225,8 +225,7 @@ class _History:
 
 
 def _check_selection_args(initial_strengths: Sequence[float], max_trainings: int) -> None:
-  if isinstance(max_trainings, bool) or not isinstance(max_trainings, (int, np.integer)) or max_trainings < 1:
-    raise ValueError(f"max_trainings must be an int >= 1; got max_trainings={max_trainings!r}.")
+  _checks.check_int("max_trainings", max_trainings, 1)
   if len(initial_strengths) == 0:
     raise ValueError("initial_strengths must hold at least one strength > 0; got ().")
   for value in initial_strengths:
@@ -301,7 +300,7 @@ def select_strength(
       raise ValueError(f"target_nnz={target_nnz} exceeds the {grads.size} regularised weights.")
     nnz = record["nnz"]
     pairs.append((strength, nnz))
-    if best is None or abs(nnz - target_nnz) <= abs(best[1] - target_nnz):
+    if best is None or abs(nnz - target_nnz) < abs(best[1] - target_nnz):
       best = (strength, nnz, outcome.params)
     if abs(nnz - target_nnz) <= r * target_nnz:
       return SelectionResult(strength, outcome.params, nnz, history.records, k + 1, True)
@@ -390,7 +389,7 @@ def select_layer_strengths(
         if t > np.size(g):
           raise ValueError(f"target_nnz[{layer}]={t:g} exceeds the {np.size(g)} weights of layer {layer}.")
     score = score_of(nnz)
-    if best is None or score <= best[0]:
+    if best is None or score < best[0]:
       best = (score, list(strengths), nnz, outcome.params)
     if sum(within(nnz)) >= min_layers:
       return SelectionResult(list(strengths), outcome.params, nnz, history.records, k + 1, True)
@@ -506,11 +505,8 @@ def nnz_controller(
   _checks.check_range("target_nnz", target_nnz, lower=0.0, lower_inclusive=False)
   _checks.check_range("initial_strength", initial_strength, lower=0.0, lower_inclusive=False)
   _checks.check_range("rate", rate, lower=0.0, upper=1.0, lower_inclusive=False)
-  if isinstance(interval, bool) or not isinstance(interval, (int, np.integer)) or interval < 1:
-    raise ValueError(f"interval must be an int >= 1; got {interval!r}.")
-  if isinstance(exact_final_steps, bool) or not isinstance(exact_final_steps, (int, np.integer)) \
-      or exact_final_steps < 0:
-    raise ValueError(f"exact_final_steps must be an int >= 0; got {exact_final_steps!r}.")
+  _checks.check_int("interval", interval, 1)
+  _checks.check_int("exact_final_steps", exact_final_steps, 0)
   if exact_final_steps and (total_steps is None or total_steps < exact_final_steps):
     raise ValueError(f"exact_final_steps={exact_final_steps} needs total_steps >= exact_final_steps (the run's "
                      f"optimizer steps); got total_steps={total_steps!r}.")

@@ -218,23 +218,13 @@ class FitResult:
   workdir: str
 
 
-def _is_int(value) -> bool:
-  return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
 def validate_config(config: TrainConfig) -> None:
   """Raises ValueError naming the first `TrainConfig` field outside its allowed range."""
-  rules = [("epochs", 0, "an int >= 0"), ("batch_size", 1, "an int > 0"), ("eval_batch_size", 1, "an int > 0"),
-           ("seed", 0, "an int >= 0"), ("num_devices", 0, "an int >= 0 (0: all local devices)"),
-           ("checkpoint_every_steps", 0, "an int >= 0 (0: only at epoch ends)")]
-  for field, lower, allowed in rules:
-    value = getattr(config, field)
-    if not _is_int(value) or value < lower:
-      raise ValueError(f"TrainConfig.{field} must be {allowed}; got {field}={value!r}.")
+  runloop.validate_loop_config(config, [
+      ("epochs", 0, "an int >= 0"), ("batch_size", 1, "an int > 0"), ("eval_batch_size", 1, "an int > 0"),
+      ("seed", 0, "an int >= 0"), ("num_devices", 0, "an int >= 0 (0: all local devices)"),
+      ("checkpoint_every_steps", 0, "an int >= 0 (0: only at epoch ends)")])
   _per_example_loss(config.task)
-  if config.checkpoint and (not _is_int(config.keep_checkpoints) or config.keep_checkpoints < 1):
-    raise ValueError(f"TrainConfig.keep_checkpoints must be an int >= 1 when checkpoint=True (0 would keep no "
-                     f"checkpoint to resume from); got keep_checkpoints={config.keep_checkpoints!r}.")
 
 
 def _validate_labels(name: str, y: np.ndarray, num_examples: int, num_outputs: int, task: str,
@@ -367,13 +357,13 @@ def fit(model, tx: optax.GradientTransformation, train_data: tuple[np.ndarray, n
   progress = config.progress and writer
 
   def where() -> str:
-    return f"at step {step} (last checkpoint: step {runloop.latest_checkpoint_step(workdir)} in {os.path.join(workdir, 'checkpoints')})"
+    return f"at step {step} (last checkpoint: {runloop.last_checkpoint_text(workdir)})"
 
   def save(step_to_save: int, pending: list) -> None:
     if pending and not np.isfinite(_sum_metrics(pending)["loss_sum"]):
       raise NonFiniteLossError(
           f"training loss became non-finite before step {step_to_save}; not checkpointed. Last good checkpoint: "
-          f"step {runloop.latest_checkpoint_step(workdir)} in {os.path.join(workdir, 'checkpoints')} (resume=True restarts there).")
+          f"{runloop.last_checkpoint_text(workdir)} (resume=True restarts there).")
     if not config.checkpoint:
       return
     runloop.save_checkpoint(manager, step_to_save, rstate)
