@@ -26,7 +26,7 @@ import numpy as np
 import optax
 
 from benchmarks import common
-from sparsejax import prox, transforms
+from sparsejax import prox, registry, transforms
 from sparsejax.models import init_mlp
 
 # (name, tau, shape params, regime label): the regimes where the cost differs.
@@ -45,6 +45,9 @@ ELEMENTWISE = [
     ("mcp", 1.0, {"lam": 0.5, "gamma": 3.0}, ""),
     ("capped_l1", 1.0, {"lam": 0.5, "theta": 1.0}, ""),
 ]
+# Every other registered elementwise penalty (e.g. one a user registered), at its examples.
+ELEMENTWISE += [(name, 0.3, kw, "") for name in registry.names(grouped=False)
+                if name not in {row[0] for row in ELEMENTWISE} for kw in registry.get(name).examples]
 
 
 def bench_elementwise(x, repeats):

@@ -79,12 +79,21 @@ def check_range(
       )
 
 
+def is_concrete(value: Any) -> bool:
+  """False for a traced value (inside jit), whose Python truth value cannot be taken."""
+  return _concrete_values(value) is not None
+
+
 def check_int(name: str, value: Any, lower: int, allowed: str | None = None) -> None:
   """Raises ValueError unless `value` is an int (not a bool) >= `lower`.
 
   The message is "{name} must be {allowed}; got {name}={value!r}.", with `allowed`
   defaulting to "an int >= {lower}".
   """
+  if isinstance(value, jax.core.Tracer):
+    return  # a traced value (e.g. from optax.inject_hyperparams inside jit) cannot be checked
+  if isinstance(value, (jax.Array, np.ndarray)) and value.ndim == 0 and np.issubdtype(value.dtype, np.integer):
+    value = int(value)  # optax.inject_hyperparams turns int hyperparameters into arrays
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lower:
     raise ValueError(f"{name} must be {allowed or f'an int >= {lower}'}; got {name}={value!r}.")
 

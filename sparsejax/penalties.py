@@ -26,11 +26,12 @@ import jax.numpy as jnp
 from jax import lax
 
 from sparsejax import _checks
+from sparsejax import registry as _registry
 
 __all__ = [
     "l1", "l0", "elastic_net", "tl1", "log_sum", "l_half", "l_two_thirds",
     "scad", "mcp", "capped_l1", "group_lasso", "sparse_group_lasso",
-    "exclusive", "cges_exclusive", "PENALTIES", "get", "abs_zero_subgradient",
+    "exclusive", "cges_exclusive", "PENALTIES", "get", "abs_zero_subgradient", "from_leaf_function",
 ]
 
 Axis = int | Sequence[int]
@@ -38,8 +39,13 @@ Axis = int | Sequence[int]
 
 def _sum_over_leaves(leaf_value: Callable[..., jax.Array], x: Any, per_leaf: dict,
                      static: dict | None = None) -> jax.Array:
-  values = _checks.map_leaves(
-      lambda leaf, **kw: leaf_value(_checks.as_float_array(leaf), **kw), x, per_leaf, static)
+  def leaf_total(leaf, **kw):
+    v = _checks.as_float_array(leaf)
+    # A NaN entry makes the value NaN for every penalty (comparisons alone would
+    # send it to a finite branch, e.g. SCAD's constant), with gradient 0 elsewhere.
+    return leaf_value(v, **kw) + jnp.sum(jnp.where(jnp.isnan(v), v, jnp.zeros_like(v)))
+
+  values = _checks.map_leaves(leaf_total, x, per_leaf, static)
   return sum(jax.tree.leaves(values), start=jnp.zeros(()))
 
 
@@ -70,13 +76,6 @@ def _group_size(x: jax.Array, axes: tuple[int, ...]) -> int:
   return size
 
 
-def _with_threshold(threshold_fn: Callable[..., jax.Array] | None):
-  def attach(fn):
-    fn.threshold = threshold_fn
-    return fn
-  return attach
-
-
 # ---------------------------------------------------------------- thresholds
 
 
@@ -99,7 +98,7 @@ def l0_threshold(tau) -> jax.Array:
 def elastic_net_threshold(tau, l2=0.0) -> jax.Array:
   """Zero threshold of the elastic-net prox: tau (independent of l2)."""
   _checks.check_range("tau", tau, lower=0.0)
-  _checks.check_range("l2", l2, lower=0.0)
+  _registry.check_shape("elastic_net", l2=l2)
   return _as_float(tau) + 0.0 * _as_float(l2)
 
 
@@ -110,7 +109,7 @@ def tl1_threshold(tau, a=1.0) -> jax.Array:
   t* = sqrt(2 tau (a+1)) - a/2  otherwise               (super-critical).
   """
   _checks.check_range("tau", tau, lower=0.0)
-  _checks.check_range("a", a, lower=0.0, lower_inclusive=False)
+  _registry.check_shape("tl1", a=a)
   tau, a = _as_float(tau), _as_float(a)
   sub = tau <= a * a / (2.0 * (a + 1.0))
   return jnp.where(sub, tau * (a + 1.0) / a, jnp.sqrt(2.0 * tau * (a + 1.0)) - 0.5 * a)
@@ -144,7 +143,7 @@ def log_sum_threshold(tau, eps=1.0, num_bisections: int = 64) -> jax.Array:
   T; at the tie the prox returns 0).
   """
   _checks.check_range("tau", tau, lower=0.0)
-  _checks.check_range("eps", eps, lower=0.0, lower_inclusive=False)
+  _registry.check_shape("log_sum", eps=eps)
   tau, eps = jnp.broadcast_arrays(_as_float(tau), _as_float(eps))
   lo0 = jnp.maximum(2.0 * jnp.sqrt(tau) - eps, 0.0)
   hi0 = tau / eps
@@ -184,8 +183,7 @@ def scad_threshold(tau, lam=1.0, a=3.7) -> jax.Array:
   is below tau lam only in the non-convex regime tau > a + 1.
   """
   _checks.check_range("tau", tau, lower=0.0)
-  _checks.check_range("lam", lam, lower=0.0, lower_inclusive=False)
-  _checks.check_range("a", a, lower=2.0, lower_inclusive=False)
+  _registry.check_shape("scad", lam=lam, a=a)
   tau, lam, a = _as_float(tau), _as_float(lam), _as_float(a)
   root = jnp.sqrt(tau * (a + 1.0))
   p3 = jnp.where(root >= a, lam * root, 0.5 * a * lam + tau * lam * (a + 1.0) / (2.0 * a))
@@ -195,8 +193,7 @@ def scad_threshold(tau, lam=1.0, a=3.7) -> jax.Array:
 def mcp_threshold(tau, lam=1.0, gamma=3.0) -> jax.Array:
   """Zero threshold of the MCP prox: tau lam if tau < gamma else sqrt(tau gamma) lam."""
   _checks.check_range("tau", tau, lower=0.0)
-  _checks.check_range("lam", lam, lower=0.0, lower_inclusive=False)
-  _checks.check_range("gamma", gamma, lower=1.0, lower_inclusive=False)
+  _registry.check_shape("mcp", lam=lam, gamma=gamma)
   tau, lam, gamma = _as_float(tau), _as_float(lam), _as_float(gamma)
   return jnp.where(tau < gamma, tau * lam, jnp.sqrt(tau * gamma) * lam)
 
@@ -204,8 +201,7 @@ def mcp_threshold(tau, lam=1.0, gamma=3.0) -> jax.Array:
 def capped_l1_threshold(tau, lam=1.0, theta=1.0) -> jax.Array:
   """Zero threshold of the capped-l1 prox: tau lam if tau lam <= 2 theta, else sqrt(2 tau lam theta)."""
   _checks.check_range("tau", tau, lower=0.0)
-  _checks.check_range("lam", lam, lower=0.0, lower_inclusive=False)
-  _checks.check_range("theta", theta, lower=0.0, lower_inclusive=False)
+  _registry.check_shape("capped_l1", lam=lam, theta=theta)
   tl = _as_float(tau) * _as_float(lam)
   theta = _as_float(theta)
   return jnp.where(tl <= 2.0 * theta, tl, jnp.sqrt(2.0 * tl * theta))
@@ -224,55 +220,48 @@ def sparse_group_lasso_threshold(tau, l1=1.0) -> jax.Array:
   (A whole group is also zeroed when ||S_{tau l1}(v_g)||_2 <= tau w_g.)
   """
   _checks.check_range("tau", tau, lower=0.0)
-  _checks.check_range("l1", l1, lower=0.0)
+  _registry.check_shape("sparse_group_lasso", l1=l1)
   return _as_float(tau) * _as_float(l1)
 
 
 # ---------------------------------------------------------------- penalties
 
 
-@_with_threshold(l1_threshold)
 def l1(x: Any) -> jax.Array:
   """f(x) = sum |x_i|."""
   return _sum_over_leaves(lambda v: jnp.sum(abs_zero_subgradient(v)), x, {})
 
 
-@_with_threshold(l0_threshold)
 def l0(x: Any) -> jax.Array:
   """f(x) = #{i : x_i != 0} (as a float)."""
   return _sum_over_leaves(lambda v: jnp.sum((v != 0).astype(v.dtype)), x, {})
 
 
-@_with_threshold(elastic_net_threshold)
 def elastic_net(x: Any, l2=0.0) -> jax.Array:
   """f(x) = sum |x_i| + (l2/2) sum x_i^2  (the prox is S_tau(v)/(1 + tau l2))."""
-  _checks.check_range("l2", l2, lower=0.0)
+  _registry.check_shape("elastic_net", l2=l2)
   return _sum_over_leaves(
       lambda v, l2: jnp.sum(abs_zero_subgradient(v)) + 0.5 * jnp.sum(l2 * v * v), x, {"l2": l2})
 
 
-@_with_threshold(tl1_threshold)
 def tl1(x: Any, a=1.0) -> jax.Array:
   """Transformed l1: f(x) = sum (a+1)|x_i| / (a + |x_i|), a > 0."""
-  _checks.check_range("a", a, lower=0.0, lower_inclusive=False)
+  _registry.check_shape("tl1", a=a)
   return _sum_over_leaves(
       lambda v, a: jnp.sum((a + 1.0) * abs_zero_subgradient(v) / (a + abs_zero_subgradient(v))), x, {"a": a})
 
 
-@_with_threshold(log_sum_threshold)
 def log_sum(x: Any, eps=1.0) -> jax.Array:
   """Log-sum: f(x) = sum log(1 + |x_i|/eps), eps > 0."""
-  _checks.check_range("eps", eps, lower=0.0, lower_inclusive=False)
+  _registry.check_shape("log_sum", eps=eps)
   return _sum_over_leaves(lambda v, eps: jnp.sum(jnp.log1p(abs_zero_subgradient(v) / eps)), x, {"eps": eps})
 
 
-@_with_threshold(l_half_threshold)
 def l_half(x: Any) -> jax.Array:
   """f(x) = sum |x_i|^(1/2)."""
   return _sum_over_leaves(lambda v: jnp.sum(_safe_abs_power(v, 0.5)), x, {})
 
 
-@_with_threshold(l_two_thirds_threshold)
 def l_two_thirds(x: Any) -> jax.Array:
   """f(x) = sum |x_i|^(2/3)."""
   return _sum_over_leaves(lambda v: jnp.sum(_safe_abs_power(v, 2.0 / 3.0)), x, {})
@@ -284,15 +273,13 @@ def _scad_elementwise(v, lam, a):
   return jnp.where(av <= lam, lam * av, jnp.where(av <= a * lam, mid, 0.5 * lam * lam * (a + 1.0)))
 
 
-@_with_threshold(scad_threshold)
 def scad(x: Any, lam=1.0, a=3.7) -> jax.Array:
   """SCAD (Fan & Li 2001), lam > 0, a > 2; f already contains lam.
 
   p(x) = lam|x| (|x| <= lam); (2 a lam|x| - x^2 - lam^2)/(2(a-1)) (lam < |x| <= a lam);
   lam^2 (a+1)/2 otherwise.
   """
-  _checks.check_range("lam", lam, lower=0.0, lower_inclusive=False)
-  _checks.check_range("a", a, lower=2.0, lower_inclusive=False)
+  _registry.check_shape("scad", lam=lam, a=a)
   return _sum_over_leaves(lambda v, lam, a: jnp.sum(_scad_elementwise(v, lam, a)), x,
                           {"lam": lam, "a": a})
 
@@ -302,20 +289,16 @@ def _mcp_elementwise(v, lam, gamma):
   return jnp.where(av <= gamma * lam, lam * av - av * av / (2.0 * gamma), 0.5 * gamma * lam * lam)
 
 
-@_with_threshold(mcp_threshold)
 def mcp(x: Any, lam=1.0, gamma=3.0) -> jax.Array:
   """MCP (Zhang 2010), lam > 0, gamma > 1: lam|x| - x^2/(2 gamma) if |x| <= gamma lam, else gamma lam^2/2."""
-  _checks.check_range("lam", lam, lower=0.0, lower_inclusive=False)
-  _checks.check_range("gamma", gamma, lower=1.0, lower_inclusive=False)
+  _registry.check_shape("mcp", lam=lam, gamma=gamma)
   return _sum_over_leaves(lambda v, lam, gamma: jnp.sum(_mcp_elementwise(v, lam, gamma)), x,
                           {"lam": lam, "gamma": gamma})
 
 
-@_with_threshold(capped_l1_threshold)
 def capped_l1(x: Any, lam=1.0, theta=1.0) -> jax.Array:
   """Capped l1 (T. Zhang 2010): f(x) = sum lam min(|x_i|, theta)."""
-  _checks.check_range("lam", lam, lower=0.0, lower_inclusive=False)
-  _checks.check_range("theta", theta, lower=0.0, lower_inclusive=False)
+  _registry.check_shape("capped_l1", lam=lam, theta=theta)
   return _sum_over_leaves(lambda v, lam, theta: jnp.sum(lam * jnp.minimum(abs_zero_subgradient(v), theta)), x,
                           {"lam": lam, "theta": theta})
 
@@ -329,7 +312,6 @@ def _group_lasso_leaf(v, axis, scale_by_group_size):
   return _group_weight(v, axes, scale_by_group_size) * jnp.sum(_group_norm(v, axes))
 
 
-@_with_threshold(group_lasso_threshold)
 def group_lasso(x: Any, axis: Axis = -1, scale_by_group_size: bool = False) -> jax.Array:
   """f(x) = sum_g w_g ||x_g||_2, groups = slices reduced over `axis`; w_g = sqrt(|g|) if scaled else 1.
 
@@ -340,10 +322,9 @@ def group_lasso(x: Any, axis: Axis = -1, scale_by_group_size: bool = False) -> j
                           {"axis": axis, "scale_by_group_size": scale_by_group_size})
 
 
-@_with_threshold(sparse_group_lasso_threshold)
 def sparse_group_lasso(x: Any, l1=1.0, axis: Axis = -1, scale_by_group_size: bool = False) -> jax.Array:
   """f(x) = l1 sum |x_i| + sum_g w_g ||x_g||_2 (Simon et al. 2013)."""
-  _checks.check_range("l1", l1, lower=0.0)
+  _registry.check_shape("sparse_group_lasso", l1=l1)
   return _sum_over_leaves(
       lambda v, l1, axis, scale_by_group_size: l1 * jnp.sum(abs_zero_subgradient(v))
       + _group_lasso_leaf(v, axis, scale_by_group_size),
@@ -355,30 +336,43 @@ def _exclusive_leaf(v, axis):
   return 0.5 * jnp.sum(jnp.sum(abs_zero_subgradient(v), axis=axes) ** 2)
 
 
-@_with_threshold(None)
 def exclusive(x: Any, axis: Axis = -1) -> jax.Array:
   """Exclusive sparsity, the (1,2)-norm: f(x) = 1/2 sum_g ||x_g||_1^2."""
   return _sum_over_leaves(_exclusive_leaf, x, {}, {"axis": axis})
 
 
-@_with_threshold(None)
 def cges_exclusive(x: Any, axis: Axis = -1) -> jax.Array:
   """The exclusive penalty 1/2 sum_g ||x_g||_1^2 that the CGES one-shot operator targets."""
   return exclusive(x, axis=axis)
 
 
-PENALTIES: dict[str, Callable[..., jax.Array]] = {
-    "l1": l1, "l0": l0, "elastic_net": elastic_net, "tl1": tl1, "log_sum": log_sum,
-    "l_half": l_half, "l_two_thirds": l_two_thirds, "scad": scad, "mcp": mcp,
-    "capped_l1": capped_l1, "group_lasso": group_lasso,
-    "sparse_group_lasso": sparse_group_lasso, "exclusive": exclusive,
-    "cges_exclusive": cges_exclusive,
-}
+def from_leaf_function(leaf_value: Callable[..., jax.Array], name: str | None = None,
+                       static: Sequence[str] = ()) -> Callable[..., jax.Array]:
+  """Lifts `leaf_value(v, **shape)` (a scalar for one array) to a penalty summed over a pytree's leaves.
+
+  Shape parameters may be scalars, arrays broadcasting against each leaf or pytrees
+  with one value per leaf; `static` names structural ones (e.g. "axis"). With `name`
+  (the registry name) every call validates the shape parameters against the record.
+  Use it to register a penalty of your own (`sparsejax.registry.register`).
+  """
+  static_names = frozenset(static)
+
+  def value(x: Any, **shape: Any) -> jax.Array:
+    if name is not None:
+      _registry.check_shape(name, **shape)
+    numeric = {k: v for k, v in shape.items() if k not in static_names}
+    fixed = {k: v for k, v in shape.items() if k in static_names}
+    return _sum_over_leaves(leaf_value, x, numeric, fixed)
+
+  value.__name__ = getattr(leaf_value, "__name__", "value")
+  value.__doc__ = leaf_value.__doc__
+  return value
+
+
+PENALTIES = _registry.RegistryView("value")
+"""name -> penalty value function, for every registered penalty (read-only, live)."""
 
 
 def get(name: str) -> Callable[..., jax.Array]:
   """Returns the penalty called `name`; ValueError listing the known names otherwise."""
-  try:
-    return PENALTIES[name]
-  except (KeyError, TypeError):
-    raise ValueError(f"unknown penalty {name!r}; known penalties: {sorted(PENALTIES)}.") from None
+  return _registry.get(name).value

@@ -31,11 +31,12 @@ from jax import lax
 
 from sparsejax import _checks
 from sparsejax import penalties as _pen
+from sparsejax import registry as _registry
 
 __all__ = [
     "l1", "l0", "elastic_net", "tl1", "log_sum", "l_half", "l_two_thirds",
     "scad", "mcp", "capped_l1", "group_lasso", "sparse_group_lasso",
-    "exclusive", "cges_exclusive", "PROX", "get",
+    "exclusive", "cges_exclusive", "PROX", "get", "from_leaf_function",
 ]
 
 Axis = int | Sequence[int]
@@ -88,13 +89,6 @@ def _apply(leaf_fn: Callable[..., jax.Array], x: Any, tau: Any,
   return _checks.map_leaves(run_leaf, x, {"tau": tau, **(params or {})}, static)
 
 
-def _with_threshold(threshold_fn):
-  def attach(fn):
-    fn.threshold = threshold_fn
-    return fn
-  return attach
-
-
 def _soft(v, t):
   """sign(v) max(|v| - t, 0), computed as v - clip(v, -t, t) (exact zeros)."""
   return v - jnp.clip(v, -t, t)
@@ -140,7 +134,6 @@ def _fast_cbrt_guess(x: jax.Array) -> jax.Array:
 # ------------------------------------------------------- separable operators
 
 
-@_with_threshold(_pen.l1_threshold)
 def l1(x: Any, tau: Any) -> Any:
   """Soft thresholding: prox of tau*|.|, sign(x) max(|x| - tau, 0).
 
@@ -155,7 +148,6 @@ def _l0_leaf(v, tau):
   return jnp.where(jnp.abs(v) > jnp.sqrt(2.0 * tau), v, jnp.zeros_like(v))
 
 
-@_with_threshold(_pen.l0_threshold)
 def l0(x: Any, tau: Any) -> Any:
   """Hard thresholding: prox of tau*||.||_0, x if |x| > sqrt(2 tau) else 0 (0 at the tie)."""
   return _apply(_l0_leaf, x, tau)
@@ -165,14 +157,13 @@ def _elastic_net_leaf(v, tau, l2):
   return _soft(v, tau) / (1.0 + tau * l2)
 
 
-@_with_threshold(_pen.elastic_net_threshold)
 def elastic_net(x: Any, tau: Any, l2: Any = 0.0) -> Any:
   """Prox of tau*(|.| + (l2/2)(.)^2): S_tau(x)/(1 + tau l2).
 
   For f = l1|x| + (l2'/2) x^2 with step t pass tau = t*l1 and l2 = l2'/l1; the
   Zou-Hastie form l1|x| + l2'' x^2 corresponds to l2 = 2 l2''/l1.
   """
-  _checks.check_range("l2", l2, lower=0.0)
+  _registry.check_shape("elastic_net", l2=l2)
   return _apply(_elastic_net_leaf, x, tau, {"l2": l2})
 
 
@@ -201,7 +192,6 @@ def _tl1_leaf(v, tau, a):
   return _signed(v, x, keep)
 
 
-@_with_threshold(_pen.tl1_threshold)
 def tl1(x: Any, tau: Any, a: Any = 1.0) -> Any:
   """Prox of tau * (a+1)|.|/(a+|.|), the transformed l1 (Zhang & Xin 2017).
 
@@ -215,7 +205,7 @@ def tl1(x: Any, tau: Any, a: Any = 1.0) -> Any:
     >>> round(float(tl1(0.6, 0.2, a=1.0)), 6)
     0.394224
   """
-  _checks.check_range("a", a, lower=0.0, lower_inclusive=False)
+  _registry.check_shape("tl1", a=a)
   return _apply(_tl1_leaf, x, tau, {"a": a})
 
 
@@ -227,7 +217,6 @@ def _log_sum_leaf(v, tau, eps):
   return jnp.where(jnp.isinf(eps), v, _signed(v, r, keep))
 
 
-@_with_threshold(_pen.log_sum_threshold)
 def log_sum(x: Any, tau: Any, eps: Any = 1.0) -> Any:
   """Prox of tau*log(1 + |.|/eps) (Prater-Bennette, Shen & Tripp 2021).
 
@@ -235,7 +224,7 @@ def log_sum(x: Any, tau: Any, eps: Any = 1.0) -> Any:
   else 0; T = tau/eps when tau <= eps^2, otherwise the jump point found by
   bisection once per (tau, eps) (`log_sum.threshold`).
   """
-  _checks.check_range("eps", eps, lower=0.0, lower_inclusive=False)
+  _registry.check_shape("log_sum", eps=eps)
   return _apply(_log_sum_leaf, x, tau, {"eps": eps})
 
 
@@ -256,7 +245,6 @@ def _l_half_leaf(v, tau):
   return _signed(v, x, keep)
 
 
-@_with_threshold(_pen.l_half_threshold)
 def l_half(x: Any, tau: Any) -> Any:
   """Half thresholding (Xu et al. 2012): prox of tau*|.|^(1/2).
 
@@ -293,7 +281,6 @@ def _l_two_thirds_leaf(v, tau):
   return jnp.where(positive, _signed(v, x, keep), v)
 
 
-@_with_threshold(_pen.l_two_thirds_threshold)
 def l_two_thirds(x: Any, tau: Any) -> Any:
   """Prox of tau*|.|^(2/3) (Cao, Sun & Xu 2013); zero iff |v| <= 2 (2 tau/3)^(3/4)."""
   return _apply(_l_two_thirds_leaf, x, tau)
@@ -324,7 +311,6 @@ def _scad_leaf(v, tau, lam, a):
   return jnp.where(av > _pen.scad_threshold(tau, lam, a), sign * x, jnp.zeros_like(v))
 
 
-@_with_threshold(_pen.scad_threshold)
 def scad(x: Any, tau: Any, lam: Any = 1.0, a: Any = 3.7) -> Any:
   """Prox of tau * SCAD(.; lam, a), lam > 0, a > 2, in both regimes.
 
@@ -332,8 +318,7 @@ def scad(x: Any, tau: Any, lam: Any = 1.0, a: Any = 3.7) -> Any:
   (1+tau) lam < |v| <= a lam, identity beyond. tau >= a - 1: global minimum over
   the candidates (skglm's rule), 0 at ties.
   """
-  _checks.check_range("lam", lam, lower=0.0, lower_inclusive=False)
-  _checks.check_range("a", a, lower=2.0, lower_inclusive=False)
+  _registry.check_shape("scad", lam=lam, a=a)
   return _apply(_scad_leaf, x, tau, {"lam": lam, "a": a})
 
 
@@ -346,15 +331,13 @@ def _mcp_leaf(v, tau, lam, gamma):
   return jnp.where(av > _pen.mcp_threshold(tau, lam, gamma), x, jnp.zeros_like(v))
 
 
-@_with_threshold(_pen.mcp_threshold)
 def mcp(x: Any, tau: Any, lam: Any = 1.0, gamma: Any = 3.0) -> Any:
   """Prox of tau * MCP(.; lam, gamma), lam > 0, gamma > 1 (firm thresholding).
 
   tau < gamma: 0 if |v| <= tau lam, sign(v)(|v| - tau lam)/(1 - tau/gamma) if
   |v| <= gamma lam, v beyond. tau >= gamma: hard threshold at sqrt(tau gamma) lam.
   """
-  _checks.check_range("lam", lam, lower=0.0, lower_inclusive=False)
-  _checks.check_range("gamma", gamma, lower=1.0, lower_inclusive=False)
+  _registry.check_shape("mcp", lam=lam, gamma=gamma)
   return _apply(_mcp_leaf, x, tau, {"lam": lam, "gamma": gamma})
 
 
@@ -366,7 +349,6 @@ def _capped_l1_leaf(v, tau, lam, theta):
   return jnp.where(av > _pen.capped_l1_threshold(tau, lam, theta), x, jnp.zeros_like(v))
 
 
-@_with_threshold(_pen.capped_l1_threshold)
 def capped_l1(x: Any, tau: Any, lam: Any = 1.0, theta: Any = 1.0) -> Any:
   """Prox of tau * lam min(|.|, theta), lam, theta > 0.
 
@@ -374,8 +356,7 @@ def capped_l1(x: Any, tau: Any, lam: Any = 1.0, theta: Any = 1.0) -> Any:
   the soft, smaller value), identity beyond; else hard threshold at
   sqrt(2 tau lam theta).
   """
-  _checks.check_range("lam", lam, lower=0.0, lower_inclusive=False)
-  _checks.check_range("theta", theta, lower=0.0, lower_inclusive=False)
+  _registry.check_shape("capped_l1", lam=lam, theta=theta)
   return _apply(_capped_l1_leaf, x, tau, {"lam": lam, "theta": theta})
 
 
@@ -443,7 +424,6 @@ def _group_lasso_leaf(v, tau, axis, scale_by_group_size, pre=None):
   return _group_shrink(v, thr, axes, pre)
 
 
-@_with_threshold(_pen.group_lasso_threshold)
 def group_lasso(x: Any, tau: Any, axis: Axis = -1, scale_by_group_size: bool = False) -> Any:
   """Block soft thresholding: prox of tau * sum_g w_g ||.||_2.
 
@@ -463,14 +443,13 @@ def _sgl_leaf(v, tau, l1, axis, scale_by_group_size):
   return _group_lasso_leaf(v, tau, axis, scale_by_group_size, pre=lambda a: _soft(a, tau * l1))
 
 
-@_with_threshold(_pen.sparse_group_lasso_threshold)
 def sparse_group_lasso(x: Any, tau: Any, l1: Any = 1.0, axis: Axis = -1,
                        scale_by_group_size: bool = False) -> Any:
   """Prox of tau*(l1 sum|.| + sum_g w_g ||.||_2): soft threshold, then group shrink (exact).
 
   A group holding a NaN maps to NaN.
   """
-  _checks.check_range("l1", l1, lower=0.0)
+  _registry.check_shape("sparse_group_lasso", l1=l1)
   return _apply(_sgl_leaf, x, tau, {"l1": l1},
                 {"axis": axis, "scale_by_group_size": scale_by_group_size}, grouped=True)
 
@@ -528,7 +507,6 @@ def _exclusive_leaf(v, tau, axis):
   return _l1_group_finish(v, out, tau, axes)
 
 
-@_with_threshold(None)
 def exclusive(x: Any, tau: Any, axis: Axis = -1) -> Any:
   """Exact prox of tau * 1/2 sum_g ||.||_1^2 (exclusive lasso; Lin, Sun, Toh & Yuan).
 
@@ -564,7 +542,6 @@ def _cges_leaf(v, tau, axis):
   return lax.cond(jnp.any(jnp.isinf(l1)), careful, plain)
 
 
-@_with_threshold(None)
 def cges_exclusive(x: Any, tau: Any, axis: Axis = -1) -> Any:
   """The CGES one-shot exclusive-sparsity operator (Yoon & Hwang 2017 code).
 
@@ -575,21 +552,93 @@ def cges_exclusive(x: Any, tau: Any, axis: Axis = -1) -> Any:
   return _apply(_cges_leaf, x, tau, None, {"axis": axis}, grouped=True)
 
 
-PROX: dict[str, Callable[..., Any]] = {
-    "l1": l1, "l0": l0, "elastic_net": elastic_net, "tl1": tl1, "log_sum": log_sum,
-    "l_half": l_half, "l_two_thirds": l_two_thirds, "scad": scad, "mcp": mcp,
-    "capped_l1": capped_l1, "group_lasso": group_lasso,
-    "sparse_group_lasso": sparse_group_lasso, "exclusive": exclusive,
-    "cges_exclusive": cges_exclusive,
-}
+# ------------------------------------------------------- user-defined maps
 
-ELEMENTWISE = ("l1", "l0", "elastic_net", "tl1", "log_sum", "l_half", "l_two_thirds",
-               "scad", "mcp", "capped_l1")
+
+def from_leaf_function(leaf_fn: Callable[..., jax.Array], name: str | None = None, grouped: bool = False,
+                       static: Sequence[str] = ()) -> Callable[..., Any]:
+  """Lifts `leaf_fn(v, tau, **shape)` on one array to a prox with the library's conventions.
+
+  The result `prox(x, tau, **shape)` maps the leaves of any pytree `x`, takes `tau`
+  and the shape parameters as scalars, arrays broadcasting against each leaf, or
+  pytrees with one value per leaf, rejects a negative `tau`, computes half
+  precision in float32, and (for elementwise maps) returns NaN for NaN and +-inf for
+  +-inf inputs, and NaN for a traced NaN/negative `tau`, as every built-in map does.
+  Use it to register a penalty of your own (`sparsejax.registry.register`).
+
+  Args:
+    leaf_fn: the map on one floating array `v` (its dtype: float32 or float64) with
+      `tau` and numeric shape parameters already cast to that dtype.
+    name: the name the penalty is registered under: every call then validates its
+      shape parameters against the record (unknown names, ranges), as the built-in
+      maps do.
+    grouped: True if the map couples entries (NaN/inf handling is then the map's own).
+    static: names of structural shape parameters (e.g. "axis") passed through as is.
+  """
+  static_names = frozenset(static)
+
+  def prox_fn(x: Any, tau: Any, **shape: Any) -> Any:
+    if name is not None:
+      _registry.check_shape(name, **shape)
+    numeric = {k: v for k, v in shape.items() if k not in static_names}
+    fixed = {k: v for k, v in shape.items() if k in static_names}
+    return _apply(leaf_fn, x, tau, numeric, fixed, grouped=grouped)
+
+  prox_fn.__name__ = getattr(leaf_fn, "__name__", "prox_fn")
+  prox_fn.__doc__ = leaf_fn.__doc__
+  return prox_fn
+
+
+# ------------------------------------------------------------- the registry
+
+_P = _registry.ShapeParam
+_POSITIVE = {"lower": 0.0, "lower_inclusive": False}
+_AXIS = _P("axis", -1, static=True)
+_SCALE = _P("scale_by_group_size", False, static=True)
+
+for _record in (
+    _registry.Penalty("l1", _pen.l1, l1, _pen.l1_threshold, reference="Tibshirani 1996"),
+    _registry.Penalty("l0", _pen.l0, l0, _pen.l0_threshold, reference="Blumensath & Davies 2008"),
+    _registry.Penalty("elastic_net", _pen.elastic_net, elastic_net, _pen.elastic_net_threshold,
+                      shape_params=(_P("l2", 0.0, lower=0.0),), examples=({"l2": 0.5}, {"l2": 3.0}),
+                      reference="Zou & Hastie 2005"),
+    _registry.Penalty("tl1", _pen.tl1, tl1, _pen.tl1_threshold, shape_params=(_P("a", 1.0, **_POSITIVE),),
+                      examples=({"a": 1.0}, {"a": 0.01}, {"a": 30.0}), reference="Zhang & Xin 2017"),
+    _registry.Penalty("log_sum", _pen.log_sum, log_sum, _pen.log_sum_threshold,
+                      shape_params=(_P("eps", 1.0, **_POSITIVE),), examples=({"eps": 0.1}, {"eps": 1.0}),
+                      reference="Candes, Wakin & Boyd 2008"),
+    _registry.Penalty("l_half", _pen.l_half, l_half, _pen.l_half_threshold, reference="Xu et al. 2012"),
+    _registry.Penalty("l_two_thirds", _pen.l_two_thirds, l_two_thirds, _pen.l_two_thirds_threshold,
+                      reference="Cao, Sun & Xu 2013"),
+    _registry.Penalty("scad", _pen.scad, scad, _pen.scad_threshold,
+                      shape_params=(_P("lam", 1.0, **_POSITIVE), _P("a", 3.7, lower=2.0, lower_inclusive=False)),
+                      examples=({"lam": 1.0, "a": 3.7}, {"lam": 0.5, "a": 2.2}), reference="Fan & Li 2001"),
+    _registry.Penalty("mcp", _pen.mcp, mcp, _pen.mcp_threshold,
+                      shape_params=(_P("lam", 1.0, **_POSITIVE), _P("gamma", 3.0, lower=1.0, lower_inclusive=False)),
+                      examples=({"lam": 1.0, "gamma": 3.0}, {"lam": 0.5, "gamma": 1.5}), reference="Zhang 2010"),
+    _registry.Penalty("capped_l1", _pen.capped_l1, capped_l1, _pen.capped_l1_threshold,
+                      shape_params=(_P("lam", 1.0, **_POSITIVE), _P("theta", 1.0, **_POSITIVE)),
+                      examples=({"lam": 0.5, "theta": 1.0}, {"lam": 1.0, "theta": 0.2}), reference="Zhang 2010"),
+    _registry.Penalty("group_lasso", _pen.group_lasso, group_lasso, _pen.group_lasso_threshold, grouped=True,
+                      shape_params=(_AXIS, _SCALE), examples=({}, {"scale_by_group_size": True}),
+                      reference="Yuan & Lin 2006"),
+    _registry.Penalty("sparse_group_lasso", _pen.sparse_group_lasso, sparse_group_lasso,
+                      _pen.sparse_group_lasso_threshold, grouped=True,
+                      shape_params=(_P("l1", 1.0, lower=0.0), _AXIS, _SCALE), examples=({"l1": 0.7}, {"l1": 0.0}),
+                      reference="Simon, Friedman, Hastie & Tibshirani 2013"),
+    _registry.Penalty("exclusive", _pen.exclusive, exclusive, None, grouped=True, shape_params=(_AXIS,),
+                      reference="Zhou, Jin & Hoi 2010; Kong et al. 2014"),
+    _registry.Penalty("cges_exclusive", _pen.cges_exclusive, cges_exclusive, None, grouped=True,
+                      shape_params=(_AXIS,), reference="Yoon & Hwang 2017"),
+):
+  _registry.register(_record, replace=True)
+  _record.prox.threshold = _record.threshold  # prox.tl1.threshold(tau, a=...), as before
+  _record.value.threshold = _record.threshold
+
+PROX = _registry.RegistryView("prox")
+"""name -> prox function, for every registered penalty (read-only, live)."""
 
 
 def get(name: str) -> Callable[..., Any]:
   """Returns the prox called `name`; ValueError listing the known names otherwise."""
-  try:
-    return PROX[name]
-  except (KeyError, TypeError):
-    raise ValueError(f"unknown penalty {name!r}; known penalties: {sorted(PROX)}.") from None
+  return _registry.get(name).prox

@@ -38,7 +38,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from sparsejax import _checks, transforms
+from sparsejax import _checks, masking
 
 __all__ = [
     "kth_largest_magnitude", "cubic_sparsity", "MaskState", "gradual_magnitude_pruning", "fixed_mask",
@@ -51,7 +51,7 @@ Mask = Any
 
 def _selected(mask: Mask, params: Any) -> list[bool]:
   """One bool per leaf: which leaves are pruned (default: kernels, ndim >= 2)."""
-  return transforms.mask_leaves("weights_only" if mask is None else mask, params)
+  return masking.mask_leaves("weights_only" if mask is None else mask, params)
 
 
 # ------------------------------------------------------------- exact selection
@@ -92,7 +92,7 @@ def kth_largest_magnitude(leaves: Sequence[jax.Array], k: chex.Numeric) -> jax.A
 def cubic_sparsity(step: chex.Numeric, target_sparsity: float, begin_step: int, end_step: int,
                    initial_sparsity: float = 0.0) -> jax.Array:
   """Zhu & Gupta's schedule: s_f + (s_i - s_f)(1 - (t - t_0)/(t_1 - t_0))^3, clipped to [t_0, t_1]."""
-  span = max(end_step - begin_step, 1)
+  span = jnp.maximum(jnp.asarray(end_step - begin_step, jnp.float32), 1.0)
   progress = jnp.clip((jnp.asarray(step, jnp.float32) - begin_step) / span, 0.0, 1.0)
   return target_sparsity + (initial_sparsity - target_sparsity) * (1.0 - progress) ** 3
 
@@ -190,10 +190,11 @@ class MaskState(NamedTuple):
 
 def _masked_updates(updates: Any, params: Any, binary_mask: Any) -> Any:
   """Updates that land params on (params + updates) * mask."""
-  def leaf(u, p, m):
-    target = jnp.where(m, p + u, jnp.zeros_like(p))
-    return (target - p).astype(jnp.result_type(u))
-  return jax.tree.map(leaf, updates, params, binary_mask)
+  leaves_p, treedef = jax.tree.flatten(params)
+  leaves_u = treedef.flatten_up_to(updates)
+  out = [(jnp.where(m, p + u, jnp.zeros_like(p)) - p).astype(jnp.result_type(u))
+         for p, u, m in zip(leaves_p, leaves_u, jax.tree.leaves(binary_mask))]
+  return jax.tree.unflatten(treedef, out)
 
 
 def fixed_mask(binary_mask: Any) -> optax.GradientTransformation:
@@ -204,7 +205,9 @@ def fixed_mask(binary_mask: Any) -> optax.GradientTransformation:
   """
   def init_fn(params):
     _check_mask_structure(binary_mask, params)
-    return MaskState(jnp.zeros([], jnp.int32), jax.tree.map(lambda m: jnp.asarray(m, bool), binary_mask))
+    # stored in the structure of params (e.g. flax.nnx's Variable-wrapped state)
+    return MaskState(jnp.zeros([], jnp.int32), jax.tree.unflatten(
+        jax.tree.structure(params), [jnp.asarray(m, bool) for m in jax.tree.leaves(binary_mask)]))
 
   def update_fn(updates, state, params=None):
     if params is None:
@@ -215,7 +218,9 @@ def fixed_mask(binary_mask: Any) -> optax.GradientTransformation:
 
 
 def _check_mask_structure(binary_mask: Any, params: Any) -> None:
-  if jax.tree.structure(binary_mask) != jax.tree.structure(params):
+  # Leaves in flatten order: the same nesting may come wrapped differently (plain dicts,
+  # or flax.nnx State with Variable nodes).
+  if len(jax.tree.leaves(binary_mask)) != len(jax.tree.leaves(params)):
     raise ValueError("the mask must have the structure of params (one boolean array per leaf); got "
                      f"{jax.tree.structure(binary_mask)} for params {jax.tree.structure(params)}.")
   for m, p in zip(jax.tree.leaves(binary_mask), jax.tree.leaves(params)):

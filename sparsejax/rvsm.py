@@ -1,4 +1,4 @@
-"""Relaxed variable splitting (RVSM; Dinh & Xin 2018, Xue & Xin 2019), MATH.md §7.
+"""Relaxed variable splitting (RVSM; Dinh & Xin 2018, Xue & Xin 2019), with schedules for lambda and beta.
 
 Augmented objective L_beta(w, u) = f(w) + lambda P(u) + (beta/2)||w - u||^2 with
 a dense working weight w and its sparse copy u. Each step:
@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sparsejax import _checks
-from sparsejax import prox as _prox
+from sparsejax import _checks, _hyper, masking
+from sparsejax import registry as _registry
 
 __all__ = ["RVSMState", "rvsm", "sparse_copy", "sparse_params", "find_rvsm_state"]
 
@@ -36,34 +36,40 @@ class RVSMState(NamedTuple):
 
 
 def _split_leaves(mask, params):
-  from sparsejax import transforms  # pylint: disable=import-outside-toplevel
-  return transforms.mask_leaves(transforms.weights_only if mask is None else mask, params)
+  return masking.mask_leaves(masking.weights_only if mask is None else mask, params)
 
 
-def sparse_copy(params: Any, prox_fn: Callable[..., Any] | str, strength: float, beta: float, mask: Any = None,
+def sparse_copy(params: Any, prox_fn: Callable[..., Any] | str, strength: Any, beta: Any, mask: Any = None,
                 **prox_kwargs: Any) -> Any:
   """u = prox_{(strength/beta) P}(w) on the split leaves; other leaves unchanged."""
-  fn = _prox.get(prox_fn) if isinstance(prox_fn, str) else prox_fn
+  fn, _ = _registry.resolve_prox(prox_fn, prox_kwargs)
   leaves, treedef = jax.tree.flatten(params)
   split = _split_leaves(mask, params)
-  out = [fn(w, strength / beta, **prox_kwargs) if s else w for w, s in zip(leaves, split)]
+  out = [fn(w, strength / beta) if s else w for w, s in zip(leaves, split)]
   return jax.tree.unflatten(treedef, out)
 
 
 def rvsm(
     prox_fn: Callable[..., Any] | str,
-    strength: float,
-    beta: float,
+    strength: _hyper.ScalarOrSchedule,
+    beta: _hyper.ScalarOrSchedule,
     mask: Any = None,
     **prox_kwargs: Any,
 ) -> optax.GradientTransformation:
-  """Relaxed variable splitting: adds beta (w - u) to the gradient, u = prox_{(strength/beta) P}(w).
+  r"""Relaxed variable splitting: adds beta (w - u) to the gradient, u = prox_{(strength/beta) P}(w).
+
+  .. math::
+
+     u = \operatorname{prox}_{(\lambda/\beta) P}(w), \qquad
+     g \leftarrow \nabla f(w) + \beta (w - u)
 
   Args:
     prox_fn: the penalty's prox (`prox.l0`, `prox.l1`, `prox.tl1`, ...) or its name.
-    strength: lambda >= 0.
-    beta: splitting weight, > 0.
-    mask: which leaves are split (pytree of bools, a prefix, or callable;
+      Under `optax.inject_hyperparams` pass the name (or `static_args=("prox_fn",)`).
+    strength: lambda >= 0, a scalar or an optax schedule of the step count.
+    beta: splitting weight > 0, a scalar or a schedule (e.g. increasing, as in
+      continuation methods).
+    mask: which leaves are split (pytree of bools, a prefix, callable, or a mask name;
       default: kernels, ndim >= 2). The paper splits only the FC layer, e.g.
       `mask=lambda p: {k: {"kernel": k == "Dense_0", "bias": False} for k in p}`.
     **prox_kwargs: penalty shape parameters (e.g. a=1.0 for TL1).
@@ -71,15 +77,21 @@ def rvsm(
   Returns:
     An optax transform with state `RVSMState`; chain it *before* the optimizer:
     `optax.chain(rvsm(prox.l0, 1e-5, 5e-2), optax.sgd(lr))`.
+
+  References:
+    Dinh & Xin, "Convergence of a relaxed variable splitting method for learning
+    sparse neural networks via l1, l0, and transformed-l1 penalties", 2018;
+    Xue & Xin, "Learning sparse neural networks via l0 and Tl1 by a relaxed
+    variable splitting method with application to multi-scale curve
+    classification", 2019.
   """
-  _checks.check_range("strength", strength, lower=0.0)
-  _checks.check_range("beta", beta, lower=0.0, lower_inclusive=False)
-  fn = _prox.get(prox_fn) if isinstance(prox_fn, str) else prox_fn
-  if fn in _prox.PROX.values():
-    fn(jnp.zeros((1,) * 8), 0.0, **prox_kwargs)  # validate shape parameters now
+  _hyper.check_nonnegative("strength", strength)
+  _hyper.check_positive("beta", beta)
+  prox_kwargs = _hyper.shape_kwargs(prox_kwargs)
+  fn, _ = _registry.resolve_prox(prox_fn, prox_kwargs)
 
   def init_fn(params):
-    u = sparse_copy(params, fn, strength, beta, mask, **prox_kwargs)
+    u = sparse_copy(params, fn, _hyper.evaluate(strength, 0), _hyper.evaluate(beta, 0), mask)
     split = _split_leaves(mask, params)
     leaves, treedef = jax.tree.flatten(u)
     return RVSMState(jnp.zeros([], jnp.int32), jax.tree.unflatten(treedef, [
@@ -88,12 +100,13 @@ def rvsm(
   def update_fn(updates, state, params=None):
     if params is None:
       raise ValueError("rvsm needs params: call tx.update(grads, state, params).")
-    u = sparse_copy(params, fn, strength, beta, mask, **prox_kwargs)
+    lam, b = _hyper.evaluate(strength, state.count), _hyper.evaluate(beta, state.count)
+    u = sparse_copy(params, fn, lam, b, mask)
     split = _split_leaves(mask, params)
     w_leaves, treedef = jax.tree.flatten(params)
     g_leaves = treedef.flatten_up_to(updates)
     u_leaves = jax.tree.leaves(u)
-    new_g = [(g + beta * (w - uu)).astype(jnp.result_type(g)) if s else g
+    new_g = [(g + b * (w - uu)).astype(jnp.result_type(g)) if s else g
              for g, w, uu, s in zip(g_leaves, w_leaves, u_leaves, split)]
     stored = jax.tree.unflatten(treedef, [uu if s else None for uu, s in zip(u_leaves, split)])
     return jax.tree.unflatten(treedef, new_g), RVSMState(optax.safe_increment(state.count), stored)

@@ -45,10 +45,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sparsejax import _checks
-from sparsejax import prox as _prox
-from sparsejax import pruning
-from sparsejax import records
+from sparsejax import _checks, _hyper, masking, pruning, records, transforms
+from sparsejax import registry as _registry
 
 __all__ = ["TrainOutcome", "SelectionResult", "SelectionError", "bracket", "next_strength", "select_strength",
            "select_layer_strengths", "threshold_inverse", "weight_leaves", "count_nonzero", "gradient_magnitudes",
@@ -134,6 +132,35 @@ def next_strength(history: Sequence[tuple[float, float]], target: float, candida
   return 0.5 * (low + up)
 
 
+def _threshold_or_raise(prox_fn: Callable[..., Any] | str, remedy: str) -> Callable[..., Any]:
+  threshold = _registry.threshold_of(prox_fn)
+  if threshold is None:
+    name = prox_fn if isinstance(prox_fn, str) else getattr(prox_fn, "__name__", prox_fn)
+    raise ValueError(f"{name!r} has no scalar zero threshold; {remedy}.")
+  return threshold
+
+
+def _bisect_increasing(fn: Callable[[Any], Any], target: Any, lo: Any, hi: Any, iterations: int, xp: Any = jnp):
+  """The midpoint of the final bracket [lo, hi] of fn(x) = target, fn increasing (elementwise).
+
+  With `xp=np` on the host (a Python loop, float64 bounds), with `xp=jnp` as a
+  `lax.fori_loop` (jit-friendly).
+  """
+  def body(_, bounds):
+    lo, hi = bounds
+    mid = 0.5 * (lo + hi)
+    below = fn(mid) < target
+    return xp.where(below, mid, lo), xp.where(below, hi, mid)
+
+  bounds = (lo, hi)
+  if xp is np:
+    for i in range(iterations):
+      bounds = body(i, bounds)
+  else:
+    bounds = jax.lax.fori_loop(0, iterations, body, bounds)
+  return 0.5 * (bounds[0] + bounds[1])
+
+
 def threshold_inverse(prox_fn: Callable[..., Any] | str, learning_rate: float, **shape: Any) -> Callable:
   """Maps gradient magnitudes g to the lambdas with T(eta*lambda) = eta*g for the prox's threshold T.
 
@@ -141,22 +168,16 @@ def threshold_inverse(prox_fn: Callable[..., Any] | str, learning_rate: float, *
   eta|dL/dw| <= T(eta lambda). T is increasing in lambda; the inverse is found by
   bisection in log-space (vectorised). For `prox.l1` it is the identity.
   """
-  fn = _prox.get(prox_fn) if isinstance(prox_fn, str) else prox_fn
-  threshold = getattr(fn, "threshold", None)
-  if threshold is None:
-    raise ValueError(f"{getattr(fn, '__name__', fn)!r} has no scalar zero threshold; pass candidates yourself.")
+  threshold = _threshold_or_raise(prox_fn, "pass candidates yourself")
   _checks.check_range("learning_rate", learning_rate, lower=0.0, lower_inclusive=False)
+  _registry.resolve_prox(prox_fn, shape)  # validates the shape parameters
 
   def invert(g: np.ndarray) -> np.ndarray:
     g = np.asarray(g, np.float64)
-    target = learning_rate * g
-    lo, hi = np.full_like(g, -40.0), np.full_like(g, 20.0)  # log10(lambda) bounds
-    for _ in range(80):
-      mid = 0.5 * (lo + hi)
-      value = np.asarray(threshold(learning_rate * 10.0**mid, **shape), np.float64)
-      below = value < target
-      lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
-    return np.where(g > 0, 10.0 ** (0.5 * (lo + hi)), 0.0)
+    log10_strength = _bisect_increasing(
+        lambda mid: np.asarray(threshold(learning_rate * 10.0**mid, **shape), np.float64), learning_rate * g,
+        np.full_like(g, -40.0), np.full_like(g, 20.0), iterations=80, xp=np)
+    return np.where(g > 0, 10.0**log10_strength, 0.0)
 
   return invert
 
@@ -404,9 +425,8 @@ def select_layer_strengths(
 
 def weight_leaves(params: Any, mask: Callable[[Any], Any] | None = None) -> list:
   """The regularised leaves (default: kernels, ndim >= 2) in natural layer order."""
-  from sparsejax import transforms  # pylint: disable=import-outside-toplevel
-  mask = mask or transforms.weights_only
-  index, _ = transforms.layer_index(params, mask)
+  mask = mask or masking.weights_only
+  index, _ = masking.layer_index(params, mask)
   pairs = [(l, leaf) for l, leaf in zip(jax.tree.leaves(index, is_leaf=lambda v: v is None),
                                          jax.tree.leaves(params)) if l is not None]
   return [leaf for _, leaf in sorted(pairs, key=lambda p: p[0])]
@@ -435,14 +455,9 @@ class ControllerState(NamedTuple):
 
 
 def _invert_threshold(threshold_fn, value, learning_rate, shape, iterations: int = 60):
-  """lambda with threshold_fn(learning_rate * lambda) = value, by bisection on log(lambda) (jit-friendly)."""
-  def body(_, bounds):
-    lo, hi = bounds
-    mid = 0.5 * (lo + hi)
-    below = threshold_fn(learning_rate * jnp.exp(mid), **shape) < value
-    return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
-  lo, hi = jax.lax.fori_loop(0, iterations, body, (jnp.asarray(-60.0), jnp.asarray(20.0)))
-  return 0.5 * (lo + hi)
+  """log(lambda) with threshold_fn(learning_rate * lambda) = value (jit-friendly)."""
+  return _bisect_increasing(lambda mid: threshold_fn(learning_rate * jnp.exp(mid), **shape), value,
+                            jnp.asarray(-60.0), jnp.asarray(20.0), iterations)
 
 
 def nnz_controller(
@@ -501,28 +516,27 @@ def nnz_controller(
       every update).
     **prox_kwargs: penalty shape parameters (e.g. a=1.0).
   """
-  from sparsejax import transforms  # pylint: disable=import-outside-toplevel
   _checks.check_range("target_nnz", target_nnz, lower=0.0, lower_inclusive=False)
   _checks.check_range("initial_strength", initial_strength, lower=0.0, lower_inclusive=False)
   _checks.check_range("rate", rate, lower=0.0, upper=1.0, lower_inclusive=False)
   _checks.check_int("interval", interval, 1)
   _checks.check_int("exact_final_steps", exact_final_steps, 0)
-  if exact_final_steps and (total_steps is None or total_steps < exact_final_steps):
+  if _checks.is_concrete(exact_final_steps) and exact_final_steps and (
+      total_steps is None or (_checks.is_concrete(total_steps) and total_steps < exact_final_steps)):
     raise ValueError(f"exact_final_steps={exact_final_steps} needs total_steps >= exact_final_steps (the run's "
                      f"optimizer steps); got total_steps={total_steps!r}.")
   if ramp is not None:
     if len(ramp) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in ramp) \
         or not 0 <= ramp[0] <= ramp[1]:
       raise ValueError(f"ramp must be (begin_step, end_step) with 0 <= begin_step <= end_step; got {ramp!r}.")
-  fn = _prox.get(prox_fn) if isinstance(prox_fn, str) else prox_fn
-  threshold = getattr(fn, "threshold", None)
-  if threshold is None:
-    raise ValueError(f"{getattr(fn, '__name__', fn)!r} has no scalar zero threshold to invert.")
-  mask = transforms.weights_only if mask is None else mask
-  k = int(target_nnz)
+  prox_kwargs = _hyper.shape_kwargs(prox_kwargs)
+  threshold = _threshold_or_raise(prox_fn, "the controller needs one to invert")
+  fn, _ = _registry.resolve_prox(prox_fn, prox_kwargs)
+  mask = masking.weights_only if mask is None else mask
+  k = target_nnz
 
   def init_fn(params):
-    masks = transforms.mask_leaves(mask, params)
+    masks = masking.mask_leaves(mask, params)
     total = sum(int(np.size(p)) for p, m in zip(jax.tree.leaves(params), masks) if m)
     if target_nnz >= total:
       raise ValueError(f"target_nnz={target_nnz} must be below the {total} regularised weights.")
@@ -532,19 +546,21 @@ def nnz_controller(
   def update_fn(updates, state, params=None):
     if params is None:
       raise ValueError("nnz_controller needs params: call tx.update(updates, state, params).")
-    lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
-    masks = transforms.mask_leaves(mask, params)
+    lr = _hyper.evaluate(learning_rate, state.count)
+    masks = masking.mask_leaves(mask, params)
     leaves_p, treedef = jax.tree.flatten(params)
     leaves_u = treedef.flatten_up_to(updates)
-    pre_prox = [p + u for p, u, m in zip(leaves_p, leaves_u, masks) if m]
-    final = (state.count >= total_steps - exact_final_steps) if exact_final_steps else jnp.asarray(False)
+    if total_steps is None:
+      final = jnp.asarray(False)
+    else:
+      final = (exact_final_steps > 0) & (state.count >= total_steps - exact_final_steps)
     adjust = (state.count % interval == 0) | final
     step_rate = jnp.where(final, 1.0, rate)
 
     if ramp is None:
       keep = jnp.asarray(k)
     else:
-      total = sum(int(v.size) for v in pre_prox)
+      total = sum(int(np.size(p)) for p, m in zip(leaves_p, masks) if m)
       remaining = 1.0 - pruning.cubic_sparsity(state.count, 1.0, ramp[0], ramp[1])  # 1 -> 0 along the ramp
       keep = jnp.round(k + (total - k) * remaining).astype(jnp.int32)
 
@@ -557,16 +573,10 @@ def nnz_controller(
       return (state.log_strength + step_rate * (log_target - state.log_strength)).astype(jnp.float32)
 
     log_strength = jax.lax.cond(adjust, moved_log_strength, lambda: state.log_strength.astype(jnp.float32))
-    strength = jnp.exp(log_strength)
-    new_u, nnz, i = [], jnp.zeros([], jnp.float32), 0
-    for p, u, m in zip(leaves_p, leaves_u, masks):
-      if not m:
-        new_u.append(u)
-        continue
-      z = fn(pre_prox[i], transforms.step_threshold(lr, strength), **prox_kwargs)
-      i += 1
-      nnz = nnz + jnp.count_nonzero(z).astype(jnp.float32)
-      new_u.append((z - p).astype(jnp.result_type(u)))
+    tau = transforms.step_threshold(lr, jnp.exp(log_strength))
+    new_u = transforms.proximal_step_leaves(fn, leaves_p, leaves_u, [tau if m else None for m in masks])
+    nnz = sum((jnp.count_nonzero(p + u).astype(jnp.float32) for p, u, m in zip(leaves_p, new_u, masks) if m),
+              jnp.zeros([], jnp.float32))
     return (jax.tree.unflatten(treedef, new_u),
             ControllerState(optax.safe_increment(state.count), log_strength.astype(jnp.float32), nnz))
 

@@ -30,7 +30,6 @@ updates unchanged. It is applied inside the transform rather than by wrapping in
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -40,78 +39,25 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sparsejax import _checks
+from sparsejax import _checks, _hyper, masking
 from sparsejax import prox as _prox
+from sparsejax import registry as _registry
+from sparsejax.masking import NAMED_MASKS, layer_index, mask_leaves, weights_only  # noqa: F401  (re-export)
 from sparsejax.rvsm import RVSMState, rvsm, sparse_params as rvsm_sparse_params  # noqa: F401  (re-export)
 
 __all__ = [
-    "ProximalState", "proximal", "step_threshold", "weights_only", "mask_leaves", "layer_balance", "layer_index",
+    "ProximalState", "proximal", "proximal_step_leaves", "step_threshold", "weights_only", "mask_leaves", "layer_balance", "layer_index",
     "l1", "sparse_group_lasso", "cges", "integrated_tl1", "rvsm", "RVSMState", "rvsm_sparse_params",
 ]
 
-ScalarOrSchedule = float | jax.Array | Callable[[chex.Numeric], chex.Numeric]
+ScalarOrSchedule = _hyper.ScalarOrSchedule
 ProxFn = Callable[..., Any] | str
-Mask = Any  # pytree of bools (or a prefix), or callable params -> such a pytree
+Mask = masking.Mask
 
 
 class ProximalState(NamedTuple):
   """State of `proximal`: the step count that schedules are evaluated at."""
   count: chex.Array
-
-
-def weights_only(params: Any) -> Any:
-  """Default mask of the ready-made chains: True for kernels (ndim >= 2), False for biases/scales."""
-  return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
-
-
-def _resolve_prox(prox_fn: ProxFn, prox_kwargs: dict) -> Callable[..., Any]:
-  fn = _prox.get(prox_fn) if isinstance(prox_fn, str) else prox_fn
-  if not callable(fn):
-    raise ValueError(f"prox_fn must be a callable prox(x, tau, **shape) or a penalty name; got {prox_fn!r}.")
-  if fn in _prox.PROX.values():
-    # Validate shape parameters now (construction time), on a tiny input with
-    # enough dimensions for any group `axis`.
-    fn(jnp.zeros((1,) * 8), 0.0, **prox_kwargs)
-  return functools.partial(fn, **prox_kwargs) if prox_kwargs else fn
-
-
-NAMED_MASKS = {"weights_only": weights_only, "all": None}
-
-
-def mask_leaves(mask: Mask, params: Any) -> list[bool]:
-  """One bool per leaf of params (flatten order).
-
-  `mask` is a pytree of bools, a prefix of one, a callable params -> such a pytree,
-  a name in `NAMED_MASKS` ("weights_only": kernels, ndim >= 2; "all"), or None (all).
-  The ready-made chains default to the *name* "weights_only", not the function:
-  `optax.inject_hyperparams` takes every callable argument for a schedule and would
-  call the function with the step count.
-
-  Raises:
-    ValueError: an unknown name, a structure that does not match params, or a mask
-      leaf that is an array, which is what a callable mask becomes when
-      `optax.inject_hyperparams` evaluates it as a schedule (it would silently
-      regularise nothing).
-  """
-  treedef = jax.tree.structure(params)
-  if isinstance(mask, str):
-    if mask not in NAMED_MASKS:
-      raise ValueError(f"unknown mask name {mask!r}; allowed: {sorted(NAMED_MASKS)}, a pytree of bools or a callable.")
-    mask = NAMED_MASKS[mask]
-  if mask is None:
-    return [True] * treedef.num_leaves
-  mask_tree = mask(params) if callable(mask) else mask
-  try:
-    full = jax.tree.map(lambda m, sub: jax.tree.map(lambda _: m, sub), mask_tree, params)
-  except ValueError as err:
-    raise ValueError(f"mask does not match the structure of params: {err}") from None
-  leaves = treedef.flatten_up_to(full)
-  if any(isinstance(m, (jax.Array, np.ndarray)) and not isinstance(m, np.bool_) for m in leaves):
-    raise ValueError(
-        "mask holds arrays, not Python bools. A callable mask passed through optax.inject_hyperparams is "
-        "evaluated as a schedule (mask(step_count)); pass static_args=('mask',) to inject_hyperparams, or a "
-        "mask name such as 'weights_only'.")
-  return [bool(m) for m in leaves]
 
 
 def _strength_leaves(strength: Any, params: Any, treedef) -> list:
@@ -127,10 +73,6 @@ def _strength_leaves(strength: Any, params: Any, treedef) -> list:
   return jax.tree.leaves(strength, is_leaf=leaf_or_none)
 
 
-def _evaluate(value: ScalarOrSchedule, count: chex.Array):
-  return value(count) if callable(value) else value
-
-
 def step_threshold(learning_rate: chex.Numeric, strength: chex.Numeric) -> chex.Numeric:
   """tau = learning_rate * strength, or NaN if either is NaN or negative.
 
@@ -141,6 +83,20 @@ def step_threshold(learning_rate: chex.Numeric, strength: chex.Numeric) -> chex.
   """
   valid = (jnp.asarray(learning_rate) >= 0) & (jnp.asarray(strength) >= 0)
   return jnp.where(valid, learning_rate * strength, jnp.nan)
+
+
+def proximal_step_leaves(prox_fn: Callable[..., Any], param_leaves: list, update_leaves: list,
+                         taus: list) -> list:
+  """The proximal step on flat leaves: prox_fn(p + u, tau) - p where tau is not None, u elsewhere.
+
+  The one implementation of the step that `proximal`, the ready-made chains and
+  `selection.nnz_controller` apply; `optax.apply_updates` then lands on the prox
+  output (exact zeros included).
+  """
+  out = []
+  for p, u, tau in zip(param_leaves, update_leaves, taus):
+    out.append(u if tau is None else (prox_fn(p + u, tau) - p).astype(jnp.result_type(u)))
+  return out
 
 
 def _proximal_from_leaf_strengths(
@@ -176,14 +132,10 @@ def _proximal_from_leaf_strengths(
     update_leaves = treedef.flatten_up_to(updates)
     strengths = strengths_for(params, treedef)
     masks = mask_leaves(mask, params)
-    lr = _evaluate(learning_rate, state.count)
-    new_updates = []
-    for p, u, s, m in zip(param_leaves, update_leaves, strengths, masks):
-      if not m or s is None:
-        new_updates.append(u)
-        continue
-      z = prox_fn(p + u, step_threshold(lr, _evaluate(s, state.count)))
-      new_updates.append((z - p).astype(jnp.result_type(u)))
+    lr = _hyper.evaluate(learning_rate, state.count)
+    taus = [step_threshold(lr, _hyper.evaluate(s, state.count)) if m and s is not None else None
+            for s, m in zip(strengths, masks)]
+    new_updates = proximal_step_leaves(prox_fn, param_leaves, update_leaves, taus)
     return (jax.tree.unflatten(treedef, new_updates),
             ProximalState(count=optax.safe_increment(state.count)))
 
@@ -192,8 +144,7 @@ def _proximal_from_leaf_strengths(
 
 def _check_strength_and_lr(strength: Any, learning_rate: ScalarOrSchedule) -> None:
   _checks.check_range("strength", strength, lower=0.0)
-  if not callable(learning_rate):
-    _checks.check_range("learning_rate", learning_rate, lower=0.0)
+  _hyper.check_nonnegative("learning_rate", learning_rate)
 
 
 def proximal(
@@ -228,37 +179,12 @@ def proximal(
       not match params (at init); params not passed to update.
   """
   _check_strength_and_lr(strength, learning_rate)
-  fn = _resolve_prox(prox_fn, prox_kwargs)
+  fn, _ = _registry.resolve_prox(prox_fn, _hyper.shape_kwargs(prox_kwargs))
   return _proximal_from_leaf_strengths(
       fn, lambda params, treedef: _strength_leaves(strength, params, treedef), learning_rate, mask)
 
 
 # ----------------------------------------------------------- layer balance
-
-
-def _natural_key(path) -> list:
-  text = jax.tree_util.keystr(path)
-  return [int(tok) if tok.isdigit() else tok for tok in re.split(r"(\d+)", text)]
-
-
-def layer_index(params: Any, mask: Mask = "weights_only") -> Any:
-  """1-based layer number l of every regularised leaf (None elsewhere), and L.
-
-  Layers are the masked-in leaves ordered by their path with numbers compared
-  numerically ("Dense_2" before "Dense_10"; "Conv_*" before "Dense_*"), which is
-  input-to-output order for flax's auto-named layers.
-
-  Returns:
-    (pytree of int-or-None with the structure of params, number of layers L).
-  """
-  leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
-  masks = mask_leaves(mask, params)
-  chosen = sorted((i for i, m in enumerate(masks) if m),
-                  key=lambda i: _natural_key(leaves_with_path[i][0]))
-  index = [None] * len(masks)
-  for rank, i in enumerate(chosen):
-    index[i] = rank + 1
-  return jax.tree.unflatten(treedef, index), len(chosen)
 
 
 def layer_balance(num_layers: int, m: float) -> list[float]:
@@ -412,7 +338,7 @@ def integrated_tl1(
   Example:
     `optax.chain(optax.sgd(0.05), transforms.integrated_tl1(3e-4, 0.05, a=0.01))`
   """
-  _checks.check_range("a", a, lower=0.0, lower_inclusive=False)
+  _registry.check_shape("tl1", a=a)
   if sorted(order) != ["group", "tl1"]:
     raise ValueError(f"order must be ('group', 'tl1') or ('tl1', 'group'); got {order!r}.")
   return _group_then(functools.partial(_prox.tl1, a=a), strength, learning_rate, m,

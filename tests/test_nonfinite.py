@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from sparsejax import prox, selection, transforms
+from sparsejax import prox, registry, selection, transforms
 from sparsejax.rvsm import rvsm
 from tests import reference
 from tests.test_prox import ALL_CALLS, ELEMENTWISE_CASES, case_id
@@ -37,7 +37,7 @@ def test_nan_in_nan_out(name, kw, dtype):
   np.testing.assert_array_equal(z[1], np.asarray(fn(v[1:], 0.2, **kw))[0])
 
 
-@pytest.mark.parametrize("name", prox.ELEMENTWISE)
+@pytest.mark.parametrize("name", registry.names(grouped=False))
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64, jnp.bfloat16])
 def test_elementwise_inf_maps_to_inf(name, dtype):
   kw = next(c[1] for c in ALL_CALLS if c[0] == name)

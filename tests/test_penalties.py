@@ -5,18 +5,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sparsejax import penalties
+from sparsejax import penalties, registry
 from tests import reference
 
-SEPARABLE = [
-    ("l1", {}), ("l0", {}), ("elastic_net", {"l2": 0.7}), ("tl1", {"a": 0.3}),
-    ("log_sum", {"eps": 0.1}), ("l_half", {}), ("l_two_thirds", {}),
-    ("scad", {"lam": 0.8, "a": 3.7}), ("mcp", {"lam": 0.8, "gamma": 2.5}),
-    ("capped_l1", {"lam": 0.5, "theta": 0.7}),
-]
+# Every elementwise penalty of the registry, with each of its example shape parameters.
+SEPARABLE = [(name, kw) for name in registry.names(grouped=False) for kw in registry.get(name).examples]
 
 
-@pytest.mark.parametrize("name,kw", SEPARABLE, ids=[c[0] for c in SEPARABLE])
+@pytest.mark.parametrize("name,kw", SEPARABLE, ids=[f"{c[0]}{c[1]}" for c in SEPARABLE])
 def test_values_match_reference_and_sum_over_pytree(name, kw):
   rng = np.random.default_rng(0)
   a, b = rng.normal(0, 2, (4, 5)), rng.normal(0, 2, 7)
@@ -28,7 +24,7 @@ def test_values_match_reference_and_sum_over_pytree(name, kw):
   np.testing.assert_allclose(float(got), expected, rtol=1e-12)
 
 
-@pytest.mark.parametrize("name,kw", SEPARABLE, ids=[c[0] for c in SEPARABLE])
+@pytest.mark.parametrize("name,kw", SEPARABLE, ids=[f"{c[0]}{c[1]}" for c in SEPARABLE])
 def test_gradient_finite_at_zero(name, kw):
   g = jax.grad(lambda x: penalties.get(name)(x, **kw))(jnp.asarray([0.0, 0.5, -2.0]))
   assert np.all(np.isfinite(np.asarray(g)))

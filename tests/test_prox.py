@@ -14,7 +14,7 @@ import pytest
 from absl.testing import parameterized
 from scipy import optimize
 
-from sparsejax import penalties, prox
+from sparsejax import penalties, prox, registry
 from tests import reference
 
 # (name, tau, shape params): every regime and boundary of every elementwise map.
@@ -172,7 +172,7 @@ def test_derivative_matches_implicit_function_theorem(case):
   np.testing.assert_allclose(grad[smooth], fd[smooth], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", prox.ELEMENTWISE)
+@pytest.mark.parametrize("name", registry.names(grouped=False))
 def test_gradients_finite_at_zero_threshold_and_tau_zero(name):
   case = next(c for c in ELEMENTWISE_CASES if c[0] == name)
   _, tau, p = case
@@ -314,14 +314,12 @@ def _minimize(obj, dim, v, restarts=8, seed=0):
   return best
 
 
+# (name, shape parameters, f on one group) for every exact group prox, f from the registry.
 GROUP_CASES = [
-    ("group_lasso", {}, lambda z: np.linalg.norm(z)),
-    ("group_lasso", {"scale_by_group_size": True}, lambda z: np.sqrt(z.size) * np.linalg.norm(z)),
-    ("sparse_group_lasso", {"l1": 0.7}, lambda z: 0.7 * np.abs(z).sum() + np.linalg.norm(z)),
-    ("exclusive", {}, lambda z: 0.5 * np.abs(z).sum() ** 2),
+    (name, kw, functools.partial(registry.get(name).value, **kw))
+    for name in registry.names(grouped=True) if name != "cges_exclusive"  # not a prox (one-shot operator)
+    for kw in registry.get(name).examples
 ]
-
-
 @pytest.mark.parametrize("name,kw,f", GROUP_CASES, ids=[f"{c[0]}{c[1]}" for c in GROUP_CASES])
 def test_group_prox_optimal_against_powell(name, kw, f):
   rng = np.random.default_rng(9)
@@ -396,15 +394,12 @@ def test_cges_is_one_shot_operator_and_more_aggressive_than_exact():
 # --------------------------------------------------------- pytrees, vmap, dtypes
 
 
-ALL_CALLS = [
-    (name, kw) for name, kw in [
-        ("l1", {}), ("l0", {}), ("elastic_net", {"l2": 0.5}), ("tl1", {"a": 1.0}),
-        ("log_sum", {"eps": 0.1}), ("l_half", {}), ("l_two_thirds", {}),
-        ("scad", {"lam": 0.5, "a": 3.7}), ("mcp", {"lam": 0.5, "gamma": 3.0}),
-        ("capped_l1", {"lam": 0.5, "theta": 1.0}), ("group_lasso", {}),
-        ("sparse_group_lasso", {"l1": 0.5}), ("exclusive", {}), ("cges_exclusive", {}),
-    ]
-]
+# Every registered penalty with its first example's shape parameters.
+ALL_CALLS = [(name, registry.get(name).examples[0]) for name in registry.names()]
+
+
+def test_regime_cases_cover_every_elementwise_penalty():
+  assert {c[0] for c in ELEMENTWISE_CASES} == set(registry.names(grouped=False))
 
 
 @pytest.mark.parametrize("name,kw", ALL_CALLS, ids=[c[0] for c in ALL_CALLS])

@@ -1,0 +1,43 @@
+"""Hyperparameters of the optax transforms: schedules, and what `optax.inject_hyperparams` passes.
+
+Private helpers shared by `transforms`, `rvsm`, `selection` and `optimizers`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import chex
+
+from sparsejax import _checks
+
+ScalarOrSchedule = float | chex.Array | Callable[[chex.Numeric], chex.Numeric]
+
+
+def evaluate(value: Any, count: chex.Array) -> Any:
+  """`value(count)` for a schedule, `value` otherwise."""
+  return value(count) if callable(value) else value
+
+
+def check_nonnegative(name: str, value: Any) -> None:
+  """Range check of a scalar-or-schedule hyperparameter (schedules are checked when they run)."""
+  if not callable(value):
+    _checks.check_range(name, value, lower=0.0)
+
+
+def check_positive(name: str, value: Any) -> None:
+  if not callable(value):
+    _checks.check_range(name, value, lower=0.0, lower_inclusive=False)
+
+
+def shape_kwargs(kwargs: dict[str, Any], name: str = "prox_kwargs") -> dict[str, Any]:
+  """The penalty shape parameters given as `**kwargs`, also when `optax.inject_hyperparams` passed them.
+
+  `inject_hyperparams` binds a factory's `**prox_kwargs` as one argument and calls the
+  factory again with `prox_kwargs={...}`; no penalty has a shape parameter called
+  `prox_kwargs`, so that form is unwrapped here.
+  """
+  if set(kwargs) == {name} and isinstance(kwargs[name], dict):
+    return dict(kwargs[name])
+  return dict(kwargs)

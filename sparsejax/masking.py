@@ -1,0 +1,91 @@
+"""Which leaves of a params pytree a penalty acts on, and their layer order.
+
+A mask is a pytree of bools (or a prefix of one), a callable params -> such a
+pytree, a name in `NAMED_MASKS`, or None (every leaf), as in `optax.masked`.
+The ready-made transforms default to the name "weights_only": kernels (ndim >= 2)
+are regularised, biases and normalisation scales are not.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["Mask", "NAMED_MASKS", "weights_only", "mask_leaves", "layer_index"]
+
+Mask = Any  # pytree of bools (or a prefix), callable params -> such a pytree, a name, or None
+
+
+def weights_only(params: Any) -> Any:
+  """Default mask of the ready-made chains: True for kernels (ndim >= 2), False for biases/scales."""
+  return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
+
+
+NAMED_MASKS = {"weights_only": weights_only, "all": None}
+
+
+def mask_leaves(mask: Mask, params: Any) -> list[bool]:
+  """One bool per leaf of params (flatten order).
+
+  `mask` is a pytree of bools, a prefix of one, a callable params -> such a pytree,
+  a name in `NAMED_MASKS` ("weights_only": kernels, ndim >= 2; "all"), or None (all).
+  The ready-made chains default to the *name* "weights_only", not the function:
+  `optax.inject_hyperparams` takes every callable argument for a schedule and would
+  call the function with the step count.
+
+  Raises:
+    ValueError: an unknown name, a structure that does not match params, or a mask
+      leaf that is an array, which is what a callable mask becomes when
+      `optax.inject_hyperparams` evaluates it as a schedule (it would silently
+      regularise nothing).
+  """
+  treedef = jax.tree.structure(params)
+  if isinstance(mask, str):
+    if mask not in NAMED_MASKS:
+      raise ValueError(f"unknown mask name {mask!r}; allowed: {sorted(NAMED_MASKS)}, a pytree of bools or a callable.")
+    mask = NAMED_MASKS[mask]
+  if mask is None:
+    return [True] * treedef.num_leaves
+  mask_tree = mask(params) if callable(mask) else mask
+  try:
+    full = jax.tree.map(lambda m, sub: jax.tree.map(lambda _: m, sub), mask_tree, params)
+  except ValueError as err:
+    raise ValueError(f"mask does not match the structure of params: {err}") from None
+  leaves = treedef.flatten_up_to(full)
+  if any(isinstance(m, (jax.Array, np.ndarray)) and not isinstance(m, np.bool_) for m in leaves):
+    raise ValueError(
+        "mask holds arrays, not Python bools. A callable mask passed through optax.inject_hyperparams is "
+        "evaluated as a schedule (mask(step_count)); pass static_args=('mask',) to inject_hyperparams, or a "
+        "mask name such as 'weights_only'.")
+  return [bool(m) for m in leaves]
+
+
+def _natural_key(path) -> list:
+  text = jax.tree_util.keystr(path)
+  return [int(tok) if tok.isdigit() else tok for tok in re.split(r"(\d+)", text)]
+
+
+def layer_index(params: Any, mask: Mask = "weights_only") -> Any:
+  """1-based layer number l of every regularised leaf (None elsewhere), and L.
+
+  Layers are the masked-in leaves ordered by their path with numbers compared
+  numerically ("Dense_2" before "Dense_10"; "Conv_*" before "Dense_*"), which is
+  input-to-output order for flax's auto-named layers.
+
+  Returns:
+    (pytree of int-or-None with the structure of params, number of layers L).
+  """
+  leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
+  masks = mask_leaves(mask, params)
+  chosen = sorted((i for i, m in enumerate(masks) if m),
+                  key=lambda i: _natural_key(leaves_with_path[i][0]))
+  index = [None] * len(masks)
+  for rank, i in enumerate(chosen):
+    index[i] = rank + 1
+  return jax.tree.unflatten(treedef, index), len(chosen)
+
+
