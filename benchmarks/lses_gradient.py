@@ -31,8 +31,8 @@ def main():
     x = jnp.asarray(rng.normal(0, 1, (args.samples, args.features)), jnp.float32)
     y = jnp.asarray(rng.integers(0, 2, args.samples))
     kw = dict(alpha=0.01, beta=1e-3, eps_a=0.1, eps_w=0.05, activation="relu")
-    auto = jax.jit(jax.grad(lambda p, x, y: lses.objective(p, x, y, **kw)))
-    explicit = jax.jit(lambda p, x, y: lses.explicit_gradient(p, x, y, **kw))
+    auto = jax.jit(jax.grad(lambda p, x, y, kw=kw: lses.objective(p, x, y, **kw)))
+    explicit = jax.jit(lambda p, x, y, kw=kw: lses.explicit_gradient(p, x, y, **kw))
     for a, e in zip(jax.tree.leaves(auto(params, x, y)), jax.tree.leaves(explicit(params, x, y))):
       np.testing.assert_allclose(np.asarray(e), np.asarray(a), rtol=2e-4, atol=1e-7)
     t_auto = common.median_time(auto, params, x, y, repeats=args.repeats)

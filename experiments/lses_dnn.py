@@ -1,4 +1,4 @@
-"""LSES-DNN: log-sum sparsity on responses and connections vs classical classifiers (Qiao et al. 2020; seed 000).
+"""LSES-DNN: log-sum sparsity on responses and connections vs classical classifiers (Qiao et al. 2020).
 
 The paper's MRI data is not public. Datasets here:
   * "synthetic": `data.high_dim_small_sample` (200 samples, 2000 features, 20 informative);
@@ -12,7 +12,7 @@ with `experiments.grid.select`, then the network is retrained on the whole
 training part):
   * lses: MLP (ReLU) whose fine-tuning loss adds alpha * log-sum of the hidden
     responses (`activity.log_sum_responses` on the sown activations) and whose
-    weights take the exact log-sum prox after each Adam step (MATH.md §3.2-3.3);
+    weights take the exact log-sum prox after each Adam step;
   * dnn: the same MLP, no regulariser;  l1_dnn: proximal l1 on the weights;
   * logreg, svm (RBF) and random forest from scikit-learn.
 For the networks it also reports response sparsity (fraction of hidden

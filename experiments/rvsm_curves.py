@@ -1,4 +1,4 @@
-"""RVSM with l0 / TL1 on a CNN that tells shaky from regular handwriting (Xue & Xin 2019; seed 001).
+"""RVSM with l0 / TL1 on a CNN that tells shaky from regular handwriting (Xue & Xin 2019).
 
 The paper's claim: RVSM with l0 on the FC layer of a 3-conv + max-pool + FC CNN
 gives > 99% test accuracy with > 86% of the FC weights exactly zero; TL1 is

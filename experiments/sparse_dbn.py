@@ -1,4 +1,4 @@
-"""Sparse RBM features with local and global sparsity (Zhang, Zhao, Shi & Ye; seed 004), MATH.md §9-10.
+"""Sparse RBM features with local and global sparsity (Zhang, Zhao, Shi & Ye).
 
 Protocol (the paper's MNIST setting): an RBM with 500 hidden units trained by
 CD-1 on 20,000 training images (2,000 per class), batch 100; its hidden

@@ -1,10 +1,10 @@
-"""Standard vs sparse DCGAN (Zhang, Zhao, Shi & Ye; seed 004, eqs. (13)-(15)), MATH.md §9.3.
+"""Standard vs sparse DCGAN (Zhang, Zhao, Shi & Ye, eqs. (13)-(15)).
 
 Both runs share the seed, data order, z draws and the DCGAN (`models.dcgan`):
 28x28 (G 7x7x2w -> 14x14xw -> 28x28, D w -> 2w) for fashion_mnist / mnist,
 and the paper's 64x64 network for celeb_a (prepared with tfds). The sparse run
 adds the paper's local + global sparsity on the mean activations k of every
-layer of both players to the *minimised* losses (MATH.md §9.3 corrects the
+layer of both players to the *minimised* losses (`docs/methods.md` corrects the
 signs): lambda_local * nsRBM(k; p = 0, sigma = 1) + lambda_global * sum_j
 sqrt(k_j + eps), with k pooled per channel over the batch and space. Which
 activations, how k is pooled, and the GAN lambdas are not stated in the paper;

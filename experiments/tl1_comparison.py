@@ -1,4 +1,4 @@
-"""Integrated transformed-l1 vs L1, sparse group lasso and CGES (Ma et al. 2019; seed 002).
+"""Integrated transformed-l1 vs L1, sparse group lasso and CGES (Ma et al. 2019).
 
 For each dataset and regulariser (none, l1, sgl, cges, tl1 only, group only,
 integrated TL1) this trains with proximal SGD (MNIST, Fashion-MNIST, PENDIGITS)

@@ -98,7 +98,7 @@ display(Markdown(open(os.path.join(out, "table.md")).read()))'''),
       new_code_cell('''for name in ("lambda_trajectory.png", "nnz_vs_lambda.png", "controller_lambda.png"):
     if os.path.exists(os.path.join(out, name)):
         display(Image(os.path.join(out, name)))'''),
-      new_markdown_cell("## The selection rule on the paper's worked example (MATH.md §8.3)"),
+      new_markdown_cell("## The selection rule on the paper's worked example"),
       new_code_cell('''import numpy as np
 from sparsejax import selection
 g = np.array([5e-8, 2e-5, 3e-4, 4e-3, 2e-2, 0.5, 6e-3])

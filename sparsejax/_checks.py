@@ -156,7 +156,7 @@ def _per_leaf(name: str, value: Any, treedef, num_leaves: int) -> list:
   """
   if value is None or callable(value):
     return [value] * num_leaves
-  value_treedef = jax.tree.structure(value, is_leaf=lambda v: v is None)
+  value_treedef: Any = jax.tree.structure(value, is_leaf=lambda v: v is None)
   if value_treedef.num_leaves == 1 and value_treedef.num_nodes == 1:
     return [value] * num_leaves
   if value_treedef != treedef:

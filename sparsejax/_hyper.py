@@ -5,14 +5,12 @@ Private helpers shared by `transforms`, `rvsm`, `selection` and `optimizers`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import chex
+from optax import ScalarOrSchedule  # noqa: F401  (the type alias optax uses: float, array or schedule)
 
 from sparsejax import _checks
-
-ScalarOrSchedule = float | chex.Array | Callable[[chex.Numeric], chex.Numeric]
 
 
 def evaluate(value: Any, count: chex.Array) -> Any:

@@ -1,4 +1,4 @@
-"""Sparsity penalties on activations (hidden responses), MATH.md §3.3, §4.3, §9.2.
+"""Sparsity penalties on activations (hidden responses).
 
 Two families, all pure jnp and differentiable (finite gradients everywhere):
 
@@ -11,7 +11,7 @@ Two families, all pure jnp and differentiable (finite gradients everywhere):
   (14)-(15).
 
 * Penalties on the mean activation k_j = (1/m) sum_l P(h_j = 1 | v_l) of hidden
-  unit j (Zhang et al.; seed 004): `sparse_rbm` (Lee et al. 2008),
+  unit j (Zhang et al.): `sparse_rbm` (Lee et al. 2008),
   `normal_sparse_rbm` (nsRBM, Keyvanrad & Homayounpour 2015), `l1_mean`
   (rate-distortion), `lq_global` (eq. (5): (sum_j |k_j|^q)^(1/q), q = 1/2 by
   default), `l_half_sum` (Xu form sum_j sqrt(k_j)), and `local_global`

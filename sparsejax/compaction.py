@@ -55,7 +55,7 @@ def compact(model: Any, params: Any, input_shape: Sequence[int]):
   for i in range(len(layer_list) - 1):
     # Dropped units with a constant nonzero output: fold it into the next bias.
     for unit in np.flatnonzero(~keep[i] & metrics.constant_units(layer_list, i)):
-      if not metrics._outgoing_zero(layer_list[i + 1], keep[i].size)[unit]:  # pylint: disable=protected-access
+      if not metrics.outgoing_zero(layer_list[i + 1], keep[i].size)[unit]:
         _fold_constant(layer_list[i + 1], biases[i + 1], unit, float(np.maximum(biases[i][unit], 0)))
     if not keep[i].any():  # keep one (now inert) unit so every layer has a width
       keep[i][0] = True

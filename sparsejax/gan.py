@@ -1,4 +1,4 @@
-"""GAN training, standard or with activity sparsity (seed 004, eqs. (13)-(15), signs as in MATH.md §9.3).
+"""GAN training, standard or with activity sparsity (Zhang et al. 2017, eqs. (13)-(15); signs in `docs/methods.md`).
 
 With D(x) = sigmoid(logit(x)) and z ~ U(-1, 1)^latent, the two minimised losses are
 
@@ -40,8 +40,7 @@ import optax
 from jax import lax
 from tqdm import tqdm
 
-from sparsejax import data
-from sparsejax import runloop
+from sparsejax import data, runloop
 from sparsejax.runloop import AXIS, PeerLostError  # noqa: F401  (re-export)
 from sparsejax.train import NonFiniteLossError
 

@@ -1,4 +1,4 @@
-"""LSES-DNN (Qiao et al. 2020; seed 000): log-sum sparsity on responses and connections, MATH.md §3.3.
+"""LSES-DNN (Qiao et al. 2020): log-sum sparsity on responses and connections.
 
 For an MLP with z^l = a^{l-1} W^l + b^l, a^l = sigma(z^l) (l < L) and
 softmax cross-entropy E on the logits z^L, averaged over the n samples:
@@ -49,7 +49,8 @@ def objective(params: Any, x: jax.Array, y: jax.Array, alpha: float, beta: float
   """J(params) on a batch (x, integer labels y)."""
   act, _ = ACTIVATIONS[activation]
   layers = _layers(params)
-  a, response_penalty = x.reshape(x.shape[0], -1), 0.0
+  a = x.reshape(x.shape[0], -1)
+  response_penalty: Any = 0.0
   for w, b in layers[:-1]:
     a = act(a @ w + b)
     response_penalty += jnp.sum(jnp.log1p(abs_zero_subgradient(a) / eps_a)) / x.shape[0]
@@ -77,7 +78,7 @@ def explicit_gradient(params: Any, x: jax.Array, y: jax.Array, alpha: float, bet
   w_last, b_last = layers[-1]
   logits = inputs[-1] @ w_last + b_last
   delta = (jax.nn.softmax(logits) - jax.nn.one_hot(y, logits.shape[-1], dtype=logits.dtype)) / n
-  grads = [None] * len(layers)
+  grads: list[Any] = [None] * len(layers)
   for l in range(len(layers) - 1, -1, -1):
     w, _ = layers[l]
     grads[l] = {"kernel": inputs[l].T @ delta + beta * _sign(w) / (eps_w + jnp.abs(w)),

@@ -9,7 +9,7 @@ are regularised, biases and normalisation scales are not.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, TypeAlias
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +17,7 @@ import numpy as np
 
 __all__ = ["Mask", "NAMED_MASKS", "weights_only", "mask_leaves", "layer_index"]
 
-Mask = Any  # pytree of bools (or a prefix), callable params -> such a pytree, a name, or None
+Mask: TypeAlias = Any  # pytree of bools (or a prefix), callable params -> such a pytree, a name, or None
 
 
 def weights_only(params: Any) -> Any:
@@ -43,7 +43,7 @@ def mask_leaves(mask: Mask, params: Any) -> list[bool]:
       `optax.inject_hyperparams` evaluates it as a schedule (it would silently
       regularise nothing).
   """
-  treedef = jax.tree.structure(params)
+  treedef: Any = jax.tree.structure(params)
   if isinstance(mask, str):
     if mask not in NAMED_MASKS:
       raise ValueError(f"unknown mask name {mask!r}; allowed: {sorted(NAMED_MASKS)}, a pytree of bools or a callable.")
@@ -83,7 +83,7 @@ def layer_index(params: Any, mask: Mask = "weights_only") -> Any:
   masks = mask_leaves(mask, params)
   chosen = sorted((i for i, m in enumerate(masks) if m),
                   key=lambda i: _natural_key(leaves_with_path[i][0]))
-  index = [None] * len(masks)
+  index: list[int | None] = [None] * len(masks)
   for rank, i in enumerate(chosen):
     index[i] = rank + 1
   return jax.tree.unflatten(treedef, index), len(chosen)

@@ -137,7 +137,8 @@ def _incoming_zero(layer: Layer) -> np.ndarray:
   return np.all(k.reshape(-1, k.shape[-1]) == 0, axis=0)
 
 
-def _outgoing_zero(next_layer: Layer, units: int) -> np.ndarray:
+def outgoing_zero(next_layer: Layer, units: int) -> np.ndarray:
+  """Per input unit of `next_layer`: True where all its outgoing weights are exactly zero."""
   k = next_layer.kernel
   if next_layer.kind == "conv":  # (kh, kw, cin, cout): unit c feeds k[:, :, c, :]
     return np.all(np.moveaxis(k, 2, 0).reshape(units, -1) == 0, axis=1)
@@ -164,7 +165,7 @@ def alive_units(layer_list: list[Layer]) -> list[np.ndarray]:
     nxt = layer_list[i + 1]
     foldable = nxt.kind == "dense" or nxt.padding == "VALID"
     removable_input = _incoming_zero(layer) & (foldable | ~constant_units(layer_list, i))
-    masks.append(~(removable_input | _outgoing_zero(nxt, units)))
+    masks.append(~(removable_input | outgoing_zero(nxt, units)))
   return masks
 
 

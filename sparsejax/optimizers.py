@@ -33,13 +33,13 @@ from typing import Any
 
 import optax
 
-from sparsejax import _hyper, masking, transforms
+from sparsejax import _hyper, transforms
 
 __all__ = ["sgd", "adam", "adamw"]
 
 
-def _with_penalty(inner: optax.GradientTransformation, learning_rate: _hyper.ScalarOrSchedule,
-                  penalty: str | Callable[..., Any] | None, strength: Any, mask: masking.Mask,
+def _with_penalty(inner: optax.GradientTransformation, learning_rate: optax.ScalarOrSchedule,
+                  penalty: str | Callable[..., Any] | None, strength: Any, mask: Any,
                   penalty_kwargs: dict[str, Any]) -> optax.GradientTransformation:
   if penalty is None:
     if penalty_kwargs:
@@ -49,13 +49,13 @@ def _with_penalty(inner: optax.GradientTransformation, learning_rate: _hyper.Sca
 
 
 def sgd(
-    learning_rate: _hyper.ScalarOrSchedule,
+    learning_rate: optax.ScalarOrSchedule,
     *,
     penalty: str | Callable[..., Any] | None,
     strength: Any,
     momentum: float | None = None,
     nesterov: bool = False,
-    mask: masking.Mask = "weights_only",
+    mask: Any = "weights_only",
     **penalty_kwargs: Any,
 ) -> optax.GradientTransformation:
   """Proximal SGD (with optional momentum): `optax.sgd` then the prox of `penalty` at lr * strength.
@@ -80,14 +80,14 @@ def sgd(
 
 
 def adam(
-    learning_rate: _hyper.ScalarOrSchedule,
+    learning_rate: optax.ScalarOrSchedule,
     *,
     penalty: str | Callable[..., Any] | None,
     strength: Any,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
-    mask: masking.Mask = "weights_only",
+    mask: Any = "weights_only",
     **penalty_kwargs: Any,
 ) -> optax.GradientTransformation:
   """Adam then the prox of `penalty` at lr * strength (arguments as `sgd`, plus Adam's b1, b2, eps)."""
@@ -96,7 +96,7 @@ def adam(
 
 
 def adamw(
-    learning_rate: _hyper.ScalarOrSchedule,
+    learning_rate: optax.ScalarOrSchedule,
     *,
     penalty: str | Callable[..., Any] | None,
     strength: Any,
@@ -104,8 +104,8 @@ def adamw(
     b2: float = 0.999,
     eps: float = 1e-8,
     weight_decay: float = 1e-4,
-    weight_decay_mask: masking.Mask = None,
-    mask: masking.Mask = "weights_only",
+    weight_decay_mask: Any = None,
+    mask: Any = "weights_only",
     **penalty_kwargs: Any,
 ) -> optax.GradientTransformation:
   """AdamW (decoupled weight decay on `weight_decay_mask`, default all leaves) then the prox of `penalty`."""

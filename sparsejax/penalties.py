@@ -3,7 +3,7 @@
 Every function `NAME(x, **shape)` returns the scalar f(x) summed over all
 elements (or groups) of every leaf of the pytree `x`. Shape parameters are
 scalars, arrays broadcasting against each leaf, or pytrees with the structure of
-`x` (one value per leaf). See MATH.md for every formula.
+`x` (one value per leaf). `docs/penalties.md` states every formula.
 
 Every penalty with a scalar zero threshold carries it as `NAME.threshold(tau,
 **shape)`: the largest |v| that `prox.NAME(v, tau, **shape)` maps to zero (the
@@ -62,7 +62,7 @@ def _safe_abs_power(x: jax.Array, power: float) -> jax.Array:
   return jnp.where(nonzero, safe**power, 0.0)
 
 
-def _group_norm(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+def group_norm(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
   """Euclidean norm over `axes` (keepdims) with a finite gradient at 0."""
   sq = jnp.sum(x * x, axis=axes, keepdims=True)
   nonzero = sq > 0
@@ -103,7 +103,7 @@ def elastic_net_threshold(tau, l2=0.0) -> jax.Array:
 
 
 def tl1_threshold(tau, a=1.0) -> jax.Array:
-  """Zero threshold of the TL1 prox (Zhang & Xin 2017), MATH.md §2.2.
+  """Zero threshold of the TL1 prox (Zhang & Xin 2017).
 
   t* = tau (a+1)/a            if tau <= a^2/(2(a+1))   (sub-critical),
   t* = sqrt(2 tau (a+1)) - a/2  otherwise               (super-critical).
@@ -115,7 +115,7 @@ def tl1_threshold(tau, a=1.0) -> jax.Array:
   return jnp.where(sub, tau * (a + 1.0) / a, jnp.sqrt(2.0 * tau * (a + 1.0)) - 0.5 * a)
 
 
-def _log_sum_root(u, tau, eps):
+def log_sum_root(u, tau, eps):
   """The only candidate local minimiser r+ > 0 of the log-sum prox (0 if none).
 
   Returns (r+, disc) where disc has the sign of the discriminant
@@ -136,7 +136,7 @@ def _log_sum_root(u, tau, eps):
 
 
 def log_sum_threshold(tau, eps=1.0, num_bisections: int = 64) -> jax.Array:
-  """Zero threshold of the log-sum prox, MATH.md §3.2.
+  """Zero threshold of the log-sum prox.
 
   T = tau/eps if tau <= eps^2; otherwise the unique root in [2 sqrt(tau) - eps,
   tau/eps] of Delta(u) = h_u(r+(u)) - u^2/2, found by bisection (the map jumps at
@@ -149,7 +149,7 @@ def log_sum_threshold(tau, eps=1.0, num_bisections: int = 64) -> jax.Array:
   hi0 = tau / eps
 
   def zero_is_better(u):
-    r, d = _log_sum_root(u, tau, eps)
+    r, d = log_sum_root(u, tau, eps)
     h_r = 0.5 * (r - u) ** 2 + tau * jnp.log1p(r / eps)
     return (d < 0) | (r <= 0) | (h_r >= 0.5 * u * u)
 
@@ -303,20 +303,21 @@ def capped_l1(x: Any, lam=1.0, theta=1.0) -> jax.Array:
                           {"lam": lam, "theta": theta})
 
 
-def _group_weight(v, axes, scale_by_group_size):
+def group_weight(v, axes, scale_by_group_size):
+  """w_g of the group lasso: sqrt(group size) if `scale_by_group_size`, else 1."""
   return jnp.sqrt(float(_group_size(v, axes))) if scale_by_group_size else 1.0
 
 
 def _group_lasso_leaf(v, axis, scale_by_group_size):
   axes = _checks.normalize_axes(axis, v.ndim)
-  return _group_weight(v, axes, scale_by_group_size) * jnp.sum(_group_norm(v, axes))
+  return group_weight(v, axes, scale_by_group_size) * jnp.sum(group_norm(v, axes))
 
 
 def group_lasso(x: Any, axis: Axis = -1, scale_by_group_size: bool = False) -> jax.Array:
   """f(x) = sum_g w_g ||x_g||_2, groups = slices reduced over `axis`; w_g = sqrt(|g|) if scaled else 1.
 
   With the default axis=-1 a Dense kernel (in, out) has one group per input unit
-  (its outgoing weights), MATH.md §0.
+  (its outgoing weights).
   """
   return _sum_over_leaves(_group_lasso_leaf, x, {},
                           {"axis": axis, "scale_by_group_size": scale_by_group_size})

@@ -212,7 +212,7 @@ def tl1(x: Any, tau: Any, a: Any = 1.0) -> Any:
 def _log_sum_leaf(v, tau, eps):
   av = jnp.abs(v)
   keep = av > _pen.log_sum_threshold(tau, eps)
-  r, _ = _pen._log_sum_root(av, tau, eps)  # pylint: disable=protected-access
+  r, _ = _pen.log_sum_root(av, tau, eps)
   # eps = inf: the penalty is 0 everywhere, the prox the identity.
   return jnp.where(jnp.isinf(eps), v, _signed(v, r, keep))
 
@@ -408,7 +408,7 @@ def _group_shrink(x, thr, axes, pre=None):
   def rescaled_norm():
     v = pre(x)
     scale = _group_scale(v, axes, max_exponent=60)
-    return _pen._group_norm(v / scale, axes) * scale  # pylint: disable=protected-access
+    return _pen.group_norm(v / scale, axes) * scale
 
   norm = lax.cond(jnp.any(jnp.isinf(sq)), rescaled_norm, plain_norm)
   keep = norm > thr
@@ -420,7 +420,7 @@ def _group_shrink(x, thr, axes, pre=None):
 def _group_lasso_leaf(v, tau, axis, scale_by_group_size, pre=None):
   axes = _checks.normalize_axes(axis, v.ndim)
   _check_group_param("tau", tau, v, axes)
-  thr = tau * _pen._group_weight(v, axes, scale_by_group_size)  # pylint: disable=protected-access
+  thr = tau * _pen.group_weight(v, axes, scale_by_group_size)
   return _group_shrink(v, thr, axes, pre)
 
 
@@ -592,7 +592,7 @@ def from_leaf_function(leaf_fn: Callable[..., jax.Array], name: str | None = Non
 # ------------------------------------------------------------- the registry
 
 _P = _registry.ShapeParam
-_POSITIVE = {"lower": 0.0, "lower_inclusive": False}
+_POSITIVE: dict[str, Any] = {"lower": 0.0, "lower_inclusive": False}
 _AXIS = _P("axis", -1, static=True)
 _SCALE = _P("scale_by_group_size", False, static=True)
 
@@ -632,8 +632,8 @@ for _record in (
                       shape_params=(_AXIS,), reference="Yoon & Hwang 2017"),
 ):
   _registry.register(_record, replace=True)
-  _record.prox.threshold = _record.threshold  # prox.tl1.threshold(tau, a=...), as before
-  _record.value.threshold = _record.threshold
+  _record.prox.threshold = _record.threshold  # type: ignore[attr-defined]  # prox.tl1.threshold(tau, a=...)
+  _record.value.threshold = _record.threshold  # type: ignore[attr-defined]
 
 PROX = _registry.RegistryView("prox")
 """name -> prox function, for every registered penalty (read-only, live)."""

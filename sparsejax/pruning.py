@@ -137,11 +137,12 @@ def random_mask(params: Any, densities: Any, seed: int = 0, mask: Mask = None) -
   one per leaf (e.g. `mask_density(one_shot_mask)` to match another method per layer).
   """
   leaves, treedef = jax.tree.flatten(params)
+  treedef_any: Any = treedef
   chosen = _selected(mask, params)
   if isinstance(densities, (int, float)):
     per_leaf = [float(densities)] * len(leaves)
   else:
-    per_leaf = treedef.flatten_up_to(densities)
+    per_leaf = treedef_any.flatten_up_to(densities)
   rng = np.random.default_rng(seed)
   out = []
   for leaf, c, d in zip(leaves, chosen, per_leaf):
@@ -190,7 +191,8 @@ class MaskState(NamedTuple):
 
 def _masked_updates(updates: Any, params: Any, binary_mask: Any) -> Any:
   """Updates that land params on (params + updates) * mask."""
-  leaves_p, treedef = jax.tree.flatten(params)
+  leaves_p = jax.tree.leaves(params)
+  treedef: Any = jax.tree.structure(params)
   leaves_u = treedef.flatten_up_to(updates)
   out = [(jnp.where(m, p + u, jnp.zeros_like(p)) - p).astype(jnp.result_type(u))
          for p, u, m in zip(leaves_p, leaves_u, jax.tree.leaves(binary_mask))]

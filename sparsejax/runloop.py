@@ -54,9 +54,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from sparsejax import _checks
-
 from sparsejax.records import append_jsonl, read_jsonl, write_json_atomic, write_jsonl_atomic
 
 __all__ = [
@@ -163,7 +163,6 @@ def process_slice(*arrays: np.ndarray) -> tuple:
 def sync_processes(name: str) -> None:
   """A barrier across processes (no-op on one process)."""
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
     multihost_utils.sync_global_devices(name)
 
 
@@ -171,7 +170,6 @@ def check_same_on_every_process(name: str, values: dict[str, int]) -> None:
   """Raises ValueError naming the first field whose value differs between processes."""
   if jax.process_count() == 1:
     return
-  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
   keys = sorted(values)
   gathered = np.asarray(multihost_utils.process_allgather(np.asarray([int(values[k]) for k in keys], np.int64)))
   for j, key in enumerate(keys):

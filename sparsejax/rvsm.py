@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sparsejax import _checks, _hyper, masking
+from sparsejax import _hyper, masking
 from sparsejax import registry as _registry
 
 __all__ = ["RVSMState", "rvsm", "sparse_copy", "sparse_params", "find_rvsm_state"]
@@ -51,8 +51,8 @@ def sparse_copy(params: Any, prox_fn: Callable[..., Any] | str, strength: Any, b
 
 def rvsm(
     prox_fn: Callable[..., Any] | str,
-    strength: _hyper.ScalarOrSchedule,
-    beta: _hyper.ScalarOrSchedule,
+    strength: optax.ScalarOrSchedule,
+    beta: optax.ScalarOrSchedule,
     mask: Any = None,
     **prox_kwargs: Any,
 ) -> optax.GradientTransformation:

@@ -31,28 +31,28 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeAlias
 
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
+from optax import ScalarOrSchedule
 
-from sparsejax import _checks, _hyper, masking
+from sparsejax import _checks, _hyper
 from sparsejax import prox as _prox
 from sparsejax import registry as _registry
 from sparsejax.masking import NAMED_MASKS, layer_index, mask_leaves, weights_only  # noqa: F401  (re-export)
-from sparsejax.rvsm import RVSMState, rvsm, sparse_params as rvsm_sparse_params  # noqa: F401  (re-export)
+from sparsejax.rvsm import RVSMState, rvsm  # noqa: F401  (re-export)
+from sparsejax.rvsm import sparse_params as rvsm_sparse_params
 
 __all__ = [
     "ProximalState", "proximal", "proximal_step_leaves", "step_threshold", "weights_only", "mask_leaves", "layer_balance", "layer_index",
     "l1", "sparse_group_lasso", "cges", "integrated_tl1", "rvsm", "RVSMState", "rvsm_sparse_params",
 ]
 
-ScalarOrSchedule = _hyper.ScalarOrSchedule
-ProxFn = Callable[..., Any] | str
-Mask = masking.Mask
+ProxFn: TypeAlias = Callable[..., Any] | str
+Mask: TypeAlias = Any  # see sparsejax.masking
 
 
 class ProximalState(NamedTuple):
@@ -63,7 +63,7 @@ class ProximalState(NamedTuple):
 def _strength_leaves(strength: Any, params: Any, treedef) -> list:
   """One strength (number, schedule or None) per leaf of params."""
   leaf_or_none = lambda s: s is None  # noqa: E731
-  strength_def = jax.tree.structure(strength, is_leaf=leaf_or_none)
+  strength_def: Any = jax.tree.structure(strength, is_leaf=leaf_or_none)
   if strength_def.num_nodes == 1:  # one scalar, array or schedule for every leaf
     return [strength] * treedef.num_leaves
   if strength_def != jax.tree.structure(params, is_leaf=leaf_or_none):
@@ -247,7 +247,7 @@ def sparse_group_lasso(
   """Exact prox of l1_strength*sum|w| + group_strength*sum_g sqrt(|g|)||w_g|| (Scardapane et al. 2017).
 
   Soft thresholding followed by group shrinkage, which is the exact prox of the
-  sum (MATH.md §5.2). Groups reduce over `axis` (default: outgoing weights of a
+  sum. Groups reduce over `axis` (default: outgoing weights of a
   unit).
   """
   _check_strength_and_lr(group_strength, learning_rate)
@@ -283,7 +283,7 @@ def cges(
     exact_exclusive: bool = False,
     mask: Mask = "weights_only",
 ) -> optax.GradientTransformation:
-  """Combined group and exclusive sparsity (Yoon & Hwang 2017), MATH.md §5.4.
+  """Combined group and exclusive sparsity (Yoon & Hwang 2017).
 
   Per layer l (input to output, `layer_index`): group shrink with threshold
   lr*strength*(1 - mu_l)*g_l, then the CGES exclusive operator with
@@ -315,7 +315,7 @@ def integrated_tl1(
     order: tuple[str, str] = ("group", "tl1"),
     mask: Mask = "weights_only",
 ) -> optax.GradientTransformation:
-  """Integrated transformed-l1 regulariser (Ma et al. 2019), MATH.md §2.5.
+  """Integrated transformed-l1 regulariser (Ma et al. 2019).
 
   R_l(W) = mu_l sum rho_a(w) + (1 - mu_l) sum_g ||w_g||_2 with
   mu_l = m + (1 - 2m)(l - 1)/(L - 1): group sparsity dominates lower layers, TL1

@@ -1,6 +1,6 @@
 """Independent numpy references: penalty values and the trigonometric closed forms.
 
-These are transcriptions of MATH.md (not of the library's Newton/polynomial
+These are transcriptions of the closed forms in the papers and `docs/penalties.md` (not of the library's Newton/polynomial
 forms), used to check the library in float64.
 """
 
@@ -68,7 +68,7 @@ def objective(name, z, v, tau, **p):
   return 0.5 * (z - v) ** 2 + tau * penalty_values(name, z, **p)
 
 
-# ---- MATH.md closed forms (trigonometric), float64
+# ---- the papers' closed forms (trigonometric), float64
 
 
 def tl1_trig(v, lam, a):

@@ -1,4 +1,4 @@
-"""Tests of `sparsejax.activity` against MATH.md §9.2's worked example and autodiff."""
+"""Tests of `sparsejax.activity` against the paper's worked example and autodiff."""
 
 import functools
 
@@ -62,7 +62,7 @@ def test_response_penalties_and_intermediates_hook():
   assert float(activity.log_sum_responses(a, eps=0.1)) == pytest.approx((np.log1p(3.0) + np.log1p(2.0)) / 2)
   g = jax.grad(lambda x: activity.log_sum_responses(x, eps=0.1))(a)
   assert float(g[0, 0]) == pytest.approx(0.5 * 1 / (0.1 + 0.3)) and float(g[0, 1]) == 0.0
-  # MATH §3.3 scalar check: alpha = 0.01, eps_a = 0.1, a = 0.3, n = 1 -> 0.025.
+  # LSES activity term, scalar check: alpha = 0.01, eps_a = 0.1, a = 0.3, n = 1 -> 0.025.
   g1 = jax.grad(lambda x: 0.01 * activity.log_sum_responses(x, eps=0.1))(jnp.asarray([[0.3]]))
   assert float(g1[0, 0]) == pytest.approx(0.025)
   fn = activity.from_intermediates(functools.partial(activity.log_sum_responses, eps=0.1), 2.0,

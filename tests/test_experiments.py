@@ -57,8 +57,9 @@ def test_l1_selection_small_config(tmp_path):
 @pytest.mark.slow
 def test_l1_selection_mnist_cnn8_reduced():
   """CNN8 on an MNIST subset, one epoch per training (the paper: up to 200 epochs on all of MNIST)."""
-  from experiments import l1_selection
   import tempfile
+
+  from experiments import l1_selection
   out = l1_selection.main(["--task", "mnist", "--workdir", tempfile.mkdtemp(), "--epochs", "1",
                            "--max-train-examples", "5000", "--target", "50000", "--r", "0.01",
                            "--studies", "single", "--max-trainings", "12"])

@@ -240,6 +240,7 @@ def test_diverging_run_raises_non_finite_loss(tmp_path):
 
 def test_frechet_distance_closed_forms_and_reference():
   from scipy import linalg
+
   from sparsejax import sample_quality
   rng = np.random.default_rng(0)
   a = rng.normal(size=(500, 6)) @ rng.normal(size=(6, 6))

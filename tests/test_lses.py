@@ -1,4 +1,4 @@
-"""The explicit LSES back-propagation formula equals autodiff (MATH.md §3.3)."""
+"""The explicit LSES back-propagation formula equals autodiff."""
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +25,6 @@ def test_explicit_gradient_equals_autodiff(activation):
 
 
 def test_scalar_weight_term():
-  # MATH §3.3: beta = 1e-3, eps_w = 0.05, w = -0.2 -> dJ/dw contribution -0.004.
+  # LSES connection term: beta = 1e-3, eps_w = 0.05, w = -0.2 -> dJ/dw contribution -0.004.
   g = jax.grad(lambda w: 1e-3 * jnp.log1p(jnp.abs(w) / 0.05))(-0.2)
   assert float(g) == pytest.approx(-0.004)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sparsejax import compaction, metrics
-from sparsejax.models import ConvNet, ConvSpec, MLP, init_mlp, init_model, lenet5
+from sparsejax.models import MLP, ConvNet, ConvSpec, init_mlp, init_model, lenet5
 
 
 def _sparsify(params, seed=0, frac_dead=0.3):

@@ -235,10 +235,10 @@ def test_idempotent_where_it_holds():
     np.testing.assert_array_equal(once, twice)
 
 
-# ------------------------------------------------------------------ MATH §11
+# ------------------------------------------- worked examples (float64, docs/penalties.md)
 
 
-MATH_VECTORS = [
+WORKED_EXAMPLES = [
     (prox.l1, 0.3, {}, [0.75, -0.2, 0.3], [0.45, 0, 0]),
     (prox.l0, 0.5, {}, [1.2, 0.9, 1.0], [1.2, 0, 0]),
     (prox.elastic_net, 0.3, {"l2": 0.5 / 0.3}, [1.0], [0.466667]),
@@ -267,9 +267,9 @@ MATH_VECTORS = [
 class MathVectorsTest(chex.TestCase, parameterized.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True)
-  @parameterized.parameters(*[(i,) for i in range(len(MATH_VECTORS))])
+  @parameterized.parameters(*[(i,) for i in range(len(WORKED_EXAMPLES))])
   def test_math_table(self, index):
-    fn, tau, kw, v, expected = MATH_VECTORS[index]
+    fn, tau, kw, v, expected = WORKED_EXAMPLES[index]
     for dtype, tol in ((jnp.float64, 1e-6), (jnp.float32, 1e-5)):
       out = self.variant(functools.partial(fn, **kw))(jnp.asarray(v, dtype), tau)
       np.testing.assert_allclose(np.asarray(out, np.float64), expected, rtol=tol, atol=tol)

@@ -117,7 +117,7 @@ def test_integrated_tl1_step_matches_manual_splitting_and_worked_example():
   zeros = jax.tree.map(jnp.zeros_like, params)
   tx = optax.chain(optax.sgd(lr), transforms.integrated_tl1(lam, lr, a=a, m=0.2))
   new, _ = _step(tx, params, zeros)
-  # Layer 1 has mu = m = 0.2: MATH.md §2.5's worked example.
+  # Layer 1 has mu = m = 0.2: the paper's worked example.
   np.testing.assert_allclose(new["Dense_0"]["kernel"], [[0.249314, 0, 0.069904], [0, 0, 0]], atol=1e-6)
   # Layer 2 (top) has mu = 1 - m = 0.8.
   w1 = params["Dense_1"]["kernel"]

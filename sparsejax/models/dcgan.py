@@ -1,4 +1,4 @@
-"""DCGAN generator and discriminator (flax.linen), Radford et al. 2016; seed 004's sparse DCGAN (MATH.md §9.3).
+"""DCGAN generator and discriminator (flax.linen), Radford et al. 2016's sparse DCGAN.
 
 Generator: z -> Dense to a `base_size` x `base_size` x features[0] map -> batch
 norm -> ReLU, then for every further width a 4x4 stride-2 `ConvTranspose` ->

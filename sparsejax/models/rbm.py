@@ -1,4 +1,4 @@
-"""Bernoulli RBM (flax.linen) trained by contrastive divergence, and a greedy DBN stack (MATH.md §9.1).
+"""Bernoulli RBM (flax.linen) trained by contrastive divergence, and a greedy DBN stack.
 
 Energy E(v, h) = -v W h - a.v - b.h; P(h_j = 1 | v) = sigma(b_j + v W_:j),
 P(v_i = 1 | h) = sigma(a_i + W_i: h).
