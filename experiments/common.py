@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import typing
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 C = TypeVar("C")
@@ -65,3 +66,12 @@ def write_lines(path: str, lines: list[str]) -> str:
 def print_file(path: str) -> None:
   with open(path) as f:
     print(f.read())
+
+
+def run_experiment(config_cls: type[C], description: str, name: str, train_and_evaluate: Callable[[C, str], Any],
+                   table_dir: Callable[[C], str] = lambda config: "", argv: list[str] | None = None) -> Any:
+  """The `main` of an experiment: parse the flags, run it under results/NAME (or --workdir), print its table."""
+  config, workdir = parse_config(config_cls, description, os.path.join("results", name), argv)
+  results = train_and_evaluate(config, workdir)
+  print_file(os.path.join(workdir, table_dir(config), "table.md"))
+  return results

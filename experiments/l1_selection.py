@@ -305,10 +305,7 @@ def _plots_and_table(config: Config, results: dict, out_dir: str) -> None:
 
 
 def main(argv=None):
-  config, workdir = common.parse_config(Config, __doc__, os.path.join("results", "l1_selection"), argv)
-  results = train_and_evaluate(config, workdir)
-  common.print_file(os.path.join(workdir, config.task, "table.md"))
-  return results
+  return common.run_experiment(Config, __doc__, "l1_selection", train_and_evaluate, lambda config: config.task, argv=argv)
 
 
 if __name__ == "__main__":

@@ -177,10 +177,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
 
 
 def main(argv=None):
-  config, workdir = common.parse_config(Config, __doc__, os.path.join("results", "lses_dnn"), argv)
-  results = train_and_evaluate(config, workdir)
-  common.print_file(os.path.join(workdir, "table.md"))
-  return results
+  return common.run_experiment(Config, __doc__, "lses_dnn", train_and_evaluate, argv=argv)
 
 
 if __name__ == "__main__":

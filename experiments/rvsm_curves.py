@@ -134,10 +134,7 @@ def _write_table(config, results, out_dir):
 
 
 def main(argv=None):
-  config, workdir = common.parse_config(Config, __doc__, os.path.join("results", "rvsm_curves"), argv)
-  results = train_and_evaluate(config, workdir)
-  common.print_file(os.path.join(workdir, config.dataset, "table.md"))
-  return results
+  return common.run_experiment(Config, __doc__, "rvsm_curves", train_and_evaluate, lambda config: config.dataset, argv=argv)
 
 
 if __name__ == "__main__":

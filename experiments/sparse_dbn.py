@@ -193,10 +193,7 @@ def _write_table(config, results, workdir):
 
 
 def main(argv=None):
-  config, workdir = common.parse_config(Config, __doc__, os.path.join("results", "sparse_dbn"), argv)
-  results = train_and_evaluate(config, workdir)
-  common.print_file(os.path.join(workdir, "table.md"))
-  return results
+  return common.run_experiment(Config, __doc__, "sparse_dbn", train_and_evaluate, argv=argv)
 
 
 if __name__ == "__main__":

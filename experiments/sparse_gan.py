@@ -248,10 +248,7 @@ def _loss_plot(runs: dict, path: str) -> None:
 
 
 def main(argv=None):
-  config, workdir = common.parse_config(Config, __doc__, os.path.join("results", "sparse_gan"), argv)
-  results = train_and_evaluate(config, workdir)
-  common.print_file(os.path.join(workdir, "table.md"))
-  return results
+  return common.run_experiment(Config, __doc__, "sparse_gan", train_and_evaluate, argv=argv)
 
 
 if __name__ == "__main__":

@@ -1,22 +1,34 @@
-"""Writes the tutorial notebooks (run: python notebooks/build_notebooks.py).
+"""Writes the tutorial notebooks (run: python notebooks/build_notebooks.py [--execute]).
 
 Each notebook reads saved results; when they are missing (or SPARSEJAX_NOTEBOOK_SMALL=1,
 as in the test suite) it first runs a small config of the experiment into a
-temporary directory, so it always executes top to bottom.
+temporary directory, so it always executes top to bottom, never writes into
+`results/`, and labels every table that comes from such a reduced run.
+
+`--execute` runs every notebook (progress bars off) and saves it with its outputs,
+which the documentation site renders; outputs that are progress-bar noise are dropped.
 """
 
 import os
+import sys
 
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-SETUP = '''import os, sys, json, tempfile
+SETUP = '''import contextlib, io, os, sys, json, tempfile
 from IPython.display import Image, Markdown, display
 if os.path.exists(os.path.join("..", "sparsejax")):  # running from a checkout
     sys.path.insert(0, os.path.abspath(".."))
 SMALL = os.environ.get("SPARSEJAX_NOTEBOOK_SMALL") == "1"
+REDUCED = False  # set when this notebook ran a reduced config instead of reading measured results
+def show_table(path):
+    text = open(path).read()
+    if REDUCED:
+        text = ("*Reduced configuration, run inside this notebook (the measured results are in the README; run "
+                "the experiment's full config to reproduce them here).*\\n\\n" + text)
+    display(Markdown(text))
 '''
 
 
@@ -27,7 +39,8 @@ def quickstart():
                         "become exactly zero and whole hidden neurons disappear; `sparsejax.compaction.compact` then "
                         "removes them physically."),
       new_code_cell(SETUP + '''from experiments import quickstart
-workdir = tempfile.mkdtemp() if SMALL else os.path.join("..", "results", "quickstart")
+workdir = tempfile.mkdtemp()  # the notebook never writes into results/
+REDUCED = SMALL
 results = quickstart.main(["--workdir", workdir] + (["--epochs", "20"] if SMALL else []))'''),
       new_code_cell('''display(Image(os.path.join(workdir, "training_curves.png")))
 display(Image(os.path.join(workdir, "sparsity_per_layer.png")))
@@ -56,13 +69,14 @@ def tl1_comparison():
 DATASET = "digits"
 workdir = os.path.join("..", "results", "tl1_comparison")
 if SMALL or not os.path.exists(os.path.join(workdir, DATASET, "results.json")):
-    workdir = tempfile.mkdtemp()
-    tl1_comparison.main(["--dataset", DATASET, "--workdir", workdir, "--seeds", "0", "--epochs", "3",
-                         "--regularizers", "none", "l1", "tl1", "group", "integrated_tl1",
-                         "--a-grid", "0.01", "1.0", "--max-train-examples", "600"])
+    workdir, REDUCED = tempfile.mkdtemp(), True
+    with contextlib.redirect_stdout(io.StringIO()):
+        tl1_comparison.main(["--dataset", DATASET, "--workdir", workdir, "--seeds", "0", "--epochs", "3",
+                             "--regularizers", "none", "l1", "tl1", "group", "integrated_tl1",
+                             "--a-grid", "0.01", "1.0", "--max-train-examples", "600"])
 out = os.path.join(workdir, DATASET)
 results = json.load(open(os.path.join(out, "results.json")))
-display(Markdown(open(os.path.join(out, "table.md")).read()))'''),
+show_table(os.path.join(out, "table.md"))'''),
       new_markdown_cell("## Accuracy vs. % FLOPs and % parameters over the λ grid (paper Fig. 4)"),
       new_code_cell('''for key in ("flops_fraction", "params_fraction"):
     display(Image(os.path.join(out, f"fig4_accuracy_vs_{key}.png")))'''),
@@ -87,13 +101,14 @@ def target_sparsity():
       new_code_cell(SETUP + '''from experiments import l1_selection
 workdir = os.path.join("..", "results", "l1_selection")
 if SMALL or not os.path.exists(os.path.join(workdir, "regression", "results.json")):
-    workdir = tempfile.mkdtemp()
-    l1_selection.main(["--task", "regression", "--workdir", workdir, "--max-steps", "1500", "--r", "0.02",
-                       "--target", "1500", "--layer-targets", "500", "700", "500", "30", "--layer-r", "0.1",
-                       "--max-trainings", "15"])
+    workdir, REDUCED = tempfile.mkdtemp(), True
+    with contextlib.redirect_stdout(io.StringIO()):
+        l1_selection.main(["--task", "regression", "--workdir", workdir, "--max-steps", "1500", "--r", "0.02",
+                           "--target", "1500", "--layer-targets", "500", "700", "500", "30", "--layer-r", "0.1",
+                           "--max-trainings", "15"])
 out = os.path.join(workdir, "regression")
 results = json.load(open(os.path.join(out, "results.json")))
-display(Markdown(open(os.path.join(out, "table.md")).read()))'''),
+show_table(os.path.join(out, "table.md"))'''),
       new_markdown_cell("## λ per training and NNZ vs λ"),
       new_code_cell('''for name in ("lambda_trajectory.png", "nnz_vs_lambda.png", "controller_lambda.png"):
     if os.path.exists(os.path.join(out, name)):
@@ -115,10 +130,11 @@ def _results_notebook(title, intro, module, subdir, small_args, images, prelude=
 workdir = os.path.join("..", "results", "{module}")
 out = os.path.join(workdir, "{subdir}")
 if SMALL or not os.path.exists(os.path.join(out, "results.json")):
-    workdir = tempfile.mkdtemp()
+    workdir, REDUCED = tempfile.mkdtemp(), True
     out = os.path.join(workdir, "{subdir}")
-    {module}.main(["--workdir", workdir] + {args})
-display(Markdown(open(os.path.join(out, "table.md")).read()))'''),
+    with contextlib.redirect_stdout(io.StringIO()):  # the table is shown (labelled) below
+        {module}.main(["--workdir", workdir] + {args})
+show_table(os.path.join(out, "table.md"))'''),
       new_code_cell(f'''for name in {images!r}:
     if os.path.exists(os.path.join(out, name)):
         display(Image(os.path.join(out, name)))'''),
@@ -192,23 +208,53 @@ def frontier():
           "followed by retraining of the support they found. Without saved results (or in the test suite) a "
           "REDUCED config runs: digits, 3 epochs, one sparsity; the table says so."),
       new_code_cell(SETUP + '''from experiments import frontier
-out = os.path.join("..", "results", "frontier", "fashion_mnist_mlp")
+out = os.path.join("..", "docs", "frontier")  # the measured results, kept in the repository
 if SMALL or not os.path.exists(os.path.join(out, "results.json")):
-    workdir = tempfile.mkdtemp()
-    frontier.main(["--workdir", workdir, "--dataset", "digits", "--epochs", "3", "--batch-size", "32",
-                   "--seeds", "0", "--sparsities", "0.9", "--methods", "dense", "gmp", "one_shot", "tl1",
-                   "tl1+retrain", "--exact-final-steps", "30", "--gmp-frequency", "10", "--no-progress"])
+    workdir, REDUCED = tempfile.mkdtemp(), True
+    with contextlib.redirect_stdout(io.StringIO()):
+        frontier.main(["--workdir", workdir, "--dataset", "digits", "--epochs", "3", "--batch-size", "32",
+                       "--seeds", "0", "--sparsities", "0.9", "--methods", "dense", "gmp", "one_shot", "tl1",
+                       "tl1+retrain", "--exact-final-steps", "30", "--gmp-frequency", "10", "--no-progress"])
     out = os.path.join(workdir, "digits_mlp")
-display(Markdown(open(os.path.join(out, "table.md")).read()))
+show_table(os.path.join(out, "table.md"))
 display(Image(os.path.join(out, "frontier.png")))'''),
   ])
 
 
+BUILDERS = (("quickstart", quickstart), ("tl1_comparison", tl1_comparison), ("target_sparsity", target_sparsity),
+            ("rvsm_curves", rvsm_curves), ("lses_dnn", lses_dnn), ("sparse_dbn", sparse_dbn),
+            ("sparse_gan", sparse_gan), ("frontier", frontier))
+
+
+def _is_progress_noise(output):
+  """Progress bars (tqdm writes them to stderr) and the terminal control codes they leave."""
+  if output.get("output_type") != "stream":
+    return False
+  text = output.get("text", "")
+  return output.get("name") == "stderr" or "\r" in text or "\x1b[" in text or "it/s]" in text
+
+
+def execute(nb):
+  """Runs `nb` in this folder with progress bars off and drops progress-bar outputs."""
+  from nbclient import NotebookClient  # only for --execute
+
+  os.environ.update({"TQDM_DISABLE": "1", "XLA_FLAGS": ""})
+  os.environ.pop("SPARSEJAX_NOTEBOOK_SMALL", None)
+  NotebookClient(nb, timeout=1800, kernel_name="python3", resources={"metadata": {"path": HERE}}).execute()
+  for cell in nb.cells:
+    if cell.cell_type == "code":
+      cell.outputs = [o for o in cell.outputs if not _is_progress_noise(o)]
+      cell.execution_count = None
+      for output in cell.outputs:
+        output.pop("execution_count", None)
+  return nb
+
+
 if __name__ == "__main__":
-  for name, build in (("quickstart", quickstart), ("tl1_comparison", tl1_comparison),
-                      ("target_sparsity", target_sparsity), ("rvsm_curves", rvsm_curves), ("lses_dnn", lses_dnn),
-                      ("sparse_dbn", sparse_dbn), ("sparse_gan", sparse_gan), ("frontier", frontier)):
+  for name, build in BUILDERS:
     nb = build()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    if "--execute" in sys.argv[1:]:
+      nb = execute(nb)
     nbformat.write(nb, os.path.join(HERE, f"{name}.ipynb"))
     print("wrote", name)

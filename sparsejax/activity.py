@@ -3,7 +3,7 @@
 Two families, all pure jnp and differentiable (finite gradients everywhere):
 
 * Penalties on a batch of responses `a` (n, units): `log_sum_responses`
-  (LSES-DNN: (1/n) sum_samples sum_j log(1 + |a_j|/eps)) and `l1_responses`.
+  (LSES-DNN: (1/n) sum_samples sum_j log(1 + ``|a_j|``/eps)) and `l1_responses`.
   `from_intermediates` applies one of them to every activation a flax model
   sowed into "intermediates", so it plugs into `train.fit(..., penalty_fn=...)`.
   `from_mean_activations` applies a penalty on mean activations k to every
@@ -13,7 +13,7 @@ Two families, all pure jnp and differentiable (finite gradients everywhere):
 * Penalties on the mean activation k_j = (1/m) sum_l P(h_j = 1 | v_l) of hidden
   unit j (Zhang et al.): `sparse_rbm` (Lee et al. 2008),
   `normal_sparse_rbm` (nsRBM, Keyvanrad & Homayounpour 2015), `l1_mean`
-  (rate-distortion), `lq_global` (eq. (5): (sum_j |k_j|^q)^(1/q), q = 1/2 by
+  (rate-distortion), `lq_global` (eq. (5): ``(sum_j |k_j|^q)^(1/q)``, q = 1/2 by
   default), `l_half_sum` (Xu form sum_j sqrt(k_j)), and `local_global`
   (nsRBM + lambda2 * L_{1/2}, eq. (6)). `mean_activation` computes k.
 """
@@ -35,13 +35,13 @@ __all__ = ["log_sum_responses", "l1_responses", "from_intermediates", "from_mean
 
 
 def log_sum_responses(a: jax.Array, eps: float = 0.1) -> jax.Array:
-  """(1/n) sum over samples and units of log(1 + |a|/eps), n = a.shape[0]."""
+  """(1/n) sum over samples and units of log(1 + ``|a|``/eps), n = a.shape[0]."""
   _checks.check_range("eps", eps, lower=0.0, lower_inclusive=False)
   return jnp.sum(jnp.log1p(abs_zero_subgradient(a) / eps)) / a.shape[0]
 
 
 def l1_responses(a: jax.Array) -> jax.Array:
-  """(1/n) sum over samples and units of |a|."""
+  """(1/n) sum over samples and units of ``|a|``."""
   return jnp.sum(abs_zero_subgradient(a)) / a.shape[0]
 
 
@@ -123,17 +123,17 @@ def normal_sparse_rbm(k: jax.Array, p: float = 0.0, sigma: float = 1.0) -> jax.A
 
 
 def l1_mean(k: jax.Array) -> jax.Array:
-  """Rate-distortion L1 (Ji et al. 2014): sum_j |k_j|."""
+  """Rate-distortion L1 (Ji et al. 2014): sum_j ``|k_j|``."""
   return jnp.sum(abs_zero_subgradient(k))
 
 
 def _safe_power(k, q, eps):
-  """(|k| + eps)^q with a finite gradient at 0."""
+  """(``|k|`` + eps)^q with a finite gradient at 0."""
   return (abs_zero_subgradient(k) + eps) ** q
 
 
 def lq_global(k: jax.Array, q: float = 0.5, eps: float = 0.0) -> jax.Array:
-  """Global sparsity, eq. (5): (sum_j |k_j|^q)^(1/q); q = 1/2 gives (sum_j sqrt(k_j))^2.
+  """Global sparsity, eq. (5): ``(sum_j |k_j|^q)^(1/q)``; q = 1/2 gives (sum_j sqrt(k_j))^2.
 
   `eps` > 0 regularises the q < 1 singularity at k_j = 0 (ReLU/GAN use; sigmoid
   units have k_j > 0). Default 0 reproduces the formula exactly.
@@ -144,7 +144,7 @@ def lq_global(k: jax.Array, q: float = 0.5, eps: float = 0.0) -> jax.Array:
 
 
 def l_half_sum(k: jax.Array, eps: float = 0.0) -> jax.Array:
-  """Xu-form global sparsity: sum_j sqrt(|k_j|)."""
+  """Xu-form global sparsity: sum_j sqrt(``|k_j|``)."""
   _checks.check_range("eps", eps, lower=0.0)
   return jnp.sum(_safe_power(k, 0.5, eps))
 

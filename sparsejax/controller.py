@@ -3,7 +3,7 @@
 `nnz_controller` is an optax transform placed after any optimizer. Every
 `interval` steps it finds lambda*, the strength at which exactly the target count
 of regularised weights survives this step's prox (from the (target+1)-th largest
-|w + u|, found exactly by bisection on the float bit patterns, and the penalty's
+``|w + u|``, found exactly by bisection on the float bit patterns, and the penalty's
 zero threshold T inverted: T(lr lambda*) = that magnitude), and moves log lambda
 toward log lambda* at `rate`. It cannot wind up: lambda never overshoots the
 quantile that keeps the target, so no unit is killed for good. The algorithm,
@@ -58,7 +58,7 @@ def nnz_controller(
   """A proximal step whose strength tracks, during one run, the lambda that keeps `target_nnz` weights.
 
   Every `interval` steps, with v = params + updates over the regularised
-  leaves and q the (target_nnz + 1)-th largest |v|, lambda* solves
+  leaves and q the (target_nnz + 1)-th largest ``|v|``, lambda* solves
   T(lr lambda*) = q for the penalty's zero threshold T (lambda* = q/lr for l1),
   i.e. the strength at which this prox step would keep exactly `target_nnz`
   weights; then log lambda += rate (log lambda* - log lambda). rate = 1 is
@@ -67,7 +67,7 @@ def nnz_controller(
   with about `target_nnz` nonzeros. The current lambda is
   `exp(state.log_strength)`.
 
-  Cost: q is found exactly by bisection on the bit patterns of |v|
+  Cost: q is found exactly by bisection on the bit patterns of ``|v|``
   (`pruning.kth_largest_magnitude`: 32 counting passes in float32, no sort or
   top_k), and only on the steps that update lambda (under `lax.cond`), so
   `interval` amortises it: the step costs a plain proximal step plus 32/interval
@@ -78,7 +78,7 @@ def nnz_controller(
   more closely but change the penalty, and so the weights, more abruptly). Give
   `total_steps` and `exact_final_steps` = E to move lambda all the way to lambda*
   (rate 1, every step) during the last E steps: the run then ends with exactly
-  `target_nnz` nonzeros (up to ties in |v|), after E steps of training at the
+  `target_nnz` nonzeros (up to ties in ``|v|``), after E steps of training at the
   final support's strength. A few hundred steps (a fraction of an epoch) is enough.
 
   Args:

@@ -3,15 +3,15 @@
 For an MLP with z^l = a^{l-1} W^l + b^l, a^l = sigma(z^l) (l < L) and
 softmax cross-entropy E on the logits z^L, averaged over the n samples:
 
-  J = E + alpha sum_{l<L} (1/n) sum_samples sum_j log(1 + |a^l_j|/eps_a)
-        + beta sum_l sum_ij log(1 + |W^l_ij|/eps_w).
+  J = E + alpha sum_{l<L} (1/n) sum_samples sum_j log(1 + ``|a^l_j|``/eps_a)
+        + beta sum_l sum_ij log(1 + ``|W^l_ij|``/eps_w).
 
 `objective` is J (differentiate it with jax.grad); `explicit_gradient` is the
 paper's back-propagation formula, written for the (in, out) kernel layout:
 
   delta^L = dE/dz^L = (softmax(z^L) - onehot)/n
-  delta^l = [delta^{l+1} (W^{l+1})^T + (alpha/n) sign(a^l)/(eps_a + |a^l|)] * sigma'(z^l)
-  dJ/dW^l = (a^{l-1})^T delta^l + beta sign(W^l)/(eps_w + |W^l|),   dJ/db^l = sum_samples delta^l
+  delta^l = [delta^{l+1} (W^{l+1})^T + (alpha/n) sign(a^l)/(eps_a + ``|a^l|``)] * sigma'(z^l)
+  dJ/dW^l = (a^{l-1})^T delta^l + beta sign(W^l)/(eps_w + ``|W^l|``),   dJ/db^l = sum_samples delta^l
 
 with sign(0) = 0. Parameters are a flax `MLP`'s params {"Dense_i": {"kernel", "bias"}}.
 """

@@ -13,6 +13,15 @@ Counting conventions (every experiment reports these):
   * parameters used = nonzero weights between kept units + biases of kept units.
 
 `compact` (in `sparsejax.compaction`) removes dead units physically.
+
+Any other model (a linen module of your own, with BatchNorm, residual additions,
+attention; or a flax NNX module) is measured from its jaxpr by
+`sparsejax.structure`, with the same conventions: `report(model, params,
+input_shape)` for linen (`params` may also be the full `variables` dict, e.g. with
+`batch_stats`), `report(module, input_shape=...)` for NNX (the parameters and
+statistics come from the module). The built-in MLP and ConvNet keep their layer-list
+path, and the jaxpr path gives the same counts on them (tested), except that it also
+removes units that only feed removed units.
 """
 
 from __future__ import annotations
@@ -24,11 +33,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sparsejax import structure
 from sparsejax.models.cnn import ConvNet
+from sparsejax.models.interface import FunctionalNNX, is_nnx, mode_kwargs
 from sparsejax.models.mlp import MLP
 
 __all__ = ["nnz", "sparsity_per_leaf", "summary", "Layer", "layers", "alive_units", "neurons_removed",
-           "flops_and_params", "report", "check_params_match"]
+           "flops_and_params", "report", "check_params_match", "analyze_model"]
 
 
 def nnz(tree: Any) -> int:
@@ -106,7 +117,10 @@ def layers(model: Any, params: Any, input_shape: Sequence[int]) -> list[Layer]:
     ValueError: another kind of model, or params/input_shape that do not fit it.
   """
   if not isinstance(model, (MLP, ConvNet)):
-    raise ValueError(f"metrics support MLP and ConvNet models; got {type(model).__name__}.")
+    raise ValueError(f"the layer list is defined for MLP and ConvNet models; got {type(model).__name__} "
+                     "(report, neurons_removed and flops_and_params take any model).")
+  if _is_variables(params):
+    params = params["params"]
   check_params_match(model, params, input_shape)
   if isinstance(model, MLP):
     names = [f"Dense_{i}" for i in range(len(model.features))]
@@ -169,8 +183,10 @@ def alive_units(layer_list: list[Layer]) -> list[np.ndarray]:
   return masks
 
 
-def neurons_removed(model: Any, params: Any, input_shape: Sequence[int]) -> dict[str, dict]:
-  """{layer: {"removed", "total"}} for every hidden layer."""
+def neurons_removed(model: Any, params: Any = None, input_shape: Sequence[int] | None = None) -> dict[str, dict]:
+  """{layer: {"removed", "total"}} for every hidden layer (any model: see the module docstring)."""
+  if not _builtin(model):
+    return _generic_neurons(analyze_model(model, params, input_shape))
   layer_list = layers(model, params, input_shape)
   return _neurons_removed(layer_list, alive_units(layer_list))
 
@@ -188,8 +204,10 @@ def _input_mask(layer: Layer, prev_alive: np.ndarray | None) -> np.ndarray:
   return prev_alive
 
 
-def flops_and_params(model: Any, params: Any, input_shape: Sequence[int]) -> dict:
+def flops_and_params(model: Any, params: Any = None, input_shape: Sequence[int] | None = None) -> dict:
   """Dense vs sparse FLOPs per example and parameter counts (see module docstring)."""
+  if not _builtin(model):
+    return _generic_counts(analyze_model(model, params, input_shape))
   layer_list = layers(model, params, input_shape)
   return _flops_and_params(layer_list, alive_units(layer_list))
 
@@ -213,17 +231,103 @@ def _flops_and_params(layer_list: list[Layer], masks: list[np.ndarray]) -> dict:
           "params_fraction": used_params / max(dense_params, 1)}
 
 
-def report(model: Any, params: Any, input_shape: Sequence[int]) -> dict:
-  """Everything an experiment reports about a (sparse) network's size."""
+def report(model: Any, params: Any = None, input_shape: Sequence[int] | None = None) -> dict:
+  """Everything an experiment reports about a (sparse) network's size (any model)."""
+  if not _builtin(model):
+    found = analyze_model(model, params, input_shape)
+    kernels = {_layer_name(op.name): op.kernel for op in found.ops}
+    removed = _generic_neurons(found)
+    return {**_generic_counts(found), **_kernel_counts(kernels),
+            "neurons_removed": {k: v["removed"] for k, v in removed.items()},
+            "neurons_total": {k: v["total"] for k, v in removed.items()}}
   layer_list = layers(model, params, input_shape)
   masks = alive_units(layer_list)
   removed = _neurons_removed(layer_list, masks)
   kernels = {l.name: l.kernel for l in layer_list}
-  return {**_flops_and_params(layer_list, masks),
-          "weights_total": int(sum(k.size for k in kernels.values())),
-          "weights_nonzero": nnz(kernels),
-          "weight_sparsity": 1.0 - nnz(kernels) / max(sum(k.size for k in kernels.values()), 1),
-          "layer_sparsity": {k: 1.0 - np.count_nonzero(v) / v.size for k, v in kernels.items()},
-          "layer_nonzero": {k: int(np.count_nonzero(v)) for k, v in kernels.items()},
+  return {**_flops_and_params(layer_list, masks), **_kernel_counts(kernels),
           "neurons_removed": {k: v["removed"] for k, v in removed.items()},
           "neurons_total": {k: v["total"] for k, v in removed.items()}}
+
+
+def _kernel_counts(kernels: dict) -> dict:
+  total = int(sum(k.size for k in kernels.values()))
+  return {"weights_total": total, "weights_nonzero": nnz(kernels),
+          "weight_sparsity": 1.0 - nnz(kernels) / max(total, 1),
+          "layer_sparsity": {k: 1.0 - np.count_nonzero(v) / max(v.size, 1) for k, v in kernels.items()},
+          "layer_nonzero": {k: int(np.count_nonzero(v)) for k, v in kernels.items()}}
+
+
+# ------------------------------------------------------------ any model (jaxpr)
+
+
+def _builtin(model: Any) -> bool:
+  return isinstance(model, (MLP, ConvNet))
+
+
+def analyze_model(model: Any, params: Any = None, input_shape: Sequence[int] | None = None,
+                  model_state: Any = None) -> structure.Structure:
+  """`structure.analyze` for a linen module with its params (or full variables) or an NNX module.
+
+  Args:
+    model: a linen module, an NNX module, or a `models.nnx_support.FunctionalNNX`.
+    params: linen: the "params" collection or the whole variables dict; NNX: None
+      (taken from the module) or trained params of a `FunctionalNNX`.
+    input_shape: one example's shape (no batch axis); required.
+    model_state: other variable collections (e.g. {"batch_stats": ...}) when `params`
+      holds only the parameters.
+
+  Raises:
+    ValueError: no input_shape, params that do not match the model, or an input shape
+      the model cannot take.
+  """
+  if input_shape is None:
+    raise ValueError("input_shape (one example's shape, without the batch axis) is required.")
+  shape = tuple(int(d) for d in input_shape)
+  if is_nnx(model) or isinstance(model, FunctionalNNX):
+    functional = model if isinstance(model, FunctionalNNX) else FunctionalNNX(model)
+    variables = functional.init()
+    if params is not None and _is_variables(params):
+      variables = {"params": params["params"], "nnx_state": params.get("nnx_state", variables["nnx_state"])}
+      check_params_match(functional, variables["params"], shape)
+    elif params is not None:
+      check_params_match(functional, params, shape)
+      variables = {"params": params, "nnx_state": variables["nnx_state"] if model_state is None
+                   else model_state.get("nnx_state", model_state)}
+    apply_fn = lambda v, x: functional.apply(v, x)  # noqa: E731
+  else:
+    if params is None:
+      raise ValueError(f"params are required for a linen module ({type(model).__name__}).")
+    variables = dict(params) if _is_variables(params) else {"params": params, **(model_state or {})}
+    check_params_match(model, variables["params"], shape)
+    mode = mode_kwargs(model, False)
+    apply_fn = lambda v, x: model.apply(v, x, **mode)  # noqa: E731
+  try:
+    return structure.analyze(apply_fn, variables, shape, params=variables["params"])
+  except (TypeError, ValueError) as err:
+    raise ValueError(f"{type(model).__name__} cannot take inputs of shape {shape} (input_shape): "
+                     f"{str(err).splitlines()[0]}") from None
+
+
+def _is_variables(tree: Any) -> bool:
+  return hasattr(tree, "keys") and "params" in tree and all(not hasattr(v, "shape") for v in tree.values())
+
+
+def _layer_name(path: str) -> str:
+  keys = [k.strip("'\"") for k in path.strip("[]").split("][")]
+  keys = [k for k in keys if k not in ("params",)]
+  if keys and keys[-1] in ("kernel", "w", "weight"):
+    keys = keys[:-1]
+  return "/".join(keys) or path
+
+
+def _generic_neurons(found: structure.Structure) -> dict[str, dict]:
+  hidden = [op for op in found.ops[:-1] if op.units_removable is not None]
+  return {_layer_name(op.name): {"removed": int(op.units_removable.sum()), "total": int(op.units_removable.size)}
+          for op in hidden}
+
+
+def _generic_counts(found: structure.Structure) -> dict:
+  return {"flops_dense": found.flops_dense, "flops_sparse": found.flops_sparse,
+          "flops_fraction": found.flops_sparse / max(found.flops_dense, 1),
+          "params_dense": found.params_dense, "params_used": found.params_used,
+          "params_fraction": found.params_used / max(found.params_dense, 1)}

@@ -6,8 +6,8 @@ scalars, arrays broadcasting against each leaf, or pytrees with the structure of
 `x` (one value per leaf). `docs/penalties.md` states every formula.
 
 Every penalty with a scalar zero threshold carries it as `NAME.threshold(tau,
-**shape)`: the largest |v| that `prox.NAME(v, tau, **shape)` maps to zero (the
-zero set is |v| <= threshold; ties go to zero). Equivalently, threshold =
+**shape)`: the largest ``|v|`` that `prox.NAME(v, tau, **shape)` maps to zero (the
+zero set is ``|v|`` <= threshold; ties go to zero). Equivalently, threshold =
 inf_{x>0} x/2 + tau f(x)/x. Group penalties give the threshold on the group's
 norm; `exclusive` and `cges_exclusive` have none (`threshold is None`): their
 zero level depends on the whole group.
@@ -50,12 +50,13 @@ def _sum_over_leaves(leaf_value: Callable[..., jax.Array], x: Any, per_leaf: dic
 
 
 def abs_zero_subgradient(x: jax.Array) -> jax.Array:
-  """|x| whose gradient at 0 is the subgradient 0 (jnp.abs gives 1): sign(0) = 0."""
+  r"""``|x|`` whose gradient at 0 is the subgradient 0 (``jnp.abs`` gives 1 there).
+  """
   return jnp.where(x != 0, jnp.abs(x), 0.0)
 
 
 def _safe_abs_power(x: jax.Array, power: float) -> jax.Array:
-  """|x|**power with gradient 0 (not inf/NaN) at x = 0."""
+  """``|x|``**power with gradient 0 (not inf/NaN) at x = 0."""
   ax = jnp.abs(x)
   nonzero = ax > 0
   safe = jnp.where(nonzero, ax, 1.0)
@@ -119,7 +120,7 @@ def log_sum_root(u, tau, eps):
   """The only candidate local minimiser r+ > 0 of the log-sum prox (0 if none).
 
   Returns (r+, disc) where disc has the sign of the discriminant
-  D = (u + eps)^2 - 4 tau; D is never formed, so nothing overflows for |v| up to the
+  D = (u + eps)^2 - 4 tau; D is never formed, so nothing overflows for ``|v|`` up to the
   dtype's max: with p = u + eps and q = 2 sqrt(tau)/p, sqrt(D) = p sqrt((1-q)(1+q)).
   """
   m = u - eps
@@ -208,14 +209,14 @@ def capped_l1_threshold(tau, lam=1.0, theta=1.0) -> jax.Array:
 
 
 def group_lasso_threshold(tau, group_size: int = 1, scale_by_group_size: bool = False) -> jax.Array:
-  """Zero threshold on the group norm ||v_g||_2: tau * (sqrt(|g|) if scaled else 1)."""
+  """Zero threshold on the group norm ||v_g||_2: tau * (sqrt(``|g|``) if scaled else 1)."""
   _checks.check_range("tau", tau, lower=0.0)
   scale = jnp.sqrt(float(group_size)) if scale_by_group_size else 1.0
   return _as_float(tau) * scale
 
 
 def sparse_group_lasso_threshold(tau, l1=1.0) -> jax.Array:
-  """Elementwise threshold of SGL: entries with |v| <= tau*l1 are always zero.
+  """Elementwise threshold of SGL: entries with ``|v|`` <= tau*l1 are always zero.
 
   (A whole group is also zeroed when ||S_{tau l1}(v_g)||_2 <= tau w_g.)
   """
@@ -228,42 +229,57 @@ def sparse_group_lasso_threshold(tau, l1=1.0) -> jax.Array:
 
 
 def l1(x: Any) -> jax.Array:
-  """f(x) = sum |x_i|."""
+  r"""The l1 norm, :math:`f(x) = \sum_i |x_i|` over every element of every leaf.
+
+  Args:
+    x: an array or any pytree of arrays.
+
+  Returns:
+    The scalar penalty (gradient 0 at x = 0).
+  """
   return _sum_over_leaves(lambda v: jnp.sum(abs_zero_subgradient(v)), x, {})
 
 
 def l0(x: Any) -> jax.Array:
-  """f(x) = #{i : x_i != 0} (as a float)."""
+  r"""The number of nonzero elements, :math:`f(x) = \#\{i : x_i \ne 0\}`, as a float.
+  """
   return _sum_over_leaves(lambda v: jnp.sum((v != 0).astype(v.dtype)), x, {})
 
 
 def elastic_net(x: Any, l2=0.0) -> jax.Array:
-  """f(x) = sum |x_i| + (l2/2) sum x_i^2  (the prox is S_tau(v)/(1 + tau l2))."""
+  r"""The elastic net, :math:`f(x) = \sum_i |x_i| + \tfrac{l_2}{2} x_i^2` (l2 >= 0).
+  """
   _registry.check_shape("elastic_net", l2=l2)
   return _sum_over_leaves(
       lambda v, l2: jnp.sum(abs_zero_subgradient(v)) + 0.5 * jnp.sum(l2 * v * v), x, {"l2": l2})
 
 
 def tl1(x: Any, a=1.0) -> jax.Array:
-  """Transformed l1: f(x) = sum (a+1)|x_i| / (a + |x_i|), a > 0."""
+  r"""Transformed l1, :math:`f(x) = \sum_i (a + 1)|x_i| / (a + |x_i|)`, a > 0 (Zhang & Xin 2017).
+
+  It tends to the l0 count as a -> 0 and to the l1 norm as a -> inf.
+  """
   _registry.check_shape("tl1", a=a)
   return _sum_over_leaves(
       lambda v, a: jnp.sum((a + 1.0) * abs_zero_subgradient(v) / (a + abs_zero_subgradient(v))), x, {"a": a})
 
 
 def log_sum(x: Any, eps=1.0) -> jax.Array:
-  """Log-sum: f(x) = sum log(1 + |x_i|/eps), eps > 0."""
+  r"""Log-sum, :math:`f(x) = \sum_i \log(1 + |x_i|/\varepsilon)`, eps > 0 (Candes, Wakin & Boyd 2008).
+  """
   _registry.check_shape("log_sum", eps=eps)
   return _sum_over_leaves(lambda v, eps: jnp.sum(jnp.log1p(abs_zero_subgradient(v) / eps)), x, {"eps": eps})
 
 
 def l_half(x: Any) -> jax.Array:
-  """f(x) = sum |x_i|^(1/2)."""
+  r"""The l_{1/2} quasi-norm, :math:`f(x) = \sum_i |x_i|^{1/2}` (gradient 0 at 0).
+  """
   return _sum_over_leaves(lambda v: jnp.sum(_safe_abs_power(v, 0.5)), x, {})
 
 
 def l_two_thirds(x: Any) -> jax.Array:
-  """f(x) = sum |x_i|^(2/3)."""
+  r"""The l_{2/3} quasi-norm, :math:`f(x) = \sum_i |x_i|^{2/3}` (gradient 0 at 0).
+  """
   return _sum_over_leaves(lambda v: jnp.sum(_safe_abs_power(v, 2.0 / 3.0)), x, {})
 
 
@@ -274,10 +290,15 @@ def _scad_elementwise(v, lam, a):
 
 
 def scad(x: Any, lam=1.0, a=3.7) -> jax.Array:
-  """SCAD (Fan & Li 2001), lam > 0, a > 2; f already contains lam.
+  r"""SCAD (Fan & Li 2001), lam > 0, a > 2; the penalty contains lam.
 
-  p(x) = lam|x| (|x| <= lam); (2 a lam|x| - x^2 - lam^2)/(2(a-1)) (lam < |x| <= a lam);
-  lam^2 (a+1)/2 otherwise.
+  .. math::
+
+     p(x) = \begin{cases} \lambda|x| & |x| \le \lambda \\
+       \frac{2a\lambda|x| - x^2 - \lambda^2}{2(a - 1)} & \lambda < |x| \le a\lambda \\
+       \frac{\lambda^2 (a + 1)}{2} & |x| > a\lambda \end{cases}
+
+  summed over every element.
   """
   _registry.check_shape("scad", lam=lam, a=a)
   return _sum_over_leaves(lambda v, lam, a: jnp.sum(_scad_elementwise(v, lam, a)), x,
@@ -290,14 +311,23 @@ def _mcp_elementwise(v, lam, gamma):
 
 
 def mcp(x: Any, lam=1.0, gamma=3.0) -> jax.Array:
-  """MCP (Zhang 2010), lam > 0, gamma > 1: lam|x| - x^2/(2 gamma) if |x| <= gamma lam, else gamma lam^2/2."""
+  r"""MCP (Zhang 2010), lam > 0, gamma > 1.
+
+  .. math::
+
+     p(x) = \begin{cases} \lambda|x| - \frac{x^2}{2\gamma} & |x| \le \gamma\lambda \\
+       \frac{\gamma\lambda^2}{2} & \text{otherwise} \end{cases}
+
+  summed over every element.
+  """
   _registry.check_shape("mcp", lam=lam, gamma=gamma)
   return _sum_over_leaves(lambda v, lam, gamma: jnp.sum(_mcp_elementwise(v, lam, gamma)), x,
                           {"lam": lam, "gamma": gamma})
 
 
 def capped_l1(x: Any, lam=1.0, theta=1.0) -> jax.Array:
-  """Capped l1 (T. Zhang 2010): f(x) = sum lam min(|x_i|, theta)."""
+  r"""Capped l1 (Zhang 2010), :math:`f(x) = \sum_i \lambda \min(|x_i|, \theta)`, lam, theta > 0.
+  """
   _registry.check_shape("capped_l1", lam=lam, theta=theta)
   return _sum_over_leaves(lambda v, lam, theta: jnp.sum(lam * jnp.minimum(abs_zero_subgradient(v), theta)), x,
                           {"lam": lam, "theta": theta})
@@ -314,17 +344,18 @@ def _group_lasso_leaf(v, axis, scale_by_group_size):
 
 
 def group_lasso(x: Any, axis: Axis = -1, scale_by_group_size: bool = False) -> jax.Array:
-  """f(x) = sum_g w_g ||x_g||_2, groups = slices reduced over `axis`; w_g = sqrt(|g|) if scaled else 1.
+  r"""Group lasso, :math:`f(x) = \sum_g w_g \|x_g\|_2` with :math:`w_g = \sqrt{|g|}` if scaled, else 1.
 
-  With the default axis=-1 a Dense kernel (in, out) has one group per input unit
-  (its outgoing weights).
+  Groups are the slices reduced over `axis`; with the default axis=-1 a Dense
+  kernel (in, out) has one group per input unit (its outgoing weights).
   """
   return _sum_over_leaves(_group_lasso_leaf, x, {},
                           {"axis": axis, "scale_by_group_size": scale_by_group_size})
 
 
 def sparse_group_lasso(x: Any, l1=1.0, axis: Axis = -1, scale_by_group_size: bool = False) -> jax.Array:
-  """f(x) = l1 sum |x_i| + sum_g w_g ||x_g||_2 (Simon et al. 2013)."""
+  r"""Sparse group lasso, :math:`f(x) = l_1 \sum_i |x_i| + \sum_g w_g \|x_g\|_2` (Simon et al. 2013).
+  """
   _registry.check_shape("sparse_group_lasso", l1=l1)
   return _sum_over_leaves(
       lambda v, l1, axis, scale_by_group_size: l1 * jnp.sum(abs_zero_subgradient(v))
@@ -338,12 +369,14 @@ def _exclusive_leaf(v, axis):
 
 
 def exclusive(x: Any, axis: Axis = -1) -> jax.Array:
-  """Exclusive sparsity, the (1,2)-norm: f(x) = 1/2 sum_g ||x_g||_1^2."""
+  r"""Exclusive sparsity, the (1, 2) mixed norm, :math:`f(x) = \tfrac12 \sum_g \|x_g\|_1^2`.
+  """
   return _sum_over_leaves(_exclusive_leaf, x, {}, {"axis": axis})
 
 
 def cges_exclusive(x: Any, axis: Axis = -1) -> jax.Array:
-  """The exclusive penalty 1/2 sum_g ||x_g||_1^2 that the CGES one-shot operator targets."""
+  r"""The exclusive penalty :math:`\tfrac12 \sum_g \|x_g\|_1^2` that the CGES one-shot operator targets.
+  """
   return exclusive(x, axis=axis)
 
 

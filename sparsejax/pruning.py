@@ -19,8 +19,8 @@ Every transform is placed *after* the optimizer, like the proximal steps: it tur
 optimizer's proposal p + u into (p + u) * mask, so masked weights are exactly zero
 after every step whatever momentum or Adam state the optimizer carries.
 
-Selection is exact and linear: the k-th largest |w| is found by bisection on the bit
-pattern of |w| (for non-negative IEEE floats the integer order of the bits is the
+Selection is exact and linear: the k-th largest ``|w|`` is found by bisection on the bit
+pattern of ``|w|`` (for non-negative IEEE floats the integer order of the bits is the
 numeric order), so 32 (float32) or 64 (float64) counting passes give the exact value
 with no sort and no `top_k` (`kth_largest_magnitude`). In GMP it runs only on the steps
 that update the mask, under `lax.cond`.
@@ -58,16 +58,16 @@ def _selected(mask: Mask, params: Any) -> list[bool]:
 
 
 def _magnitude_bits(x: jax.Array) -> jax.Array:
-  """|x| as unsigned integers whose order is the order of |x| (NaN sorts above inf)."""
+  """``|x|`` as unsigned integers whose order is the order of ``|x|`` (NaN sorts above inf)."""
   ax = jnp.abs(x.astype(jnp.float64 if x.dtype == jnp.float64 else jnp.float32))
   utype = jnp.uint64 if ax.dtype == jnp.float64 else jnp.uint32
   return lax.bitcast_convert_type(ax, utype)
 
 
 def kth_largest_magnitude(leaves: Sequence[jax.Array], k: chex.Numeric) -> jax.Array:
-  """The k-th largest |w| over all `leaves` (k >= 1, counted with multiplicity); 0 if k > size.
+  """The k-th largest ``|w|`` over all `leaves` (k >= 1, counted with multiplicity); 0 if k > size.
 
-  Exact, in O(bits x n): bisection over the bit patterns of |w|, each step one counting
+  Exact, in O(bits x n): bisection over the bit patterns of ``|w|``, each step one counting
   pass (no sort, no top_k). Jit-compatible; `k` may be traced.
   """
   bits = [_magnitude_bits(leaf).ravel() for leaf in leaves]
@@ -101,7 +101,7 @@ def cubic_sparsity(step: chex.Numeric, target_sparsity: float, begin_step: int, 
 
 
 def _keep_largest(leaves: list[jax.Array], keep: chex.Numeric) -> list[jax.Array]:
-  """Boolean masks keeping the `keep` largest |w| over `leaves` (ties at the threshold kept)."""
+  """Boolean masks keeping the `keep` largest ``|w|`` over `leaves` (ties at the threshold kept)."""
   threshold = kth_largest_magnitude(leaves, jnp.maximum(keep, 1))
   return [jnp.where(keep > 0, jnp.abs(leaf) >= threshold.astype(leaf.dtype), False) for leaf in leaves]
 

@@ -87,7 +87,7 @@ class Penalty:
       of every leaf of the pytree `x`.
     prox: `prox(x, tau, **shape)`, the global minimiser of
       1/2 ||z - x||^2 + tau f(z) for each leaf of `x` (exact zeros).
-    threshold: `threshold(tau, **shape)`, the largest |v| that `prox` maps to 0
+    threshold: `threshold(tau, **shape)`, the largest ``|v|`` that `prox` maps to 0
       (elementwise penalties; for group penalties the bound on the group norm or
       on each entry, see the function), or None when there is no scalar one.
     grouped: True if f couples the entries of a group (reduced over `axis`).

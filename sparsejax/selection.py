@@ -7,11 +7,11 @@ Two ways:
    code). Train from a fixed initialisation with lambda_k, record (lambda_k,
    NNZ_k), bracket the target between the largest lambda still too dense and
    the smallest lambda already too sparse, and take as the next lambda the
-   *lower median* of the unregularised loss-gradient magnitudes |dL/dw_j| that
+   *lower median* of the unregularised loss-gradient magnitudes ``|dL/dw_j|`` that
    fall strictly inside the bracket (midpoint when none does). The first-order
-   condition of L + lambda||w||_1 says a weight is zero only if |dL/dw_j| <=
+   condition of L + lambda||w||_1 says a weight is zero only if ``|dL/dw_j|`` <=
    lambda, so these magnitudes are the lambdas at which weights switch on or
-   off. Stop when |NNZ - target| <= r * target (per layer: when at least
+   off. Stop when ``|NNZ - target|`` <= r * target (per layer: when at least
    `min_layers` layers are within tolerance). The training function is the
    user's, so any model and optimizer works; the history is written to disk as
    it goes.
@@ -26,7 +26,7 @@ Two ways:
    *during* one training run so a single training meets the target instead of
    many: every `interval` steps it computes lambda*, the strength at which
    exactly `target` weights survive this step's prox (from the (target+1)-th
-   largest |w + u| and the penalty's threshold), and moves log lambda toward
+   largest ``|w + u|`` and the penalty's threshold), and moves log lambda toward
    log lambda* at `rate`. It cannot wind up (lambda never overshoots the
    quantile that keeps `target` weights), so no unit is killed for good.
 """
@@ -58,7 +58,7 @@ class TrainOutcome(NamedTuple):
     params: the trained parameters.
     nnz: number of nonzero regularised weights (an int), or per-layer counts
       (a sequence) for the layer-wise selection.
-    gradient_magnitudes: |dL/dw| of the *unregularised* loss over the full
+    gradient_magnitudes: ``|dL/dw|`` of the *unregularised* loss over the full
       training set at `params`, flattened over all regularised weights (1-D), or
       one such array per layer.
     extras: anything else to keep in the history (loss, accuracy, ...).
@@ -232,7 +232,7 @@ def select_strength(
     candidate_fn: Callable[[np.ndarray], np.ndarray] | None = None,
     history_path: str | None = None,
 ) -> SelectionResult:
-  """One lambda such that the trained network has |NNZ - target_nnz| <= r * target_nnz.
+  """One lambda such that the trained network has ``|NNZ - target_nnz|`` <= r * target_nnz.
 
   Args:
     train_fn: lambda -> `TrainOutcome`; must train from the same initialisation
@@ -318,7 +318,7 @@ def select_layer_strengths(
 
   `train_fn(lambdas)` returns per-layer `nnz` and per-layer `gradient_magnitudes`.
   Stops when at least `min_layers` (default: all) layers satisfy
-  |NNZ_k - target_k| <= r target_k; layers already within tolerance keep their lambda.
+  ``|NNZ_k - target_k|`` <= r target_k; layers already within tolerance keep their lambda.
   """
   targets = [float(t) for t in target_nnz]
   for t in targets:
@@ -409,7 +409,7 @@ def count_nonzero(params: Any, mask=None, per_layer: bool = False):
 
 
 def gradient_magnitudes(loss_fn: Callable[[Any], jax.Array], params: Any, mask=None, per_layer: bool = False):
-  """|dL/dw| of `loss_fn(params)` over the regularised weights (flattened, or per layer)."""
+  """``|dL/dw|`` of `loss_fn(params)` over the regularised weights (flattened, or per layer)."""
   grads = jax.grad(loss_fn)(params)
   layers = [np.abs(np.asarray(g, np.float64)).ravel() for g in weight_leaves(grads, mask)]
   return layers if per_layer else np.concatenate(layers)

@@ -33,7 +33,6 @@ dropout agree across device counts up to float summation order.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 import os
 import time
@@ -49,6 +48,7 @@ from jax import lax
 from tqdm import tqdm
 
 from sparsejax import data, metrics, runloop
+from sparsejax.models.interface import functional, is_nnx, mode_kwargs
 from sparsejax.runloop import AXIS, PeerLostError
 
 __all__ = ["TrainState", "TrainConfig", "create_train_state", "make_train_step", "make_eval_step",
@@ -98,23 +98,12 @@ def create_train_state(model, tx: optax.GradientTransformation, example_input: n
                     rng=train_rng, model_state=variables)
 
 
-def mode_kwargs(model, train: bool) -> dict:
-  """How to tell `model.__call__` train vs eval: `train=`, `deterministic=` (flax's dropout
-  convention, the negation), or nothing when its signature takes neither."""
-  try:
-    parameters = inspect.signature(type(model).__call__).parameters
-  except (TypeError, ValueError):
-    return {"train": train}
-  if "train" in parameters:
-    return {"train": train}
-  if "deterministic" in parameters:
-    return {"deterministic": not train}
-  if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-    return {"train": train}
-  return {}
+LossFn = Callable[[Any, Any], jax.Array]
 
 
-def _per_example_loss(task: str):
+def _per_example_loss(task: str, loss_fn: LossFn | None = None):
+  if loss_fn is not None:
+    return loss_fn
   if task == "classification":
     return optax.softmax_cross_entropy_with_integer_labels
   if task == "regression":
@@ -131,7 +120,7 @@ def _batch_metrics(task, outputs, y, w, loss_sum):
 
 
 def make_train_step(model, tx: optax.GradientTransformation, task: str = "classification",
-                    penalty_fn: PenaltyFn | None = None, num_devices: int = 1):
+                    penalty_fn: PenaltyFn | None = None, num_devices: int = 1, loss_fn: LossFn | None = None):
   """The pmap-able train step `(state, x, y, weight) -> (state, metrics)` (axis name "batch").
 
   Args:
@@ -142,8 +131,10 @@ def make_train_step(model, tx: optax.GradientTransformation, task: str = "classi
     penalty_fn: optional `penalty_fn(params, intermediates) -> scalar` added to
       the loss (activity penalties on sown activations).
     num_devices: replicas in the pmap (the penalty is split evenly over them).
+    loss_fn: optional `loss_fn(outputs, targets) -> per-example losses (batch,)`
+      replacing the task's loss (accuracy is still reported for "classification").
   """
-  per_example = _per_example_loss(task)
+  per_example = _per_example_loss(task, loss_fn)
   train_mode = mode_kwargs(model, True)
 
   def train_step(state: TrainState, x, y, w):
@@ -171,8 +162,8 @@ def make_train_step(model, tx: optax.GradientTransformation, task: str = "classi
   return train_step
 
 
-def make_eval_step(model, task: str = "classification"):
-  per_example = _per_example_loss(task)
+def make_eval_step(model, task: str = "classification", loss_fn: LossFn | None = None):
+  per_example = _per_example_loss(task, loss_fn)
   eval_mode = mode_kwargs(model, False)
 
   def eval_step(state: TrainState, x, y, w):
@@ -198,13 +189,17 @@ def _sum_metrics(metric_list: list) -> dict:
 
 
 def evaluate(model, state: TrainState | Any, x: np.ndarray, y: np.ndarray, task: str = "classification",
-             batch_size: int = 1000) -> dict:
-  """Loss and accuracy/MSE of params (or a TrainState) on (x, y), on the default device."""
+             batch_size: int = 1000, loss_fn: LossFn | None = None) -> dict:
+  """Loss and accuracy/MSE of params (or a TrainState) on (x, y), on the default device.
+
+  `model` may be a linen or NNX module (for NNX, `state` is the `TrainState` of `fit`).
+  """
+  model = functional(model)
   if not isinstance(state, TrainState):
     state = TrainState(step=jnp.zeros([], jnp.int32), params=state, opt_state=None, rng=jax.random.PRNGKey(0),
                        model_state={})
   # The eval step of `fit`, mapped over a leading axis of size 1 (same collectives, no pmap).
-  step = jax.jit(jax.vmap(make_eval_step(model, task), axis_name=AXIS, in_axes=(None, 0, 0, 0)))
+  step = jax.jit(jax.vmap(make_eval_step(model, task, loss_fn), axis_name=AXIS, in_axes=(None, 0, 0, 0)))
   results = [step(state, *(a[None] for a in data.pad_batch(x[i:i + batch_size], y[i:i + batch_size],
                                                           min(batch_size, len(x)))))
              for i in range(0, len(x), batch_size)]
@@ -216,6 +211,7 @@ class FitResult:
   state: TrainState          # final state on the host (unreplicated)
   history: list[dict]        # one record per epoch (also in log.jsonl)
   workdir: str
+  module: Any = None         # for an NNX model: the trained NNX module
 
 
 def validate_config(config: TrainConfig) -> None:
@@ -228,9 +224,13 @@ def validate_config(config: TrainConfig) -> None:
 
 
 def _validate_labels(name: str, y: np.ndarray, num_examples: int, num_outputs: int, task: str,
-                     check_finite: bool) -> None:
+                     check_finite: bool, custom_loss: bool = False) -> None:
   if len(y) != num_examples:
     raise ValueError(f"{name}: {num_examples} inputs but {len(y)} targets.")
+  if custom_loss:
+    if check_finite and np.issubdtype(y.dtype, np.floating):
+      data.check_finite(np.asarray(y, np.float64).reshape(len(y), -1), f"{name} targets")
+    return
   if task == "classification":
     if y.ndim != 1:
       hint = (" (one-hot labels: pass y.argmax(-1))" if y.ndim == 2 and y.shape[1] > 1 else
@@ -250,7 +250,7 @@ def _validate_labels(name: str, y: np.ndarray, num_examples: int, num_outputs: i
     data.check_finite(np.asarray(y, np.float64).reshape(len(y), -1), f"{name} targets")
 
 
-def _validated_data(name: str, pair, input_shape, num_outputs: int, config: TrainConfig):
+def _validated_data(name: str, pair, input_shape, num_outputs: int, config: TrainConfig, custom_loss: bool = False):
   """(x, y) as numpy arrays, checked before any training step."""
   if not isinstance(pair, (tuple, list)) or len(pair) != 2:
     raise ValueError(f"{name} must be a pair (x, y) of arrays; got {type(pair).__name__}.")
@@ -262,7 +262,7 @@ def _validated_data(name: str, pair, input_shape, num_outputs: int, config: Trai
                      f"{tuple(input_shape)}.")
   if not np.issubdtype(x.dtype, np.number) and x.dtype != np.bool_:
     raise ValueError(f"{name}: inputs must be numeric; got {x.dtype}.")
-  _validate_labels(name, y, len(x), num_outputs, config.task, config.check_finite_inputs)
+  _validate_labels(name, y, len(x), num_outputs, config.task, config.check_finite_inputs, custom_loss)
   if config.check_finite_inputs:
     data.check_finite(x, f"{name.split('_')[0]} inputs",
                       config.batch_size if name == "train_data" else config.eval_batch_size)
@@ -278,11 +278,16 @@ def _num_outputs(model, state: TrainState, example: np.ndarray) -> int:
 def fit(model, tx: optax.GradientTransformation, train_data: tuple[np.ndarray, np.ndarray],
         eval_data: tuple[np.ndarray, np.ndarray] | None, config: TrainConfig, workdir: str,
         penalty_fn: PenaltyFn | None = None, resume: bool = False,
-        report_fn: Callable[[Any], dict] | None = None, overwrite: bool = False) -> FitResult:
+        report_fn: Callable[[Any], dict] | None = None, overwrite: bool = False,
+        loss_fn: LossFn | None = None) -> FitResult:
   """Trains `model` with `tx` data-parallel over the devices of every process; logs, checkpoints, resumes.
 
   Args:
-    model: a flax module (`MLP`, `ConvNet`, or any `apply(variables, x, train=...)`).
+    model: a flax linen module (the library's or your own: with or without a
+      `train`/`deterministic` argument, with mutable collections such as BatchNorm's
+      `batch_stats`) or a flax NNX module (split into parameters and state inside the
+      step; BatchNorm statistics and dropout handled; the trained module is
+      `FitResult.module`).
     tx: optax chain, e.g. `optax.chain(optax.sgd(lr), transforms.integrated_tl1(lam, lr))`.
     train_data: (x, y) numpy arrays; classification labels are integers in [0, classes).
     eval_data: (x, y) evaluated at every epoch end, or None.
@@ -291,9 +296,11 @@ def fit(model, tx: optax.GradientTransformation, train_data: tuple[np.ndarray, n
     penalty_fn: optional activity penalty `(params, intermediates) -> scalar`.
     resume: continue from the latest checkpoint in `workdir` (bit-identical); the
       batch size, seed, task and data sizes must match the stored run.
-    report_fn: `params -> dict` of size metrics per epoch; default
-      `metrics.report` for MLP/ConvNet, `metrics.summary` otherwise.
+    report_fn: `params -> dict` of size metrics per epoch; default `metrics.report`
+      (any model; `metrics.summary` if the model cannot be analysed).
     overwrite: replace another run's checkpoints and records in `workdir`.
+    loss_fn: optional `loss_fn(outputs, targets) -> per-example losses` replacing the
+      task's loss (targets of any shape; accuracy is reported for "classification").
 
   Multi-process: call `jax.distributed.initialize()` on every process first and give
   every process the same arguments; the processes then train one model (see
@@ -307,6 +314,13 @@ def fit(model, tx: optax.GradientTransformation, train_data: tuple[np.ndarray, n
     runloop.PeerLostError: a peer process of a multi-process run died.
   """
   validate_config(config)
+  nnx_model = is_nnx(model)
+  if nnx_model and penalty_fn is not None:
+    raise ValueError("penalty_fn reads activations a linen model sows into 'intermediates'; an NNX model has none. "
+                     "Use a linen model, or put the penalty in the model's output and loss_fn.")
+  if loss_fn is not None and not callable(loss_fn):
+    raise ValueError(f"loss_fn must be a callable (outputs, targets) -> per-example losses; got {loss_fn!r}.")
+  model = functional(model)
   devices = runloop.data_parallel_devices(config.num_devices, config.batch_size)
   if not isinstance(train_data, (tuple, list)) or len(train_data) != 2:
     raise ValueError(f"train_data must be a pair (x, y) of arrays; got {type(train_data).__name__}.")
@@ -318,20 +332,21 @@ def fit(model, tx: optax.GradientTransformation, train_data: tuple[np.ndarray, n
   except (TypeError, ValueError) as err:
     raise ValueError(f"model.init failed on one training input of shape {x_probe.shape[1:]}: {err}") from err
   num_outputs = _num_outputs(model, initial, x_probe)
-  x_train, y_train = _validated_data("train_data", train_data, None, num_outputs, config)
+  x_train, y_train = _validated_data("train_data", train_data, None, num_outputs, config, loss_fn is not None)
   input_shape = x_train.shape[1:]
   if eval_data is not None:
-    eval_data = _validated_data("eval_data", eval_data, input_shape, num_outputs, config)
+    eval_data = _validated_data("eval_data", eval_data, input_shape, num_outputs, config, loss_fn is not None)
   runloop.check_same_on_every_process("fit", {
       "batch_size": config.batch_size, "seed": config.seed, "epochs": config.epochs,
       "num_train_examples": len(x_train), "num_eval_examples": 0 if eval_data is None else len(eval_data[0]),
       "resume": int(resume)})
-  if report_fn is None:
-    def report_fn(params):
-      try:
-        return metrics.report(model, params, input_shape)
-      except ValueError:
-        return metrics.summary(params)
+  def size_report(host: TrainState) -> dict:
+    if report_fn is not None:
+      return report_fn(host.params)
+    try:
+      return metrics.report(model, {"params": host.params, **host.model_state}, input_shape)
+    except ValueError:
+      return metrics.summary(host.params)
 
   run_config = {"trainer": "fit", "batch_size": config.batch_size, "seed": config.seed, "task": config.task,
                 "num_train_examples": len(x_train), "input_shape": list(input_shape),
@@ -347,8 +362,8 @@ def fit(model, tx: optax.GradientTransformation, train_data: tuple[np.ndarray, n
 
   total_devices = len(devices)
   local_devices = runloop.local_count(devices)
-  train_step = make_train_step(model, tx, config.task, penalty_fn, total_devices)
-  eval_step = make_eval_step(model, config.task)
+  train_step = make_train_step(model, tx, config.task, penalty_fn, total_devices, loss_fn)
+  eval_step = make_eval_step(model, config.task, loss_fn)
   p_train = runloop.map_step(train_step, devices, donate_state=True)
   p_eval = runloop.map_step(eval_step, devices)
   rstate = runloop.replicate(state, devices)
@@ -405,7 +420,7 @@ def fit(model, tx: optax.GradientTransformation, train_data: tuple[np.ndarray, n
         record["resumed_from_step"] = step - len(batches) + first
       if eval_data is not None:
         record.update({f"eval_{k}": v for k, v in evaluate_replicated().items()})
-      record.update(report_fn(runloop.unreplicate(rstate).params))
+      record.update(size_report(runloop.unreplicate(rstate)))
       history.append(record)
       if writer:
         runloop.append_jsonl(log_path, record)
@@ -415,4 +430,5 @@ def fit(model, tx: optax.GradientTransformation, train_data: tuple[np.ndarray, n
   final = jax.tree.map(jnp.asarray, runloop.unreplicate(rstate))
   if writer:
     runloop.write_json_atomic(os.path.join(workdir, "history.json"), history)
-  return FitResult(state=final, history=history, workdir=workdir)
+  module = model.to_module({"params": final.params, **final.model_state}) if nnx_model else None
+  return FitResult(state=final, history=history, workdir=workdir, module=module)

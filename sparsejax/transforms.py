@@ -1,4 +1,4 @@
-"""Proximal steps as optax `GradientTransformation`s.
+"""Proximal steps as optax `GradientTransformation` objects.
 
 `proximal(prox_fn, strength, learning_rate)` placed after any optax optimizer
 turns it into a (stochastic) proximal-gradient method: if the inner optimizer
@@ -154,11 +154,18 @@ def proximal(
     mask: Mask = None,
     **prox_kwargs: Any,
 ) -> optax.GradientTransformation:
-  """The proximal step of a penalty, after any optax optimizer.
+  r"""The proximal step of a penalty, after any optax optimizer.
 
-  Given inner updates u, returns prox_{lr*strength}(params + u) - params, so
-  that `optax.apply_updates` gives params_new = prox(params + u): one step of
-  (stochastic) proximal gradient when the inner optimizer is SGD.
+  Given inner updates u, returns
+
+  .. math::
+
+     \operatorname{prox}_{\eta_t \lambda_t f}(w + u) - w,\qquad
+     \operatorname{prox}_{\tau f}(v) = \arg\min_x \tfrac12 \|x - v\|^2 + \tau f(x),
+
+  so that `optax.apply_updates` gives w_new = prox(w + u): one step of
+  (stochastic) proximal gradient when the inner optimizer is SGD (Parikh & Boyd,
+  "Proximal algorithms", 2014).
 
   Args:
     prox_fn: a `sparsejax.prox` function (or any `prox(x, tau, **shape)`), or a
@@ -244,7 +251,7 @@ def sparse_group_lasso(
     scale_by_group_size: bool = True,
     mask: Mask = "weights_only",
 ) -> optax.GradientTransformation:
-  """Exact prox of l1_strength*sum|w| + group_strength*sum_g sqrt(|g|)||w_g|| (Scardapane et al. 2017).
+  """Exact prox of l1_strength*sum|w| + group_strength*sum_g sqrt(``|g|``)||w_g|| (Scardapane et al. 2017).
 
   Soft thresholding followed by group shrinkage, which is the exact prox of the
   sum. Groups reduce over `axis` (default: outgoing weights of a
@@ -283,7 +290,11 @@ def cges(
     exact_exclusive: bool = False,
     mask: Mask = "weights_only",
 ) -> optax.GradientTransformation:
-  """Combined group and exclusive sparsity (Yoon & Hwang 2017).
+  r"""Combined group and exclusive sparsity (Yoon & Hwang 2017).
+
+  .. math::
+
+     \Omega(W) = \sum_l (1 - \mu_l) \sum_g \|w^l_g\|_2 + \frac{\mu_l}{2} \sum_g \|w^l_g\|_1^2.
 
   Per layer l (input to output, `layer_index`): group shrink with threshold
   lr*strength*(1 - mu_l)*g_l, then the CGES exclusive operator with
@@ -315,11 +326,14 @@ def integrated_tl1(
     order: tuple[str, str] = ("group", "tl1"),
     mask: Mask = "weights_only",
 ) -> optax.GradientTransformation:
-  """Integrated transformed-l1 regulariser (Ma et al. 2019).
+  r"""Integrated transformed-l1 regulariser (Ma, Miao, Niu & Zhang 2019).
 
-  R_l(W) = mu_l sum rho_a(w) + (1 - mu_l) sum_g ||w_g||_2 with
-  mu_l = m + (1 - 2m)(l - 1)/(L - 1): group sparsity dominates lower layers, TL1
-  the top. Each step applies, per layer, the group shrink with threshold
+  .. math::
+
+     R_l(W) = \mu_l \sum_{ij} \rho_a(w_{ij}) + (1 - \mu_l) \sum_g \|w_g\|_2,\qquad
+     \mu_l = m + (1 - 2m) \frac{l - 1}{L - 1}.
+
+  Group sparsity dominates the lower layers, TL1 the top. Each step applies, per layer, the group shrink with threshold
   lr*strength*(1 - mu_l)*c_l and then the exact TL1 prox with
   tau = lr*strength*mu_l*c_l (sequential splitting, the reference code's order;
   `order=("tl1", "group")` reverses it). The TL1 regime is re-evaluated every

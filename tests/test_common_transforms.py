@@ -55,6 +55,8 @@ FACTORIES = [
     ("sparsify_then_retrain", pruning.sparsify_then_retrain,
      (transforms.l1(0.3, LR), optax.identity(), 2), {}, True),
     ("optimizers.sgd", optimizers.sgd, (LR,), {"penalty": "l1", "strength": 0.3, "momentum": 0.9}, False),
+    ("optimizers.sgd_schedule", optimizers.sgd, (optax.linear_schedule(0.1, 0.02, 4),),
+     {"penalty": "log_sum", "strength": 0.5, "eps": 0.1}, False),
     ("optimizers.adam", optimizers.adam, (0.05,), {"penalty": "tl1", "strength": 0.3, "a": 0.5}, False),
     ("optimizers.adamw", optimizers.adamw, (0.05,), {"penalty": "mcp", "strength": 3.0, "weight_decay": 1e-2,
                                                       "lam": 1.0, "gamma": 3.0}, False),
@@ -103,6 +105,14 @@ def test_inject_hyperparams_equals_plain(name, factory, args, kwargs, chain_sgd)
   assert inner.hyperparams or name == "fixed_mask", "inject_hyperparams injected nothing"
   if name not in ("rvsm", "rvsm_schedules"):
     assert any(int(np.sum(np.asarray(leaf) == 0)) for leaf in jax.tree.leaves(injected) if leaf.ndim == 2)
+
+def test_one_call_optimizer_uses_one_schedule_for_both_steps():
+  schedule = optax.linear_schedule(0.1, 0.02, 4)
+  got, _ = _run(optimizers.sgd(schedule, penalty="tl1", strength=0.5, momentum=0.9, a=0.5))
+  want, _ = _run(optax.chain(optax.sgd(schedule, momentum=0.9),
+                             transforms.proximal("tl1", 0.5, schedule, mask="weights_only", a=0.5)))
+  _assert_trees_close(got, want, atol=0)
+
 
 def test_injected_learning_rate_drives_both_steps_of_a_one_call_optimizer():
   tx = optax.inject_hyperparams(optimizers.sgd)(LR, penalty="l1", strength=0.3)

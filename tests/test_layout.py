@@ -6,7 +6,7 @@ Layers (dependencies point one way, see docs/architecture.md):
             and records): imports only jax, optax, chex, numpy and the stdlib.
   data      loaders, generators, batching: numpy/jax; optional packages lazily.
   models    flax modules.
-  analysis  metrics, compaction, sample_quality: core and models.
+  analysis  metrics, structure, compaction, sample_quality: core and models.
   training  runloop, train, gan: everything but plotting.
   plotting  matplotlib figures.
 """
@@ -27,7 +27,7 @@ LAYERS = {
              "pruning", "controller", "selection", "optimizers", "activity", "lses", "records"},
     "data": {"data"},
     "models": {"models"},
-    "analysis": {"metrics", "compaction", "sample_quality"},
+    "analysis": {"metrics", "compaction", "sample_quality", "structure"},
     "training": {"runloop", "train", "gan"},
     "plotting": {"plotting"},
 }

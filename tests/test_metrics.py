@@ -94,5 +94,7 @@ def test_all_dead_layer_keeps_one_inert_unit():
 
 
 def test_unsupported_model_is_a_clear_error():
-  with pytest.raises(ValueError, match="metrics support MLP and ConvNet"):
+  with pytest.raises(ValueError, match="layer list is defined for MLP and ConvNet"):
     metrics.layers(object(), {}, (3,))
+  with pytest.raises(ValueError, match="cannot take inputs of shape"):
+    metrics.report(object(), {"w": np.ones(3)}, (3,))

@@ -20,6 +20,11 @@ def test_notebook_executes(path, monkeypatch):
   outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
   assert not [o for o in outputs if o.get("output_type") == "error"]
   assert any(o.get("output_type") == "display_data" for o in outputs), "shows figures/tables"
+  # a table from a reduced run says so beside it
+  for o in outputs:
+    table = o.get("data", {}).get("text/markdown", "")
+    if "|---" in table:
+      assert "Reduced configuration" in table, table[:200]
   # Inline figures work: a cell that draws with pyplot shows a PNG (importing sparsejax
   # must not switch matplotlib's backend, which used to leave these cells empty).
   for cell in nb.cells:

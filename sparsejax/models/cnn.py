@@ -11,7 +11,7 @@ Factories give the networks of the seed papers:
   * `lenet5`: conv 6@5x5 (SAME), pool, conv 16@5x5 (VALID), pool, FC 120, 84, 10;
   * `rvsm_cnn`: 3 x (conv 3x3 + max-pool) + one FC layer (Xue & Xin 2019);
   * `cnn8`: conv3x3 32/64/128 with 2x2 max-pool (28->14->7->3), FC 1152->512->10
-    (Shen et al. 2024.6).
+    (Shen et al. 2024).
 """
 
 from __future__ import annotations

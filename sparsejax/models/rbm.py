@@ -1,7 +1,7 @@
 """Bernoulli RBM (flax.linen) trained by contrastive divergence, and a greedy DBN stack.
 
-Energy E(v, h) = -v W h - a.v - b.h; P(h_j = 1 | v) = sigma(b_j + v W_:j),
-P(v_i = 1 | h) = sigma(a_i + W_i: h).
+Energy E(v, h) = -v W h - a.v - b.h; P(h_j = 1 | v) = sigma(b_j + v W[:, j]),
+P(v_i = 1 | h) = sigma(a_i + W[i, :] h).
 
 `cd_gradient` returns a *gradient estimate of the negative log-likelihood*
 (CD-k, or persistent CD with a chain), as a pytree shaped like the params, so
@@ -50,7 +50,7 @@ def visible_probabilities(params: Any, h: jax.Array) -> jax.Array:
 
 
 def free_energy(params: Any, v: jax.Array) -> jax.Array:
-  """F(v) = -a.v - sum_j softplus(b_j + v W_:j), per example."""
+  """F(v) = -a.v - sum_j softplus(b_j + v W[:, j]), per example."""
   return -v @ params["visible_bias"] - jnp.sum(jax.nn.softplus(v @ params["kernel"] + params["hidden_bias"]), -1)
 
 
@@ -101,7 +101,7 @@ def cd_gradient(params: Any, v0: jax.Array, rng: jax.Array, k: int = 1, chain: j
 
 
 def reconstruction_error(params: Any, v: jax.Array) -> jax.Array:
-  """Mean squared error of the mean-field reconstruction P(v | P(h | v))."""
+  """Mean squared error of the mean-field reconstruction P(v ``| P(h |`` v))."""
   return jnp.mean((v - visible_probabilities(params, hidden_probabilities(params, v))) ** 2)
 
 
