@@ -98,12 +98,26 @@ def check_int(name: str, value: Any, lower: int, allowed: str | None = None) -> 
     raise ValueError(f"{name} must be {allowed or f'an int >= {lower}'}; got {name}={value!r}.")
 
 
-def normalize_axes(axis: int | Sequence[int], ndim: int, name: str = "axis") -> tuple[int, ...]:
+NAMED_AXES = ("input_units",)
+
+
+def normalize_axes(axis: int | Sequence[int] | str, ndim: int, name: str = "axis") -> tuple[int, ...]:
   """Returns `axis` as a sorted tuple of non-negative ints, validated for `ndim`.
 
+  `axis="input_units"` names every axis but the second-to-last: one group per input
+  unit of a Dense `(in, out)` kernel (its outgoing weights, as axis=-1) and per input
+  channel of a conv `(kh, kw, in, out)` kernel (all its outgoing weights, every
+  spatial tap), so one setting serves models mixing Dense and conv layers. A 1-D
+  leaf is one group.
+
   Raises:
-    ValueError: if an axis is outside [-ndim, ndim) or repeated.
+    ValueError: if an axis is outside [-ndim, ndim) or repeated, or an unknown name.
   """
+  if isinstance(axis, str):
+    if axis != "input_units":
+      raise ValueError(f"{name}={axis!r} is not a known axis name; allowed: {list(NAMED_AXES)}, an int or a "
+                       "tuple of ints.")
+    return tuple(d for d in range(ndim) if d != ndim - 2) if ndim >= 2 else tuple(range(ndim))
   axes = (axis,) if isinstance(axis, int) else tuple(axis)
   if not axes:
     raise ValueError(f"{name} must name at least one axis; got {axis!r}.")

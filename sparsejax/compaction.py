@@ -9,20 +9,48 @@ filter with relu(b) > 0 feeding a SAME-padded conv is kept, since padding
 makes its contribution position-dependent. Inputs of the first layer and the
 outputs of the last are never changed, so the compact model is a drop-in
 replacement.
+
+Any other model (your linen module, a ResNet with BatchNorm and residual adds, a
+transformer, an NNX module) goes through `compact_any`: the jaxpr analysis of
+`sparsejax.structure` finds the removable units, and the result is a smaller
+parameter pytree (every Dense/conv kernel sliced to its used inputs and kept units)
+plus a jitted callable evaluating it, with the same outputs; it can be exported
+with `jax.export`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sparsejax import metrics
+from sparsejax import metrics, structure
 from sparsejax.models.mlp import MLP
 
-__all__ = ["compact"]
+__all__ = ["compact", "compact_any", "CompactModel"]
+
+
+@dataclasses.dataclass
+class CompactModel:
+  """The compacted computation of any model.
+
+  Attributes:
+    params: {kernel path: sliced kernel} (the only arrays that change size).
+    apply: `apply(params, x) -> outputs` for a batch `x`, jitted.
+    kept_units: {layer: indices of the units kept}.
+    kernel_sizes: (original, compacted) number of kernel entries.
+  """
+  params: dict
+  apply: Callable[[dict, Any], Any]
+  kept_units: dict
+  kernel_sizes: tuple[int, int]
+
+  def __call__(self, x: Any) -> Any:
+    return self.apply(self.params, x)
 
 
 def _fold_constant(next_layer: metrics.Layer, next_bias: np.ndarray, unit: int, value: float) -> None:
@@ -37,11 +65,36 @@ def _fold_constant(next_layer: metrics.Layer, next_bias: np.ndarray, unit: int, 
     next_bias += value * k[unit]
 
 
-def compact(model: Any, params: Any, input_shape: Sequence[int]):
-  """Returns `(compact_model, compact_params, kept)` computing the same function as `model`.
+def compact_any(model: Any, params: Any = None, input_shape: Sequence[int] | None = None) -> CompactModel:
+  """The smaller computation of any linen or NNX model (see the module docstring).
 
   Args:
-    model: an `MLP` or `ConvNet`.
+    model: a linen module (with `params` or its full variables) or an NNX module
+      (`params` None: taken from the module).
+    params: see `metrics.analyze_model`.
+    input_shape: one example's shape (no batch axis).
+
+  Raises:
+    ValueError: params that do not belong to the model, or a wrong input shape.
+  """
+  found = metrics.analyze_model(model, params, input_shape)
+  kernels, apply_fn = structure.compile_compact(found)
+  kept = {metrics.layer_name(op.name): np.flatnonzero(~op.units_removable)
+          for op in found.ops if op.units_removable is not None}
+  original = int(sum(op.kernel.size for op in found.ops if op.name in kernels))
+  small = {name: jnp.asarray(k) for name, k in kernels.items()}
+  return CompactModel(small, jax.jit(apply_fn), kept, (original, int(sum(k.size for k in kernels.values()))))
+
+
+def compact(model: Any, params: Any = None, input_shape: Sequence[int] | None = None):
+  """Returns `(compact_model, compact_params, kept)` computing the same function as `model`.
+
+  For a model other than `MLP`/`ConvNet` this returns `compact_any(...)` (a
+  `CompactModel`: smaller params and a callable), since no smaller flax module of an
+  arbitrary class can be written down.
+
+  Args:
+    model: an `MLP` or `ConvNet` (or any model: see above).
     params: its (sparse) parameters.
     input_shape: one example's shape (no batch axis).
 
@@ -49,6 +102,8 @@ def compact(model: Any, params: Any, input_shape: Sequence[int]):
     The smaller model, its parameters (numpy -> jax arrays), and per layer the
     indices of the units kept.
   """
+  if not isinstance(model, metrics.BUILTIN_MODELS):
+    return compact_any(model, params, input_shape)
   layer_list = metrics.layers(model, params, input_shape)
   biases = [np.array(l.bias, np.float64) for l in layer_list]
   keep = metrics.alive_units(layer_list)

@@ -39,7 +39,7 @@ from sparsejax.models.interface import FunctionalNNX, is_nnx, mode_kwargs
 from sparsejax.models.mlp import MLP
 
 __all__ = ["nnz", "sparsity_per_leaf", "summary", "Layer", "layers", "alive_units", "neurons_removed",
-           "flops_and_params", "report", "check_params_match", "analyze_model"]
+           "flops_and_params", "report", "check_params_match", "analyze_model", "layer_name", "BUILTIN_MODELS"]
 
 
 def nnz(tree: Any) -> int:
@@ -235,7 +235,7 @@ def report(model: Any, params: Any = None, input_shape: Sequence[int] | None = N
   """Everything an experiment reports about a (sparse) network's size (any model)."""
   if not _builtin(model):
     found = analyze_model(model, params, input_shape)
-    kernels = {_layer_name(op.name): op.kernel for op in found.ops}
+    kernels = {layer_name(op.name): op.kernel for op in found.ops}
     removed = _generic_neurons(found)
     return {**_generic_counts(found), **_kernel_counts(kernels),
             "neurons_removed": {k: v["removed"] for k, v in removed.items()},
@@ -260,8 +260,11 @@ def _kernel_counts(kernels: dict) -> dict:
 # ------------------------------------------------------------ any model (jaxpr)
 
 
+BUILTIN_MODELS = (MLP, ConvNet)
+
+
 def _builtin(model: Any) -> bool:
-  return isinstance(model, (MLP, ConvNet))
+  return isinstance(model, BUILTIN_MODELS)
 
 
 def analyze_model(model: Any, params: Any = None, input_shape: Sequence[int] | None = None,
@@ -312,7 +315,8 @@ def _is_variables(tree: Any) -> bool:
   return hasattr(tree, "keys") and "params" in tree and all(not hasattr(v, "shape") for v in tree.values())
 
 
-def _layer_name(path: str) -> str:
+def layer_name(path: str) -> str:
+  """A readable layer name from a kernel's path: "['params']['stage0_block0']['conv1']['kernel']" -> "stage0_block0/conv1"."""
   keys = [k.strip("'\"") for k in path.strip("[]").split("][")]
   keys = [k for k in keys if k not in ("params",)]
   if keys and keys[-1] in ("kernel", "w", "weight"):
@@ -322,7 +326,7 @@ def _layer_name(path: str) -> str:
 
 def _generic_neurons(found: structure.Structure) -> dict[str, dict]:
   hidden = [op for op in found.ops[:-1] if op.units_removable is not None]
-  return {_layer_name(op.name): {"removed": int(op.units_removable.sum()), "total": int(op.units_removable.size)}
+  return {layer_name(op.name): {"removed": int(op.units_removable.sum()), "total": int(op.units_removable.size)}
           for op in hidden}
 
 

@@ -843,15 +843,7 @@ def cges_exclusive(x: Any, tau: Any, axis: Axis = -1) -> Any:
   with the *input* group l1 norm: more aggressive than the exact prox of
   :math:`\frac{\tau}{2}\sum_g \|x_g\|_1^2` (`exclusive`). A group holding a NaN maps to NaN.
 
-  Args:
-    x: an array or any pytree of arrays.
-    tau: tau >= 0: a scalar per leaf, or an array broadcasting against the
-      group-reduced shape of each leaf, or a pytree with one value per leaf.
-    axis: the axes reduced into one group (default -1: the outgoing weights of one
-      input unit of a Dense (in, out) or conv (kh, kw, in, out) kernel).
-
-  Returns:
-    The prox of every leaf, same structure, shapes and dtypes as `x`, with exact zeros.
+  Args and returns: as `exclusive`.
 
   References:
     Yoon & Hwang, "Combined group and exclusive sparsity for deep neural networks", 2017.

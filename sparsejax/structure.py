@@ -95,6 +95,7 @@ class Structure:
   flops_sparse: int
   params_dense: int
   params_used: int
+  trace: Any = dataclasses.field(default=None, repr=False)  # the interpreted jaxpr (for compaction)
 
 
 
@@ -248,6 +249,10 @@ def analyze(fn: Callable[[Any, jax.Array], Any], variables: Any, input_shape: Se
   for index, eqn in enumerate(eqns):
     name = eqn.prim.name
     kernel_at = _known_kernel_op(eqn, known)
+    if kernel_at is None and name in ("dot_general", "conv_general_dilated") and len(eqn.ins) == 2 and \
+        all(known(a) for a in eqn.ins) and not isinstance(eqn.ins[1], tuple) and eqn.ins[1] in leaf_of and \
+        is_param[leaf_of[eqn.ins[1]]]:
+      kernel_at = 1  # a layer whose input is constant (all earlier units dead): counted, its output known
     if kernel_at is not None:
       act, ker = eqn.ins[1 - kernel_at], eqn.ins[kernel_at]
       a_val = np.where(unknown(act), 0, np.asarray(value(act)))
@@ -332,9 +337,13 @@ def analyze(fn: Callable[[Any, jax.Array], Any], variables: Any, input_shape: Se
 
   # ---- units and counts
   for op in ops:
-    out_used = used.get(op._out_var, np.zeros(1, bool))
+    out_used = used.get(op._out_var, np.zeros(np.shape(val[op._out_var]), bool))
     if op.units_removable is not None:
       op.units_removable = ~out_used.reshape(-1, out_used.shape[-1]).any(axis=0)
+      if not unk[op._out_var].any():  # a constant layer: nothing of it is computed
+        op.units_removable[:] = True
+        if op.inputs_used is not None:
+          op.inputs_used[:] = False
   flops_dense = flops_sparse = 0
   kernel_leaves: set[int] = set()
   for op in ops:
@@ -370,7 +379,142 @@ def analyze(fn: Callable[[Any, jax.Array], Any], variables: Any, input_shape: Se
       params_used += int(np.count_nonzero(kept))
     else:
       params_used += int(np.count_nonzero(op.kernel))
-  return Structure(ops, int(flops_dense), int(flops_sparse), int(params_dense), int(params_used))
+  trace = _Trace(eqns, outs, val, unk, used, op_of_eqn, in_ids[len(var_leaves):])
+  return Structure(ops, int(flops_dense), int(flops_sparse), int(params_dense), int(params_used), trace)
+
+
+@dataclasses.dataclass
+class _Trace:
+  """What `analyze` computed, for `compile_compact`."""
+  eqns: list
+  outs: list
+  val: dict
+  unk: dict
+  used: dict
+  op_of_eqn: dict
+  input_ids: list
+
+
+def _kept(used: np.ndarray | None, shape: tuple) -> np.ndarray | None:
+  """Indices along the last axis that some used entry has; None when that is all of them."""
+  if not shape:
+    return None
+  if used is None:
+    return np.zeros(0, np.int64)
+  keep = np.flatnonzero(used.reshape(-1, shape[-1]).any(axis=0))
+  return None if len(keep) == shape[-1] else keep
+
+
+def _full_or(keep: np.ndarray, size: int) -> np.ndarray | None:
+  return None if len(keep) == size else keep
+
+
+def compile_compact(found: Structure) -> tuple[dict, Callable[[dict, jax.Array], Any]]:
+  """The smaller computation: (kernels sliced to kept inputs/units, `apply(kernels, x)` for a batch).
+
+  Every Dense/conv runs on its used input features and kept units only; constant
+  inputs it no longer reads are folded exactly (their contribution, computed once,
+  is added: a bias for Dense, a per-position map for convolutions); everything known
+  in advance (normalisation with fixed statistics, biases) is a constant; other ops
+  run on their used channels, or at full width with unused channels at 0 where their
+  layout needs it. Outputs equal the original model's up to float rounding.
+  """
+  t = found.trace
+  if t is None:
+    raise ValueError("this Structure has no trace; build it with structure.analyze.")
+  kernels: dict[str, np.ndarray] = {}
+  plans: dict[int, tuple] = {}
+  for index, op in t.op_of_eqn.items():
+    eqn = t.eqns[index]
+    if op.units_removable is None or op.inputs_used is None or all(_all_known(t, a) for a in eqn.ins):
+      continue  # not sliceable, or a constant layer (computed once, as a known value)
+    keep_in = np.flatnonzero(op.inputs_used)
+    keep_out = np.flatnonzero(~op.units_removable)
+    sliced_in, sliced_out = _full_or(keep_in, op.inputs_used.size), _full_or(keep_out, op.units_removable.size)
+    act = eqn.ins[0]  # sliceable ops have the kernel second
+    k = np.take(np.take(op.kernel, keep_in, axis=op.in_axis), keep_out, axis=op.out_axis)
+    kernels[op.name] = k
+    # constant inputs no longer read: their exact contribution, computed once
+    a_val = np.where(t.unk[act], 0, np.asarray(t.val[act]))
+    dropped = np.asarray(a_val).copy()
+    dropped[..., keep_in] = 0
+    full_k = np.take(op.kernel, keep_out, axis=op.out_axis)
+    fold = np.asarray(eqn.prim.bind(jnp.asarray(dropped), jnp.asarray(full_k), **eqn.params))
+    plans[index] = (act, sliced_in, sliced_out, op.name, fold if np.any(fold) else None)
+
+  def run_one(kernel_args: dict, x1: jax.Array):
+    env: dict[int, tuple] = {}
+    for vid in t.input_ids:
+      env[vid] = (x1, None)
+
+    def full(a):
+      if isinstance(a, tuple):
+        return jnp.asarray(a[1])
+      if a not in env:
+        return jnp.asarray(t.val[a])
+      arr, keep = env[a]
+      if keep is None:
+        return arr
+      base = jnp.asarray(np.where(t.unk[a], 0, t.val[a])).astype(arr.dtype)
+      return base.at[..., keep].set(arr)
+
+    def aligned(a, keep):
+      if keep is None:
+        return full(a)
+      if isinstance(a, tuple):
+        return jnp.asarray(a[1])
+      if a not in env:  # known: take its columns when it spans the last axis
+        v = np.asarray(t.val[a])
+        return jnp.asarray(v[..., keep] if v.ndim and v.shape[-1] > 1 else v)
+      arr, have = env[a]
+      if have is not None and len(have) == len(keep) and np.array_equal(have, keep):
+        return arr
+      return full(a)[..., keep]
+
+    for index, eqn in enumerate(t.eqns):
+      if all(_all_known(t, a) for a in eqn.ins):
+        continue
+      out_shapes = eqn.out_shapes
+      wanted = [t.used.get(v) for v in eqn.outs]
+      if not any(w is not None and w.any() for w in wanted):
+        continue
+      if index in plans:
+        act, keep_in, keep_out, name, fold = plans[index]
+        x = aligned(act, keep_in)
+        out = eqn.prim.bind(x, jnp.asarray(kernel_args[name]).astype(x.dtype), **eqn.params)
+        if fold is not None:
+          out = out + jnp.asarray(fold).astype(out.dtype)
+        env[eqn.outs[0]] = (out, keep_out)
+        continue
+      if eqn.prim.name in _ELEMENTWISE and len(eqn.outs) == 1 and out_shapes[0]:
+        keep = _kept(wanted[0], out_shapes[0])
+        args = []
+        for a in eqn.ins:
+          if isinstance(a, tuple) or np.ndim(t.val[a]) == 0:
+            args.append(jnp.asarray(a[1] if isinstance(a, tuple) else t.val[a]))
+          elif np.shape(t.val[a])[-1] == 1:
+            args.append(full(a))
+          else:
+            args.append(aligned(a, keep))
+        env[eqn.outs[0]] = (eqn.prim.bind(*args, **eqn.params), keep)
+        continue
+      results = eqn.prim.bind(*[full(a) for a in eqn.ins], **eqn.params)
+      results = list(results) if eqn.prim.multiple_results else [results]
+      for vid, res in zip(eqn.outs, results):
+        env[vid] = (res, None)
+    outputs = [full(a) for a in t.outs]
+    return outputs
+
+  def apply(kernel_args: dict, x: jax.Array):
+    outputs = jax.vmap(lambda xi: run_one(kernel_args, xi[None]))(x)
+    outputs = [o[:, 0] for o in outputs]
+    return outputs[0] if len(outputs) == 1 else outputs
+
+  return kernels, apply
+
+
+def _all_known(t: _Trace, a) -> bool:
+  return isinstance(a, tuple) or not t.unk[a].any()
 
 
 _MOVES_OR_MAX = {"reshape", "transpose", "broadcast_in_dim", "squeeze", "expand_dims", "slice", "pad",
@@ -444,7 +588,7 @@ def _backward(eqn: _Eqn, out_used: list, use, value, unknown, known, op: ParamOp
         use(a, np.ones(np.shape(val[a]), bool))
 
   if name in ("dot_general", "conv_general_dilated") and op is not None and op.units_removable is not None:
-    act = eqn.ins[0] if op.kind == "conv" or not known(eqn.ins[0]) else eqn.ins[1]
+    act = eqn.ins[0]  # sliceable ops have the kernel second
     k = op.kernel
     out_units = ou.reshape(-1, ou.shape[-1]).any(axis=0)
     k_in_out = np.moveaxis(np.moveaxis(k, op.in_axis, 0), op.out_axis if op.out_axis > op.in_axis

@@ -16,8 +16,8 @@ import pytest
 from flax import linen as nn
 from flax import nnx
 
-from sparsejax import metrics, structure, train, transforms
-from sparsejax.models import MLP, ConvNet, ConvSpec, lenet5
+from sparsejax import compaction, metrics, structure, train, transforms
+from sparsejax.models import MLP, NNXMLP, ConvNet, ConvSpec, NNXConvNet, lenet5
 from sparsejax.models.interface import functional
 from sparsejax.models.resnet import ResNet, resnet20
 from sparsejax.models.transformer import TransformerClassifier
@@ -56,7 +56,7 @@ def test_jaxpr_analysis_equals_the_builtin_layer_path(model, shape):
   generic = metrics._generic_counts(found)
   for key in COUNTS:
     assert generic[key] == builtin[key], key
-  removed = {metrics._layer_name(op.name): int(op.units_removable.sum()) for op in found.ops[:-1]}
+  removed = {metrics.layer_name(op.name): int(op.units_removable.sum()) for op in found.ops[:-1]}
   assert removed == builtin["neurons_removed"]
 
 
@@ -126,7 +126,7 @@ def _planted_resnet():
 
 def test_resnet_planted_dead_units_inside_and_across_residual_blocks():
   model, variables = _planted_resnet()
-  found = {metrics._layer_name(op.name): op for op in metrics.analyze_model(model, variables, (16, 16, 1)).ops}
+  found = {metrics.layer_name(op.name): op for op in metrics.analyze_model(model, variables, (16, 16, 1)).ops}
   removed = {name: set(np.flatnonzero(op.units_removable)) for name, op in found.items()}
   assert removed["stage0_block0/conv1"] == {3}            # (a) removed; (b) unit 5 kept
   assert 6 in removed["stage0_block0/conv2"]              # (c)
@@ -281,5 +281,103 @@ def test_structure_ops_in_execution_order():
   model = ResNet((1,), (8,), 10)
   variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 1)))
   found = structure.analyze(lambda v, x: model.apply(v, x), variables, (16, 16, 1), params=variables["params"])
-  assert [metrics._layer_name(op.name) for op in found.ops] == [
+  assert [metrics.layer_name(op.name) for op in found.ops] == [
       "stem", "stage0_block0/conv1", "stage0_block0/conv2", "head"]
+
+
+# ---------------------------------------------------------------- compaction
+
+
+def _dead_transformer():
+  model = TransformerClassifier(num_layers=1, dim=16, heads=2, mlp_dim=32, num_classes=10)
+  variables = _host(dict(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28)))))
+  mlp = variables["params"]["block0"]
+  mlp["mlp_in"]["kernel"][:, [1, 4, 11]] = 0.0
+  mlp["mlp_in"]["bias"][[1, 4]] = 0.0
+  mlp["mlp_in"]["bias"][11] = 0.3        # a nonzero constant, folded into mlp_out
+  mlp["mlp_out"]["kernel"][9] = 0.0
+  return model, variables, (28, 28)
+
+
+def _sparse_linen(model, shape, seed):
+  params = _sparsify(model.init(jax.random.PRNGKey(seed), jnp.zeros((1, *shape)))["params"],
+                     np.random.default_rng(seed))
+  for layer in list(params.values())[:-1]:
+    layer["bias"][:2] = [0.5, -0.5]
+  return model, {"params": params}, shape
+
+
+CASES = {
+    "mlp": lambda: _sparse_linen(MLP((20, 16, 5)), (12,), 0),
+    "lenet5": lambda: _sparse_linen(lenet5(), (28, 28, 1), 1),
+    "mixed_padding_convnet": lambda: _sparse_linen(
+        ConvNet((ConvSpec(6, 3, "SAME"), ConvSpec(8, 3, "VALID", pool=1), ConvSpec(5, 3, "SAME")), (12, 4)),
+        (14, 14, 1), 2),
+    "resnet_planted": lambda: (*_planted_resnet(), (16, 16, 1)),
+    "transformer_mlp_block": _dead_transformer,
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_compacted_computation_equals_the_sparse_model(case):
+  model, variables, shape = CASES[case]()
+  small = compaction.compact_any(model, variables, shape)
+  x = np.random.default_rng(3).normal(size=(6, *shape)).astype(np.float32)
+  want = np.asarray(model.apply(variables, x))
+  np.testing.assert_allclose(np.asarray(small(x)), want, atol=1e-5, rtol=1e-5)
+  assert small.kernel_sizes[1] < small.kernel_sizes[0]
+  removed = metrics.report(model, variables, shape)["neurons_removed"]
+  for name, count in removed.items():
+    total = {op_name: None for op_name in small.kept_units}
+    assert name in total and len(small.kept_units[name]) + count == metrics.report(
+        model, variables, shape)["neurons_total"][name]
+
+
+def test_compact_of_nnx_modules_and_export():
+  nnx_mlp = _NNXMLP((12, 20, 16, 5), nnx.Rngs(0))
+  nnx_mlp.layers[0].kernel[:, 3] = 0.0
+  nnx_mlp.layers[0].bias[3] = -1.0
+  nnx_mlp.layers[1].kernel[7] = 0.0
+  cnn = _NNXCNN(nnx.Rngs(1))
+  cnn.conv.kernel[..., 2] = 0.0
+  cnn.bn.bias[2] = -1.0
+  for module, shape in ((nnx_mlp, (12,)), (cnn, (14, 14, 1))):
+    small = compaction.compact(module, input_shape=shape)
+    x = np.random.default_rng(4).normal(size=(3, *shape)).astype(np.float32)
+    module.eval()
+    np.testing.assert_allclose(np.asarray(small(x)), np.asarray(module(x)), atol=1e-5, rtol=1e-5)
+    assert small.kernel_sizes[1] < small.kernel_sizes[0]
+  exported = jax.export.export(small.apply)(small.params, jax.ShapeDtypeStruct((3, 14, 14, 1), jnp.float32))
+  np.testing.assert_allclose(np.asarray(exported.call(small.params, x)), np.asarray(small(x)), atol=1e-6)
+  assert "stablehlo" in exported.mlir_module() or "func.func" in exported.mlir_module()
+
+
+def test_compact_keeps_builtin_models_on_the_flax_module_path():
+  model, variables, shape = CASES["mlp"]()
+  new_model, new_params, kept = compaction.compact(model, variables["params"], shape)
+  assert isinstance(new_model, MLP)
+  x = np.random.default_rng(5).normal(size=(4, *shape)).astype(np.float32)
+  np.testing.assert_allclose(np.asarray(new_model.apply({"params": new_params}, x)),
+                             np.asarray(model.apply(variables, x)), atol=1e-5)
+
+
+def test_library_nnx_and_transformer_models_go_through_fit_report_and_compact(tmp_path):
+  x, y = _digits(384)
+  images = np.asarray(x).reshape(-1, 8, 8, 1)
+  config = train.TrainConfig(epochs=6, batch_size=64, progress=False, checkpoint=False)
+  tx = optax.chain(optax.adam(1e-2), transforms.proximal("l1", 3e-2, 1e-2, mask="weights_only"))
+  for name, module, data_x in (("mlp", NNXMLP(64, (32, 10), nnx.Rngs(0), dropout_rate=0.1), x),
+                               ("cnn", NNXConvNet((8, 8, 1), (8, 16), 10, nnx.Rngs(0)), images),
+                               ("transformer", TransformerClassifier(1, 16, 2, 32, 10), images[..., 0])):
+    result = train.fit(module, tx, (data_x, y), (data_x, y), config, str(tmp_path / name))
+    assert result.history[-1]["eval_accuracy"] > 0.6, name
+    trained = result.module if result.module is not None else module
+    variables = None if result.module is not None else {"params": result.state.params, **result.state.model_state}
+    small = compaction.compact(trained, variables, data_x.shape[1:])
+    if result.module is not None:
+      trained.eval()
+      want = trained(jnp.asarray(data_x[:16]))
+    else:
+      want = module.apply(variables, data_x[:16])
+    np.testing.assert_allclose(np.asarray(small(data_x[:16])), np.asarray(want), atol=1e-4, rtol=1e-4)
+    assert result.history[-1]["weights_nonzero"] < result.history[-1]["weights_total"]

@@ -163,3 +163,22 @@ def test_frontier_small_config_matches_sparsity_exactly_and_resumes(tmp_path):
     assert "REDUCED config" in f.read()
   again = frontier.main(args)  # resumes: every run is already in results.json
   assert [r["wall_time_s"] for r in again["runs"]] == [r["wall_time_s"] for r in out["runs"]]
+
+
+def test_resnet_sparsity_small_config(tmp_path):
+  from experiments import resnet_sparsity
+  out = resnet_sparsity.main(["--dataset", "digits", "--workdir", str(tmp_path), "--train-examples", "400",
+                              "--test-examples", "200", "--epochs", "2", "--widths", "8", "16", "16",
+                              "--group-strength", "5.0", "--tl1-strength", "0.3", "--no-progress",
+                              "--timing-repeats", "2", "--timing-batch", "64"])
+  runs = {r["method"]: r for r in out["runs"]}
+  assert set(runs) == {"dense", "group_lasso", "integrated_tl1"}
+  assert sum(runs["dense"]["neurons_removed"].values()) == 0
+  assert sum(runs["group_lasso"]["neurons_removed"].values()) > 0   # strong groups remove channels
+  for run in runs.values():
+    assert run["compact_max_output_difference"] < 1e-4
+    assert run["kernel_entries"][1] <= run["kernel_entries"][0]
+  for name in ("results.json", "table.md", "channels.png"):
+    assert os.path.getsize(tmp_path / name) > 0
+  with open(tmp_path / "table.md") as f:
+    assert f.read().startswith("*Reduced configuration.*")
