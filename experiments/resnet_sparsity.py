@@ -30,6 +30,7 @@ import jax
 import numpy as np
 import optax
 
+from benchmarks import common as common_bench
 from experiments import common
 from sparsejax import compaction, data, metrics, plotting, train, transforms
 from sparsejax.models import ResNet
@@ -73,16 +74,6 @@ def make_tx(method: str, config: Config, total_steps: int) -> optax.GradientTran
   raise ValueError(f"unknown method {method!r}; known: {list(METHODS)}.")
 
 
-def _median_time(fn, *args, repeats: int) -> float:
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
-
-
 def run_one(method: str, config: Config, train_xy, test_xy, workdir: str) -> dict:
   model = ResNet(tuple(config.stage_sizes), tuple(config.widths), int(train_xy[1].max()) + 1)
   total_steps = config.epochs * -(-len(train_xy[0]) // config.batch_size)
@@ -100,8 +91,8 @@ def run_one(method: str, config: Config, train_xy, test_xy, workdir: str) -> dic
   dense_apply = jax.jit(lambda v, b: model.apply(v, b))
   reference = np.asarray(dense_apply(variables, x))
   max_difference = float(np.max(np.abs(np.asarray(small(x)) - reference)))
-  t_dense = _median_time(dense_apply, variables, x, repeats=config.timing_repeats)
-  t_small = _median_time(small.apply, small.params, x, repeats=config.timing_repeats)
+  t_dense = common_bench.median_time(dense_apply, variables, x, repeats=config.timing_repeats)
+  t_small = common_bench.median_time(small.apply, small.params, x, repeats=config.timing_repeats)
   return {"method": method, "test_accuracy": result.history[-1]["eval_accuracy"],
           "weight_sparsity": report["weight_sparsity"], "flops_fraction": report["flops_fraction"],
           "params_fraction": report["params_fraction"], "neurons_removed": report["neurons_removed"],
