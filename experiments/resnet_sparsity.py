@@ -8,6 +8,9 @@ channel (`axis="input_units"`), so a zero group means a channel nobody reads:
   dense            no penalty
   group_lasso      proximal group lasso on every conv and Dense kernel
   integrated_tl1   group shrink then TL1 per layer (Ma et al. 2019; layer balance m)
+  bn_slimming      proximal l1 on the BatchNorm scales (network slimming, Liu et al.
+                   2017): a zero scale makes the channel a constant, which the
+                   analysis folds into the layers that read it
 
 Everything that measures the network works on this model the library did not write
 for the papers: `metrics.report` (channels removed per stage, FLOPs and parameters,
@@ -35,7 +38,7 @@ from experiments import common
 from sparsejax import compaction, data, metrics, plotting, train, transforms
 from sparsejax.models import ResNet
 
-METHODS = ("dense", "group_lasso", "integrated_tl1")
+METHODS = ("dense", "group_lasso", "integrated_tl1", "bn_slimming")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +55,7 @@ class Config:
   momentum: float = 0.9
   group_strength: float = 2e-3
   tl1_strength: float = 2e-3
+  slimming_strength: float = 2e-2
   a: float = 0.5
   m: float = 0.2
   seed: int = 0
@@ -71,7 +75,14 @@ def make_tx(method: str, config: Config, total_steps: int) -> optax.GradientTran
   if method == "integrated_tl1":
     return optax.chain(sgd, transforms.integrated_tl1(config.tl1_strength, schedule, a=config.a, m=config.m,
                                                       axis="input_units"))
+  if method == "bn_slimming":
+    return optax.chain(sgd, transforms.proximal("l1", config.slimming_strength, schedule, mask=batchnorm_scales))
   raise ValueError(f"unknown method {method!r}; known: {list(METHODS)}.")
+
+
+def batchnorm_scales(params):
+  """Mask of the BatchNorm scale vectors (leaves named "scale")."""
+  return jax.tree_util.tree_map_with_path(lambda path, _: jax.tree_util.keystr(path).endswith("['scale']"), params)
 
 
 def run_one(method: str, config: Config, train_xy, test_xy, workdir: str) -> dict:

@@ -21,7 +21,9 @@ input_shape)` for linen (`params` may also be the full `variables` dict, e.g. wi
 `batch_stats`), `report(module, input_shape=...)` for NNX (the parameters and
 statistics come from the module). The built-in MLP and ConvNet keep their layer-list
 path, and the jaxpr path gives the same counts on them (tested), except that it also
-removes units that only feed removed units.
+removes units that only feed removed units, and constant units feeding a padded conv
+(folded exactly as a per-position map by `compaction.compact_any`, where the built-in
+compaction folds constants into biases only).
 """
 
 from __future__ import annotations

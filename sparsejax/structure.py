@@ -16,9 +16,9 @@ and interprets the jaxpr twice:
 2. **Backward, use.** Starting from the model's outputs, a value's entries are
    *used* if some used output entry depends on them. Through a Dense or conv an input
    feature is used only if it has a nonzero weight into a used output unit and is not
-   a constant that can be folded into that layer's bias (always for Dense and VALID
-   convolutions; for padded convolutions only a constant 0, since the padding makes
-   the constant's contribution position-dependent). An operand of an add that is a
+   a constant: a constant input is folded, its exact contribution computed once (a
+   bias for a Dense or VALID conv; for a padded conv a per-position map, since the
+   padding makes the contribution differ at the borders). An operand of an add that is a
    known 0 is not used. Data movement (reshape, flatten, transpose, slicing,
    concatenation, padding, broadcasting, reductions, pooling) maps use exactly; any
    other op uses all of its inputs.
@@ -278,7 +278,8 @@ def analyze(fn: Callable[[Any, jax.Array], Any], variables: Any, input_shape: Se
       results = list(result) if eqn.prim.multiple_results else [result]
     except Exception:  # pylint: disable=broad-except  # an op we cannot run on host values: all unknown
       results = None
-    masks = None if all_known or results is None else _unknown_outputs(eqn, [unknown(a) for a in eqn.ins])
+    masks = None if all_known or results is None else _unknown_outputs(
+        eqn, [unknown(a) for a in eqn.ins], [np.asarray(value(a)) for a in eqn.ins])
     for j, vid in enumerate(eqn.outs):
       shape = eqn.out_shapes[j]
       if results is None:
@@ -440,7 +441,8 @@ def compile_compact(found: Structure) -> tuple[dict, Callable[[dict, jax.Array],
     dropped[..., keep_in] = 0
     full_k = np.take(op.kernel, keep_out, axis=op.out_axis)
     fold = np.asarray(eqn.prim.bind(jnp.asarray(dropped), jnp.asarray(full_k), **eqn.params))
-    plans[index] = (act, sliced_in, sliced_out, op.name, fold if np.any(fold) else None)
+    plans[index] = (act, sliced_in, sliced_out, op.name, fold if np.any(fold) else None, op.in_axis,
+                    op.inputs_used.size)
 
   def run_one(kernel_args: dict, x1: jax.Array):
     env: dict[int, tuple] = {}
@@ -455,8 +457,7 @@ def compile_compact(found: Structure) -> tuple[dict, Callable[[dict, jax.Array],
       arr, keep = env[a]
       if keep is None:
         return arr
-      base = jnp.asarray(np.where(t.unk[a], 0, t.val[a])).astype(arr.dtype)
-      return base.at[..., keep].set(arr)
+      return _moved(arr, keep, None, np.where(t.unk[a], 0, t.val[a]))
 
     def aligned(a, keep):
       if keep is None:
@@ -469,7 +470,19 @@ def compile_compact(found: Structure) -> tuple[dict, Callable[[dict, jax.Array],
       arr, have = env[a]
       if have is not None and len(have) == len(keep) and np.array_equal(have, keep):
         return arr
-      return full(a)[..., keep]
+      return _moved(arr, have, keep, np.where(t.unk[a], 0, t.val[a]))
+
+    def _moved(arr, have, keep, known_values):
+      """arr (channels `have`) laid out on channels `keep`: one small matmul with a 0/1 matrix
+      (no scatter/gather), plus the known values of channels it does not carry."""
+      size = known_values.shape[-1]
+      have = np.arange(size) if have is None else have
+      keep = np.arange(size) if keep is None else keep
+      select = (have[:, None] == keep[None, :]).astype(np.float32)
+      moved = jnp.matmul(arr, jnp.asarray(select, arr.dtype))
+      fill = np.array(np.broadcast_to(known_values, known_values.shape), np.float32)[..., keep]
+      fill[..., np.isin(keep, have)] = 0.0
+      return moved + jnp.asarray(fill, arr.dtype) if fill.any() else moved
 
     for index, eqn in enumerate(t.eqns):
       if all(_all_known(t, a) for a in eqn.ins):
@@ -479,9 +492,22 @@ def compile_compact(found: Structure) -> tuple[dict, Callable[[dict, jax.Array],
       if not any(w is not None and w.any() for w in wanted):
         continue
       if index in plans:
-        act, keep_in, keep_out, name, fold = plans[index]
-        x = aligned(act, keep_in)
-        out = eqn.prim.bind(x, jnp.asarray(kernel_args[name]).astype(x.dtype), **eqn.params)
+        act, keep_in, keep_out, name, fold, in_axis, size = plans[index]
+        kernel = jnp.asarray(kernel_args[name])
+        have = env.get(act, (None, None))[1] if not isinstance(act, tuple) else None
+        have_all = np.arange(size) if have is None else have
+        need = np.arange(size) if keep_in is None else keep_in
+        if act in env and np.isin(need, have_all).all():
+          # read the input as it is (no gather): the kernel gets zero rows for the
+          # channels the input carries but this layer does not need
+          x = env[act][0]
+          if len(need) != len(have_all) or not np.array_equal(need, have_all):
+            rows = jnp.moveaxis(kernel, in_axis, 0)
+            rows = jnp.zeros((len(have_all), *rows.shape[1:]), rows.dtype).at[np.searchsorted(have_all, need)].set(rows)
+            kernel = jnp.moveaxis(rows, 0, in_axis)
+        else:
+          x = aligned(act, keep_in)
+        out = eqn.prim.bind(x, kernel.astype(x.dtype), **eqn.params)
         if fold is not None:
           out = out + jnp.asarray(fold).astype(out.dtype)
         env[eqn.outs[0]] = (out, keep_out)
@@ -523,14 +549,21 @@ _MOVES_OR_MAX = {"reshape", "transpose", "broadcast_in_dim", "squeeze", "expand_
 _MIN_LIKE = {"reduce_min", "reduce_window_min", "cummin"}
 
 
-def _unknown_outputs(eqn: _Eqn, unknowns: list) -> list | None:
-  """Unknown masks of the outputs: exact for elementwise ops, data movement and reductions; None: all."""
+def _unknown_outputs(eqn: _Eqn, unknowns: list, values: list) -> list | None:
+  """Unknown masks of the outputs: exact for elementwise ops, data movement and reductions; None: all.
+
+  A product with a known 0 is a known 0 (e.g. a BatchNorm scale driven to 0).
+  """
   name = eqn.prim.name
   shapes = eqn.out_shapes
   if name in _ELEMENTWISE:
     out = np.zeros(shapes[0], bool)
     for u in unknowns:
       out = out | np.broadcast_to(u, shapes[0]) if np.ndim(u) in (0, len(shapes[0])) else np.ones(shapes[0], bool)
+    if name == "mul":
+      for u, v in zip(unknowns, values):
+        if np.ndim(u) in (0, len(shapes[0])):
+          out = out & ~np.broadcast_to(~u & (v == 0), shapes[0])
     return [out]
   if name in _MOVES_OR_MAX or name in _MIN_LIKE:
     sign = -1.0 if name in _MIN_LIKE else 1.0
@@ -595,11 +628,10 @@ def _backward(eqn: _Eqn, out_used: list, use, value, unknown, known, op: ParamOp
                            else op.out_axis + 1, -1)
     feeds = (k_in_out.reshape(k_in_out.shape[0], -1, k_in_out.shape[-1]) != 0).any(axis=1)[:, out_units].any(axis=1)
     a_unk = unknown(act)
-    a_val = np.asarray(value(act))
     feature_unknown = a_unk.reshape(-1, a_unk.shape[-1]).any(axis=0)
-    feature_zero = ~feature_unknown & (a_val.reshape(-1, a_val.shape[-1]) == 0).all(axis=0)
-    foldable = feature_zero if (op.kind == "conv" and not op.valid_padding) else ~feature_unknown
-    needed = feeds & ~foldable
+    # A constant input is folded: its exact contribution is computed once (a bias for a
+    # Dense or VALID conv; a per-position map for a padded conv, whose borders see the padding).
+    needed = feeds & feature_unknown
     op.inputs_used = needed
     use(act, np.broadcast_to(needed, np.shape(val[act])))
     return

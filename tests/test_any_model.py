@@ -49,8 +49,13 @@ def _sparsify(params, rng, kill_in=2, kill_out=2, fraction=0.3):
 def test_jaxpr_analysis_equals_the_builtin_layer_path(model, shape):
   rng = np.random.default_rng(0)
   params = _sparsify(model.init(jax.random.PRNGKey(0), jnp.zeros((1, *shape)))["params"], rng)
-  for layer in list(params.values())[:-1]:
-    layer["bias"][:2] = [0.5, -0.5]  # one constant unit folds, one is relu(-0.5) = 0
+  names = list(params)
+  for i, name in enumerate(names[:-1]):
+    # one constant unit folds, one is relu(-0.5) = 0; a nonzero constant into a padded conv
+    # the built-in path keeps (it folds into biases only), so none is planted there
+    feeds_padded_conv = isinstance(model, ConvNet) and i + 1 < len(model.convs) and \
+        model.convs[i + 1].padding == "SAME"
+    params[name]["bias"][:2] = [0.0, -0.5] if feeds_padded_conv else [0.5, -0.5]
   builtin = metrics.report(model, params, shape)
   found = metrics.analyze_model(model, params, shape)
   generic = metrics._generic_counts(found)
@@ -72,6 +77,31 @@ def test_jaxpr_analysis_also_removes_units_that_only_feed_removed_units():
   assert list(np.flatnonzero(found.ops[0].units_removable)) == [1]
   assert builtin["neurons_removed"] == {"Dense_0": 0, "Dense_1": 1}
   assert generic["flops_sparse"] == builtin["flops_sparse"] - 2 * 4  # unit 1's 4 incoming weights
+
+
+def test_constant_into_a_padded_conv_is_folded_by_the_jaxpr_path_only():
+  model = ConvNet((ConvSpec(4, 3, "SAME", pool=1), ConvSpec(3, 3, "SAME", pool=1)), (2,))
+  params = _host(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 6, 6, 1)))["params"])
+  params["Conv_0"]["kernel"][..., 1] = 0.0
+  params["Conv_0"]["bias"][1] = 0.7                 # constant relu(0.7) into a SAME conv
+  assert metrics.report(model, params, (6, 6, 1))["neurons_removed"]["Conv_0"] == 0   # built-in: bias folds only
+  found = metrics.analyze_model(model, params, (6, 6, 1))
+  assert list(np.flatnonzero(found.ops[0].units_removable)) == [1]
+  small = compaction.compact_any(model, {"params": params}, (6, 6, 1))
+  x = np.random.default_rng(0).normal(size=(3, 6, 6, 1)).astype(np.float32)
+  np.testing.assert_allclose(np.asarray(small(x)), np.asarray(model.apply({"params": params}, x)), atol=1e-5)
+
+
+def test_zero_batchnorm_scale_makes_a_removable_constant_channel():
+  # network slimming: a BatchNorm scale driven to 0 turns the channel into its shift, a constant
+  model = ResNet((1,), (8,), 10)
+  variables = _host(dict(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 12, 12, 1)))))
+  variables["params"]["stage0_block0"]["bn1"]["scale"][[2, 5]] = 0.0
+  variables["params"]["stage0_block0"]["bn1"]["bias"][2] = 0.4       # relu(0.4): folded as a constant map
+  assert metrics.report(model, variables, (12, 12, 1))["neurons_removed"]["stage0_block0/conv1"] == 2
+  small = compaction.compact_any(model, variables, (12, 12, 1))
+  x = np.random.default_rng(0).normal(size=(4, 12, 12, 1)).astype(np.float32)
+  np.testing.assert_allclose(np.asarray(small(x)), np.asarray(model.apply(variables, x)), atol=1e-5)
 
 
 def test_resnet_counts_equal_hand_counts():
@@ -98,7 +128,8 @@ def _planted_resnet():
   b0["conv1"]["kernel"][..., 3] = 0.0
   b0["bn1"]["bias"][3] = -1.0
   s["stage0_block0"]["bn1"]["mean"][3] = 0.0
-  # (b) conv1 unit 5: zero incoming weights but BN shift +1 -> relu(1) = 1 feeds a padded conv: kept
+  # (b) conv1 unit 5: zero incoming weights, BN shift +1 -> the constant relu(1) = 1 feeds a padded conv:
+  # removed, its contribution folded exactly as a per-position map (checked by the compaction test)
   b0["conv1"]["kernel"][..., 5] = 0.0
   b0["bn1"]["bias"][5] = 1.0
   s["stage0_block0"]["bn1"]["mean"][5] = 0.0
@@ -128,7 +159,7 @@ def test_resnet_planted_dead_units_inside_and_across_residual_blocks():
   model, variables = _planted_resnet()
   found = {metrics.layer_name(op.name): op for op in metrics.analyze_model(model, variables, (16, 16, 1)).ops}
   removed = {name: set(np.flatnonzero(op.units_removable)) for name, op in found.items()}
-  assert removed["stage0_block0/conv1"] == {3}            # (a) removed; (b) unit 5 kept
+  assert removed["stage0_block0/conv1"] == {3, 5}         # (a) and (b)
   assert 6 in removed["stage0_block0/conv2"]              # (c)
   assert 2 in removed["stage0_block1/conv2"] and 2 not in removed["stem"]   # (d)
   assert {7} <= removed["stem"] and 7 in removed["stage0_block0/conv2"] and 7 in removed["stage0_block1/conv2"]

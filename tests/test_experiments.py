@@ -169,12 +169,14 @@ def test_resnet_sparsity_small_config(tmp_path):
   from experiments import resnet_sparsity
   out = resnet_sparsity.main(["--dataset", "digits", "--workdir", str(tmp_path), "--train-examples", "400",
                               "--test-examples", "200", "--epochs", "2", "--widths", "8", "16", "16",
-                              "--group-strength", "5.0", "--tl1-strength", "0.3", "--no-progress",
+                              "--group-strength", "5.0", "--tl1-strength", "0.3", "--slimming-strength", "5.0",
+                              "--no-progress",
                               "--timing-repeats", "2", "--timing-batch", "64"])
   runs = {r["method"]: r for r in out["runs"]}
-  assert set(runs) == {"dense", "group_lasso", "integrated_tl1"}
+  assert set(runs) == {"dense", "group_lasso", "integrated_tl1", "bn_slimming"}
   assert sum(runs["dense"]["neurons_removed"].values()) == 0
   assert sum(runs["group_lasso"]["neurons_removed"].values()) > 0   # strong groups remove channels
+  assert sum(runs["bn_slimming"]["neurons_removed"].values()) > 0   # zero BatchNorm scales: constant channels
   for run in runs.values():
     assert run["compact_max_output_difference"] < 1e-4
     assert run["kernel_entries"][1] <= run["kernel_entries"][0]
