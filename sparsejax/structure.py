@@ -72,7 +72,6 @@ class ParamOp:
     units_removable: per output unit, True if removable (None when the op's layout does
       not allow unit removal, e.g. a kernel with several output axes).
     inputs_used: per input feature, True if used (None as above).
-    valid_padding: whether the conv has no padding (constants fold into its bias).
   """
   name: str
   kind: str
@@ -82,9 +81,18 @@ class ParamOp:
   positions: int
   units_removable: np.ndarray | None = None
   inputs_used: np.ndarray | None = None
-  valid_padding: bool = True
   _out_var: int = -1
-  _in_var: int = -1
+
+  def kept_kernel(self) -> np.ndarray:
+    """The kernel restricted to used inputs and kept units (layout unchanged)."""
+    return np.take(np.take(self.kernel, np.flatnonzero(self.inputs_used), axis=self.in_axis),
+                   np.flatnonzero(~self.units_removable), axis=self.out_axis)
+
+  def nonzero_kept(self) -> int:
+    """Nonzero weights the compacted layer keeps (all nonzeros when its units cannot be removed)."""
+    if self.units_removable is None or self.inputs_used is None:
+      return int(np.count_nonzero(self.kernel))
+    return int(np.count_nonzero(self.kept_kernel()))
 
 
 @dataclasses.dataclass
@@ -169,12 +177,9 @@ def _unbroadcast(mask: np.ndarray, shape: tuple) -> np.ndarray:
   return m.any(axis=axes, keepdims=True) if axes else m
 
 
-def _is_float(a) -> bool:
-  return np.issubdtype(np.asarray(a).dtype, np.floating) or np.asarray(a).dtype == jnp.bfloat16
-
-
-def _known_kernel_op(eqn: _Eqn, known) -> int | None:
-  """Index (0 or 1) of the fully known operand of a dot_general/conv whose other operand is not."""
+def _known_kernel_op(eqn: _Eqn, known, is_param_leaf) -> int | None:
+  """Index (0 or 1) of the kernel of a dot_general/conv: its fully known operand when the other
+  is not, or a parameter kernel second when both are known (a layer fed only constants)."""
   if eqn.prim.name not in ("dot_general", "conv_general_dilated") or len(eqn.ins) != 2:
     return None
   k = [known(a) for a in eqn.ins]
@@ -182,6 +187,8 @@ def _known_kernel_op(eqn: _Eqn, known) -> int | None:
     return 1
   if k[0] and not k[1] and eqn.prim.name == "dot_general":
     return 0
+  if k[0] and k[1] and is_param_leaf(eqn.ins[1]):
+    return 1
   return None
 
 
@@ -233,12 +240,8 @@ def analyze(fn: Callable[[Any, jax.Array], Any], variables: Any, input_shape: Se
   def known(a):
     return not unknown(a).any()
 
-  def nanified(a):
-    v = np.asarray(value(a))
-    u = unknown(a)
-    if u.any() and _is_float(v):
-      return np.where(u, np.asarray(np.nan, v.dtype), v)
-    return v
+  def is_param_leaf(a) -> bool:
+    return not isinstance(a, tuple) and a in leaf_of and is_param[leaf_of[a]]
 
   ops: list[ParamOp] = []
   op_of_eqn: dict[int, ParamOp] = {}
@@ -248,11 +251,7 @@ def analyze(fn: Callable[[Any, jax.Array], Any], variables: Any, input_shape: Se
   # ---- forward: known values
   for index, eqn in enumerate(eqns):
     name = eqn.prim.name
-    kernel_at = _known_kernel_op(eqn, known)
-    if kernel_at is None and name in ("dot_general", "conv_general_dilated") and len(eqn.ins) == 2 and \
-        all(known(a) for a in eqn.ins) and not isinstance(eqn.ins[1], tuple) and eqn.ins[1] in leaf_of and \
-        is_param[leaf_of[eqn.ins[1]]]:
-      kernel_at = 1  # a layer whose input is constant (all earlier units dead): counted, its output known
+    kernel_at = _known_kernel_op(eqn, known, is_param_leaf)
     if kernel_at is not None:
       act, ker = eqn.ins[1 - kernel_at], eqn.ins[kernel_at]
       a_val = np.where(unknown(act), 0, np.asarray(value(act)))
@@ -264,10 +263,10 @@ def analyze(fn: Callable[[Any, jax.Array], Any], variables: Any, input_shape: Se
         masks = masks[::-1]
       reach = np.asarray(eqn.prim.bind(*map(jnp.asarray, masks), **eqn.params)) > 0
       val[eqn.outs[0]], unk[eqn.outs[0]] = out, reach
-      if not isinstance(ker, tuple) and ker in leaf_of and is_param[leaf_of[ker]] and np.ndim(k_val) >= 2:
+      if is_param_leaf(ker) and np.ndim(k_val) >= 2:
         op = _param_op(eqn, kernel_at, names[leaf_of[ker]], k_val, out.shape)
         if op is not None:
-          op._out_var, op._in_var = eqn.outs[0], act if not isinstance(act, tuple) else -1
+          op._out_var = eqn.outs[0]
           ops.append(op)
           op_of_eqn[index] = op
       continue
@@ -345,19 +344,15 @@ def analyze(fn: Callable[[Any, jax.Array], Any], variables: Any, input_shape: Se
         op.units_removable[:] = True
         if op.inputs_used is not None:
           op.inputs_used[:] = False
-  flops_dense = flops_sparse = 0
+  flops_dense = flops_sparse = params_used = 0
   kernel_leaves: set[int] = set()
   for op in ops:
-    k = op.kernel
-    flops_dense += 2 * k.size * op.positions
-    if op.units_removable is not None and op.inputs_used is not None:
-      kept = np.moveaxis(np.moveaxis(k, op.in_axis, 0)[op.inputs_used], op.out_axis if op.out_axis > op.in_axis
-                         else op.out_axis + 1, -1)[..., ~op.units_removable]
-      flops_sparse += 2 * int(np.count_nonzero(kept)) * op.positions
-    else:
-      flops_sparse += 2 * int(np.count_nonzero(k)) * op.positions
+    kept_weights = op.nonzero_kept()
+    flops_dense += 2 * op.kernel.size * op.positions
+    flops_sparse += 2 * kept_weights * op.positions
+    params_used += kept_weights
     kernel_leaves.add(names.index(op.name))
-  params_dense = params_used = 0
+  params_dense = 0
   for i, (_, leaf) in enumerate(var_leaves):
     if not is_param[i]:
       continue
@@ -372,14 +367,6 @@ def analyze(fn: Callable[[Any, jax.Array], Any], variables: Any, input_shape: Se
       params_used += int(channel_used.sum())
     else:
       params_used += int(np.size(leaf))
-  for op in ops:
-    if op.units_removable is not None and op.inputs_used is not None:
-      k = op.kernel
-      kept = np.moveaxis(np.moveaxis(k, op.in_axis, 0)[op.inputs_used], op.out_axis if op.out_axis > op.in_axis
-                         else op.out_axis + 1, -1)[..., ~op.units_removable]
-      params_used += int(np.count_nonzero(kept))
-    else:
-      params_used += int(np.count_nonzero(op.kernel))
   trace = _Trace(eqns, outs, val, unk, used, op_of_eqn, in_ids[len(var_leaves):])
   return Structure(ops, int(flops_dense), int(flops_sparse), int(params_dense), int(params_used), trace)
 
@@ -402,11 +389,11 @@ def _kept(used: np.ndarray | None, shape: tuple) -> np.ndarray | None:
     return None
   if used is None:
     return np.zeros(0, np.int64)
-  keep = np.flatnonzero(used.reshape(-1, shape[-1]).any(axis=0))
-  return None if len(keep) == shape[-1] else keep
+  return _full_or(np.flatnonzero(used.reshape(-1, shape[-1]).any(axis=0)), shape[-1])
 
 
 def _full_or(keep: np.ndarray, size: int) -> np.ndarray | None:
+  """`keep`, or None when it is every index of an axis of `size`."""
   return None if len(keep) == size else keep
 
 
@@ -433,8 +420,7 @@ def compile_compact(found: Structure) -> tuple[dict, Callable[[dict, jax.Array],
     keep_out = np.flatnonzero(~op.units_removable)
     sliced_in, sliced_out = _full_or(keep_in, op.inputs_used.size), _full_or(keep_out, op.units_removable.size)
     act = eqn.ins[0]  # sliceable ops have the kernel second
-    k = np.take(np.take(op.kernel, keep_in, axis=op.in_axis), keep_out, axis=op.out_axis)
-    kernels[op.name] = k
+    kernels[op.name] = op.kept_kernel()
     # constant inputs no longer read: their exact contribution, computed once
     a_val = np.where(t.unk[act], 0, np.asarray(t.val[act]))
     dropped = np.asarray(a_val).copy()
@@ -599,8 +585,7 @@ def _param_op(eqn: _Eqn, kernel_at: int, name: str, kernel: np.ndarray, out_shap
   dn = eqn.params["dimension_numbers"]
   lhs_spec, rhs_spec, out_spec = dn.lhs_spec, dn.rhs_spec, dn.out_spec
   positions = int(np.prod([out_shape[d] for d in out_spec[2:]]))
-  op = ParamOp(name, "conv", kernel, rhs_spec[1], rhs_spec[0], positions,
-               valid_padding=all(lo == 0 and hi == 0 for lo, hi in eqn.params["padding"]))
+  op = ParamOp(name, "conv", kernel, rhs_spec[1], rhs_spec[0], positions)
   standard = (eqn.params.get("feature_group_count", 1) == 1 and eqn.params.get("batch_group_count", 1) == 1
               and out_spec[1] == len(out_shape) - 1 and lhs_spec[1] == len(out_shape) - 1)
   if standard:

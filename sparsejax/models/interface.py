@@ -50,7 +50,6 @@ class FunctionalNNX:
 
   def __init__(self, module: nnx.Module):
     graphdef, params, rng_state, other = nnx.split(module, nnx.Param, nnx.RngState, ...)
-    self.module_type = type(module).__name__
     self._graphdef, self._rng_state = graphdef, rng_state
     self._param_def, self._other_def = jax.tree.structure(params), jax.tree.structure(other)
     self._params, self._other = nnx.to_pure_dict(params), nnx.to_pure_dict(other)
