@@ -3,7 +3,8 @@
 Model: MLP 784-300-100-10 (266,200 kernel weights), batch 128, momentum SGD, one jitted
 step (forward, backward, optimizer, sparsification) timed as the median of many calls.
 Rows: the plain SGD step; a proximal l1 step; the NNZ controller with `interval` 1, 10
-and 100 (exact k-th largest |w| by bit bisection, under `lax.cond`); the same controller
+and 100 (exact k-th largest |w| by bit bisection, under `lax.cond`), with the schedule
+that `total_steps` switches on, and in its refit phase; the same controller
 with a global `lax.top_k` every step (how it was computed before, for reference); GMP
 (mask update every 100 steps, global). Ratios are to the proximal l1 step (controller
 rows) or to the plain SGD step.
@@ -85,6 +86,11 @@ def main(argv=None):
       "nnz_controller interval 1": optax.chain(sgd, selection.nnz_controller("l1", target, lr, interval=1)),
       "nnz_controller interval 10": optax.chain(sgd, selection.nnz_controller("l1", target, lr, interval=10)),
       "nnz_controller interval 100": optax.chain(sgd, selection.nnz_controller("l1", target, lr, interval=100)),
+      # total_steps switches on the schedule (rate 1 every 10 steps); the timings stay in its first phase
+      "nnz_controller scheduled (total_steps)": optax.chain(sgd, selection.nnz_controller(
+          "l1", target, lr, total_steps=10**7)),
+      # a run of 10 steps: every timed step after the first 10 is in the refit phase
+      "nnz_controller refit phase": optax.chain(sgd, selection.nnz_controller("l1", target, lr, total_steps=10)),
       "top_k controller every step (before)": optax.chain(sgd, top_k_controller(target, lr)),
       "GMP, mask every 100 steps": optax.chain(sgd, pruning.gradual_magnitude_pruning(0.95, 0, 10**6, 100)),
   }

@@ -12,14 +12,18 @@ differs, and every sparse method ends at the target fraction of zero kernel weig
                    magnitude pruning, fine-tuning inside the mask for the rest
   random           a random mask from step 0 with GMP's final per-layer densities
   l1, tl1, log_sum, mcp
-                   proximal steps whose strength the NNZ controller adapts so that the
-                   run ends with exactly the target count (`selection.nnz_controller`
-                   with `exact_final_steps`); with `ramp` (default) the target count
-                   follows GMP's cubic schedule over the same window, so the penalties
-                   and GMP remove weights at the same pace
-  NAME+retrain     the same penalty for the first 1 - `retrain_fraction` of the run,
-                   then the support it found is frozen and the surviving weights are
-                   retrained without the penalty (`pruning.sparsify_then_retrain`)
+                   proximal steps whose strength the NNZ controller adapts, with the
+                   library's schedule for a run of known length
+                   (`selection.nnz_controller(..., total_steps=T)`): the target count
+                   follows GMP's cubic ramp over [0.1 T, 0.5 T], lambda is exact in a
+                   short phase that ends on the target, and the last 0.4 T steps refit
+                   the support the penalty found without the penalty
+  NAME-norefit     the penalty to the end of the run (no refit): the target follows
+                   the ramp over GMP's window [`gmp_begin`, `gmp_end`], lambda is
+                   exact in the last `exact_final_steps` steps
+  NAME+retrain     NAME-norefit for the first 1 - `retrain_fraction` of the run, then
+                   the support it found is frozen and the surviving weights are
+                   retrained with a fresh optimizer state (`pruning.sparsify_then_retrain`)
 
   python -m experiments.frontier [--dataset fashion_mnist] [--model mlp] [--sparsities 0.9 0.95 0.98 0.99]
       [--seeds 0 1 2] [--epochs 10] [--methods ...] [--workdir results/frontier]
@@ -48,6 +52,7 @@ from sparsejax.models import MLP, lenet5
 
 PENALTIES = {"l1": {}, "tl1": {"a": 0.02}, "log_sum": {"eps": 0.01}, "mcp": {"lam": 0.02, "gamma": 3.0}}
 METHODS = ("dense", "gmp", "one_shot", "random", "l1", "tl1", "log_sum", "mcp",
+           "l1-norefit", "tl1-norefit", "log_sum-norefit", "mcp-norefit",
            "l1+retrain", "tl1+retrain", "log_sum+retrain", "mcp+retrain")
 
 
@@ -84,11 +89,12 @@ def build_model(name: str, num_classes: int):
 
 
 def _penalty_chain(penalty: str, target: int, optimizer, schedule, config: Config, total_steps: int):
+  """The penalty to the end of the run (no refit), on GMP's window."""
   ramp = (int(config.gmp_begin * total_steps), int(config.gmp_end * total_steps)) if config.ramp else None
   controller = selection.nnz_controller(penalty, target, schedule, initial_strength=1e-4, rate=config.controller_rate,
                                         interval=config.controller_interval, total_steps=total_steps,
                                         exact_final_steps=min(config.exact_final_steps, total_steps), ramp=ramp,
-                                        **PENALTIES[penalty])
+                                        debias_steps=0, **PENALTIES[penalty])
   return optax.chain(optimizer, controller)
 
 
@@ -113,11 +119,14 @@ def make_tx(method: str, sparsity: float, num_weights: int, steps: int, config: 
     if random_mask is None:
       raise ValueError("random needs a mask (with the per-layer densities of the GMP run).")
     return optax.chain(optimizer, pruning.fixed_mask(random_mask))
+  if method in PENALTIES:  # the library's schedule for a run of known length
+    return optax.chain(optimizer, selection.nnz_controller(method, target, schedule, total_steps=steps,
+                                                           **PENALTIES[method]))
+  if method.endswith("-norefit") and method[:-len("-norefit")] in PENALTIES:
+    return _penalty_chain(method[:-len("-norefit")], target, optimizer, schedule, config, steps)
   penalty, _, retrain = method.partition("+")
-  if penalty not in PENALTIES or retrain not in ("", "retrain"):
+  if penalty not in PENALTIES or retrain != "retrain":
     raise ValueError(f"unknown method {method!r}; known: {list(METHODS)}.")
-  if not retrain:
-    return _penalty_chain(penalty, target, optimizer, schedule, config, steps)
   switch = int(round((1.0 - config.retrain_fraction) * steps))
   return pruning.sparsify_then_retrain(_penalty_chain(penalty, target, optimizer, schedule, config, switch),
                                        optax.sgd(schedule, momentum=config.momentum), switch)

@@ -204,8 +204,10 @@ def frontier():
           "# The sparsity-accuracy frontier: penalties vs magnitude pruning\n\nEvery method trains the same MLP "
           "with the same optimizer, schedule and epochs, and ends at exactly the target fraction of zero kernel "
           "weights (`experiments/frontier.py`): dense, gradual magnitude pruning, one-shot pruning + fine-tuning, "
-          "random pruning, and the penalties l1, TL1, log-sum and MCP driven by the NNZ controller, alone and "
-          "followed by retraining of the support they found. Without saved results (or in the test suite) a "
+          "random pruning, and the penalties l1, TL1, log-sum and MCP driven by the NNZ controller: with the "
+          "library's schedule for a run of known length (cubic target ramp, exact end, refit of the support they "
+          "found), to the end of the run without a refit (`-norefit`), and followed by retraining with a fresh "
+          "optimizer state (`+retrain`). Without saved results (or in the test suite) a "
           "REDUCED config runs: digits, 3 epochs, one sparsity; the table says so."),
       new_code_cell(SETUP + '''from experiments import frontier
 out = os.path.join("..", "docs", "frontier")  # the measured results, kept in the repository
@@ -214,7 +216,7 @@ if SMALL or not os.path.exists(os.path.join(out, "results.json")):
     with contextlib.redirect_stdout(io.StringIO()):
         frontier.main(["--workdir", workdir, "--dataset", "digits", "--epochs", "3", "--batch-size", "32",
                        "--seeds", "0", "--sparsities", "0.9", "--methods", "dense", "gmp", "one_shot", "tl1",
-                       "tl1+retrain", "--exact-final-steps", "30", "--gmp-frequency", "10", "--no-progress"])
+                       "tl1-norefit", "--exact-final-steps", "30", "--gmp-frequency", "10", "--no-progress"])
     out = os.path.join(workdir, "digits_mlp")
 show_table(os.path.join(out, "table.md"))
 display(Image(os.path.join(out, "frontier.png")))'''),
@@ -251,7 +253,10 @@ def execute(nb):
 
 
 if __name__ == "__main__":
+  only = [a for a in sys.argv[1:] if not a.startswith("--")]  # e.g. `build_notebooks.py --execute frontier`
   for name, build in BUILDERS:
+    if only and name not in only:
+      continue
     nb = build()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     if "--execute" in sys.argv[1:]:

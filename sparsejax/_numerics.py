@@ -21,11 +21,13 @@ def threshold_or_raise(prox_fn: Callable[..., Any] | str, remedy: str) -> Callab
   return threshold
 
 
-def bisect_increasing(fn: Callable[[Any], Any], target: Any, lo: Any, hi: Any, iterations: int, xp: Any = jnp):
+def bisect_increasing(fn: Callable[[Any], Any], target: Any, lo: Any, hi: Any, iterations: int, xp: Any = jnp,
+                      upper: bool = False):
   """The midpoint of the final bracket [lo, hi] of fn(x) = target, fn increasing (elementwise).
 
-  With `xp=np` on the host (a Python loop, float64 bounds), with `xp=jnp` as a
-  `lax.fori_loop` (jit-friendly).
+  With `upper`, the bracket's upper end instead, where fn(x) >= target holds (when it
+  held at the initial `hi`). With `xp=np` on the host (a Python loop, float64
+  bounds), with `xp=jnp` as a `lax.fori_loop` (jit-friendly).
   """
   def body(_, bounds):
     lo, hi = bounds
@@ -39,4 +41,4 @@ def bisect_increasing(fn: Callable[[Any], Any], target: Any, lo: Any, hi: Any, i
       bounds = body(i, bounds)
   else:
     bounds = jax.lax.fori_loop(0, iterations, body, bounds)
-  return 0.5 * (bounds[0] + bounds[1])
+  return bounds[1] if upper else 0.5 * (bounds[0] + bounds[1])

@@ -25,7 +25,7 @@ import optax
 from sparsejax import _checks, _hyper, _numerics, masking, pruning, transforms
 from sparsejax import registry as _registry
 
-__all__ = ["ControllerState", "nnz_controller"]
+__all__ = ["ControllerState", "nnz_controller", "schedule_defaults"]
 
 
 
@@ -36,10 +36,66 @@ class ControllerState(NamedTuple):
   nnz: chex.Array            # nonzeros after the last step
 
 
+def _state_dtype():
+  """The float dtype of log lambda: float64 when jax_enable_x64 is on, else float32."""
+  return jnp.asarray(0.0).dtype
+
+
 def _invert_threshold(threshold_fn, value, learning_rate, shape, iterations: int = 60):
-  """log(lambda) with threshold_fn(learning_rate * lambda) = value (jit-friendly)."""
+  """The smallest log(lambda) found with threshold_fn(learning_rate * lambda) >= value (jit-friendly).
+
+  The upper end of the bracket, so that a weight with ``|v|`` = value is zeroed (ties go
+  to 0) and the step keeps exactly the weights above it.
+  """
   return _numerics.bisect_increasing(lambda mid: threshold_fn(learning_rate * jnp.exp(mid), **shape), value,
-                            jnp.asarray(-60.0), jnp.asarray(20.0), iterations)
+                                     jnp.asarray(-60.0, _state_dtype()), jnp.asarray(20.0, _state_dtype()), iterations,
+                                     upper=True)  # in the state's dtype, so exp(log_strength) is this value
+
+
+# The schedule that `total_steps` switches on, as fractions of the run (measured on the
+# Fashion-MNIST frontier, docs/pruning_and_controller.md): the target falls along the
+# cubic ramp over [0.1, 0.5] of the run, the strength is exact at every step for the
+# last 5 % (at most 200 steps) before the refit, and the last 40 % refits the support.
+RAMP_FRACTIONS = (0.1, 0.5)
+REFIT_FRACTION = 0.4
+EXACT_FRACTION, EXACT_MAX_STEPS = 0.05, 200
+
+
+def _steps(total_steps: Any, fraction: float) -> Any:
+  if _checks.is_concrete(total_steps):
+    return int(round(fraction * int(total_steps)))
+  return jnp.round(fraction * total_steps).astype(jnp.int32)
+
+
+def schedule_defaults(total_steps: Any, rate: Any = None, interval: Any = None, exact_final_steps: Any = None,
+                      ramp: Any = "auto", debias_steps: Any = None) -> tuple[Any, Any, Any, Any, Any]:
+  """The controller's (rate, interval, exact_final_steps, ramp, debias_steps), defaults filled in.
+
+  Without `total_steps`: rate 0.05 and interval 1 (lambda follows lambda* slowly, every
+  step), no ramp, no exact phase, no refit: the target holds from step 0. With
+  `total_steps` = T: rate 1 every 10 steps, the cubic target ramp over
+  [0.1 T, 0.5 T], an exact phase of min(200, 0.05 T) steps (at least 1), then a refit
+  phase over the last 0.4 T steps. Values given explicitly are kept.
+  """
+  scheduled = total_steps is not None
+  if rate is None:
+    rate = 1.0 if scheduled else 0.05
+  if interval is None:
+    interval = 10 if scheduled else 1
+  if debias_steps is None:
+    debias_steps = _steps(total_steps, REFIT_FRACTION) if scheduled else 0
+  if exact_final_steps is None:
+    if not scheduled:
+      exact_final_steps = 0
+    elif _checks.is_concrete(total_steps):
+      exact_final_steps = max(1, min(EXACT_MAX_STEPS, int(round(EXACT_FRACTION * int(total_steps)))))
+    else:
+      exact_final_steps = jnp.clip(_steps(total_steps, EXACT_FRACTION), 1, EXACT_MAX_STEPS)
+  if isinstance(ramp, str):
+    if ramp != "auto":
+      raise ValueError(f"ramp must be (begin_step, end_step), 'auto' or None; got {ramp!r}.")
+    ramp = (_steps(total_steps, RAMP_FRACTIONS[0]), _steps(total_steps, RAMP_FRACTIONS[1])) if scheduled else None
+  return rate, interval, exact_final_steps, ramp, debias_steps
 
 
 def nnz_controller(
@@ -47,12 +103,13 @@ def nnz_controller(
     target_nnz: int,
     learning_rate: Any,
     initial_strength: float = 1e-4,
-    rate: float = 0.05,
-    interval: int = 1,
+    rate: float | None = None,
+    interval: int | None = None,
     mask: Any = None,
     total_steps: int | None = None,
-    exact_final_steps: int = 0,
-    ramp: tuple[int, int] | None = None,
+    exact_final_steps: int | None = None,
+    ramp: tuple[int, int] | str | None = "auto",
+    debias_steps: int | None = None,
     **prox_kwargs: Any,
 ) -> optax.GradientTransformation:
   """A proximal step whose strength tracks, during one run, the lambda that keeps `target_nnz` weights.
@@ -73,44 +130,78 @@ def nnz_controller(
   `interval` amortises it: the step costs a plain proximal step plus 32/interval
   passes over the regularised weights.
 
-  Hitting the target exactly: with mini-batch noise, a slowly moving lambda lets the
-  count wander around the target (rate sets how far: larger rates follow the target
-  more closely but change the penalty, and so the weights, more abruptly). Give
-  `total_steps` and `exact_final_steps` = E to move lambda all the way to lambda*
-  (rate 1, every step) during the last E steps: the run then ends with exactly
-  `target_nnz` nonzeros (up to ties in ``|v|``), after E steps of training at the
-  final support's strength. A few hundred steps (a fraction of an epoch) is enough.
+  Give `total_steps` (the run's optimizer steps): the defaults then follow a
+  schedule that ends the run exactly on the target and does not leave the penalty's
+  shrinkage on the survivors (`schedule_defaults`; each part can be set or switched
+  off on its own):
+
+  * ramp: the target count falls from all regularised weights to `target_nnz`
+    along Zhu & Gupta's cubic schedule over steps [0.1 T, 0.5 T], so weights are
+    removed at the pace of gradual magnitude pruning (a target imposed from step 0
+    removes them almost at initialisation, which costs accuracy: random-mask level);
+  * lambda = lambda* (rate 1) every 10 steps, and every step during an exact phase of
+    min(200, 0.05 T) steps, so the support holds exactly `target_nnz` weights (up to
+    ties in ``|v|``) when
+  * the refit phase begins: for the last 0.4 T steps the support is frozen and the
+    survivors are trained without the penalty (params_new = (params + u) where
+    params != 0, else 0), in the same optimizer state. The penalty chose which
+    weights survive; this removes the shrinkage it put on them (a debiasing phase,
+    as in the relaxed lasso). The count cannot grow in it, so the run ends on the
+    target.
+
+  Without `total_steps` the target holds from step 0 and lambda moves toward
+  lambda* at rate 0.05 every step, so the count wanders around the target with the
+  mini-batch noise; there is no exact end.
 
   Args:
     prox_fn: a `sparsejax.prox` function with a `threshold` (l1, tl1, log_sum, mcp, ...), or its name.
     target_nnz: the wanted number of nonzero regularised weights.
     learning_rate: the inner optimizer's step size (scalar or schedule).
     initial_strength: lambda at step 0 (> 0).
-    rate: fraction of the log-distance to lambda* moved per update, 0 < rate <= 1.
-    interval: steps between updates of lambda.
+    rate: fraction of the log-distance to lambda* moved per update, 0 < rate <= 1
+      (default 1 with `total_steps`, else 0.05).
+    interval: steps between updates of lambda (default 10 with `total_steps`, else 1).
     mask: regularised leaves (default: kernels, ndim >= 2).
-    total_steps: the run's number of optimizer steps (needed for exact_final_steps).
-    exact_final_steps: in the last this many steps lambda = lambda* every step.
-    ramp: (begin_step, end_step): the target count falls from all regularised weights
-      to `target_nnz` along Zhu & Gupta's cubic schedule between these steps (as
-      gradual magnitude pruning does) instead of being `target_nnz` from step 0; the
-      strength follows the moving target (use rate = 1 to follow it exactly at
-      every update).
-    **prox_kwargs: penalty shape parameters (e.g. a=1.0).
+    total_steps: the run's number of optimizer steps; switches on the schedule above.
+    exact_final_steps: this many steps before the refit phase (or before the end)
+      lambda = lambda* every step (default min(200, 0.05 T), at least 1; 0 without
+      `total_steps`).
+    ramp: (begin_step, end_step) of the cubic target ramp, "auto" (the default:
+      (0.1 T, 0.5 T) with `total_steps`, none without) or None (the target holds from
+      step 0). Use rate = 1 to follow a ramp exactly at every update.
+    debias_steps: length of the final refit phase (default 0.4 T with `total_steps`,
+      else 0; 0 switches it off).
+    **prox_kwargs: penalty shape parameters (e.g. a=1.0). Non-convex penalties
+      select best when their shape sits at the scale of the surviving weights
+      (e.g. tl1 a = 0.02, log_sum eps = 0.01 for an MLP whose kept weights are
+      0.05-0.3): with a = 1 or eps = 1 they shrink like 2 l1 or l1 there.
   """
   _checks.check_range("target_nnz", target_nnz, lower=0.0, lower_inclusive=False)
   _checks.check_range("initial_strength", initial_strength, lower=0.0, lower_inclusive=False)
+  if total_steps is not None:
+    _checks.check_int("total_steps", total_steps, 1)
+  window: Any  # the ramp's (begin_step, end_step) or None, once "auto" is resolved
+  rate, interval, exact_final_steps, window, debias_steps = schedule_defaults(
+      total_steps, rate, interval, exact_final_steps, ramp, debias_steps)
   _checks.check_range("rate", rate, lower=0.0, upper=1.0, lower_inclusive=False)
   _checks.check_int("interval", interval, 1)
   _checks.check_int("exact_final_steps", exact_final_steps, 0)
-  if _checks.is_concrete(exact_final_steps) and exact_final_steps and (
-      total_steps is None or (_checks.is_concrete(total_steps) and total_steps < exact_final_steps)):
-    raise ValueError(f"exact_final_steps={exact_final_steps} needs total_steps >= exact_final_steps (the run's "
-                     f"optimizer steps); got total_steps={total_steps!r}.")
-  if ramp is not None:
-    if len(ramp) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in ramp) \
-        or not 0 <= ramp[0] <= ramp[1]:
-      raise ValueError(f"ramp must be (begin_step, end_step) with 0 <= begin_step <= end_step; got {ramp!r}.")
+  _checks.check_int("debias_steps", debias_steps, 0)
+  needed = exact_final_steps + debias_steps
+  if _checks.is_concrete(needed) and needed and (
+      total_steps is None or (_checks.is_concrete(total_steps) and total_steps < needed)):
+    given = " and ".join(f"{n}={v}" for n, v in (("exact_final_steps", exact_final_steps),
+                                                  ("debias_steps", debias_steps)) if v)
+    raise ValueError(f"{given} need{'s' if ' and ' not in given else ''} total_steps >= exact_final_steps + "
+                     f"debias_steps (the run's optimizer steps, here at least {needed}); got "
+                     f"total_steps={total_steps!r}.")
+  if window is not None and not (isinstance(window, tuple) and len(window) == 2 and
+                                 not all(_checks.is_concrete(v) for v in window)):
+    if len(window) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in window) \
+        or not 0 <= window[0] <= window[1]:
+      raise ValueError(f"ramp must be (begin_step, end_step) with 0 <= begin_step <= end_step, 'auto' or None; "
+                       f"got {ramp!r}.")
+  refit = not _checks.is_concrete(debias_steps) or debias_steps > 0
   prox_kwargs = _hyper.shape_kwargs(prox_kwargs)
   threshold = _numerics.threshold_or_raise(prox_fn, "the controller needs one to invert")
   fn, _ = _registry.resolve_prox(prox_fn, prox_kwargs)
@@ -122,7 +213,7 @@ def nnz_controller(
     total = sum(int(np.size(p)) for p, m in zip(jax.tree.leaves(params), masks) if m)
     if target_nnz >= total:
       raise ValueError(f"target_nnz={target_nnz} must be below the {total} regularised weights.")
-    return ControllerState(jnp.zeros([], jnp.int32), jnp.asarray(math.log(initial_strength), jnp.float32),
+    return ControllerState(jnp.zeros([], jnp.int32), jnp.asarray(math.log(initial_strength), _state_dtype()),
                            jnp.asarray(total, jnp.float32))
 
   def update_fn(updates, state, params=None):
@@ -133,33 +224,44 @@ def nnz_controller(
     leaves_p, treedef = jax.tree.flatten(params)
     leaves_u = treedef.flatten_up_to(updates)
     if total_steps is None:
-      final = jnp.asarray(False)
+      final = debiasing = jnp.asarray(False)
     else:
-      final = (exact_final_steps > 0) & (state.count >= total_steps - exact_final_steps)
+      refit_from = total_steps - debias_steps
+      debiasing = (debias_steps > 0) & (state.count >= refit_from)
+      final = (exact_final_steps > 0) & (state.count >= refit_from - exact_final_steps) & ~debiasing
     adjust = (state.count % interval == 0) | final
     step_rate = jnp.where(final, 1.0, rate)
 
-    if ramp is None:
+    if window is None:
       keep = jnp.asarray(k)
     else:
       total = sum(int(np.size(p)) for p, m in zip(leaves_p, masks) if m)
-      remaining = 1.0 - pruning.cubic_sparsity(state.count, 1.0, ramp[0], ramp[1])  # 1 -> 0 along the ramp
+      remaining = 1.0 - pruning.cubic_sparsity(state.count, 1.0, window[0], window[1])  # 1 -> 0 along the ramp
       keep = jnp.round(k + (total - k) * remaining).astype(jnp.int32)
 
-    def moved_log_strength():
+    def updated_strength():
       # p + u is formed again inside the branch: capturing the sums would make XLA
       # materialise them every step just to pass them to the conditional.
       proposal = [p + u for p, u, m in zip(leaves_p, leaves_u, masks) if m]
       quantile = pruning.kth_largest_magnitude(proposal, keep + 1)
       log_target = _invert_threshold(threshold, quantile, lr, prox_kwargs)
-      return (state.log_strength + step_rate * (log_target - state.log_strength)).astype(jnp.float32)
+      moved = state.log_strength + step_rate * (log_target - state.log_strength)
+      # at rate 1 land on log_target itself: old + (target - old) may round off it
+      return jnp.where(step_rate == 1.0, log_target, moved).astype(state.log_strength.dtype)
 
-    log_strength = jax.lax.cond(adjust, moved_log_strength, lambda: state.log_strength.astype(jnp.float32))
+    log_strength = jax.lax.cond(adjust & ~debiasing, updated_strength,
+                                lambda: state.log_strength)
     tau = transforms.step_threshold(lr, jnp.exp(log_strength))
     new_u = transforms.proximal_step_leaves(fn, leaves_p, leaves_u, [tau if m else None for m in masks])
+    if refit:
+      # Refit phase: the support is frozen (zeros stay zero) and the survivors take the
+      # optimizer's step unshrunk. A select, not a conditional, so the step stays one
+      # fused pass over the weights.
+      new_u = [jnp.where(debiasing, jnp.where(p != 0, u, -p).astype(n.dtype), n) if m else n
+               for p, u, n, m in zip(leaves_p, leaves_u, new_u, masks)]
     nnz = sum((jnp.count_nonzero(p + u).astype(jnp.float32) for p, u, m in zip(leaves_p, new_u, masks) if m),
               jnp.zeros([], jnp.float32))
     return (jax.tree.unflatten(treedef, new_u),
-            ControllerState(optax.safe_increment(state.count), log_strength.astype(jnp.float32), nnz))
+            ControllerState(optax.safe_increment(state.count), log_strength, nnz))
 
   return optax.GradientTransformation(init_fn, update_fn)

@@ -50,6 +50,8 @@ FACTORIES = [
     ("rvsm_schedules", transforms.rvsm, ("l0", optax.linear_schedule(0.01, 0.05, 4),
                                          optax.exponential_decay(0.5, 2, 2.0)), {}, False),
     ("nnz_controller", selection.nnz_controller, ("l1", 20, LR), {"rate": 0.5, "interval": 2}, True),
+    # total_steps switches on the ramp, exact phase and refit phase (steps 2-3 refit)
+    ("nnz_controller_scheduled", selection.nnz_controller, ("l1", 20, LR), {"total_steps": 5}, True),
     ("gmp", pruning.gradual_magnitude_pruning, (0.8, 0, 3), {"frequency": 2}, True),
     ("fixed_mask", pruning.fixed_mask, (), {"binary_mask": _support(_params())}, True),
     ("sparsify_then_retrain", pruning.sparsify_then_retrain,

@@ -146,13 +146,13 @@ def test_sparse_gan_fashion_mnist_reproduction(tmp_path):
 def test_frontier_small_config_matches_sparsity_exactly_and_resumes(tmp_path):
   from experiments import frontier
   args = ["--dataset", "digits", "--workdir", str(tmp_path), "--seeds", "0", "--epochs", "3", "--batch-size", "32",
-          "--sparsities", "0.9", "--methods", "dense", "gmp", "one_shot", "random", "l1", "tl1+retrain",
+          "--sparsities", "0.9", "--methods", "dense", "gmp", "one_shot", "random", "l1", "tl1-norefit", "tl1+retrain",
           "--exact-final-steps", "30", "--gmp-frequency", "10", "--no-progress"]
   out = frontier.main(args)
   runs = {r["method"]: r for r in out["runs"]}
-  assert set(runs) == {"dense", "gmp", "one_shot", "random", "l1", "tl1+retrain"}
+  assert set(runs) == {"dense", "gmp", "one_shot", "random", "l1", "tl1-norefit", "tl1+retrain"}
   assert runs["dense"]["sparsity"] < 0.01
-  for method in ("gmp", "one_shot", "random", "l1", "tl1+retrain"):
+  for method in ("gmp", "one_shot", "random", "l1", "tl1-norefit", "tl1+retrain"):
     assert abs(runs[method]["sparsity"] - 0.9) <= 0.01 * 0.1, (method, runs[method]["sparsity"])  # +-1% of the count
   assert runs["gmp"]["accuracy"] > runs["random"]["accuracy"]
   assert out["reduced_config"]

@@ -163,3 +163,93 @@ def test_nnz_controller_per_layer_targets_by_chaining(tmp_path):
                      str(tmp_path), report_fn=lambda p: {})
   counts = selection.count_nonzero(result.state.params, per_layer=True)
   assert abs(counts[0] - 600) <= 6 and abs(counts[1] - 200) <= 2, counts
+
+
+def test_controller_schedule_defaults():
+  from sparsejax import controller
+  # (rate, interval, exact_final_steps, ramp, debias_steps)
+  assert controller.schedule_defaults(None) == (0.05, 1, 0, None, 0)
+  assert controller.schedule_defaults(4690) == (1.0, 10, 200, (469, 2345), 1876)
+  assert controller.schedule_defaults(100) == (1.0, 10, 5, (10, 50), 40)
+  assert controller.schedule_defaults(3) == (1.0, 10, 1, (0, 2), 1)
+  assert controller.schedule_defaults(1000, rate=0.3, interval=2, exact_final_steps=7, ramp=None,
+                                      debias_steps=0) == (0.3, 2, 7, None, 0)
+  assert controller.schedule_defaults(1000, ramp=(5, 9))[3] == (5, 9)
+
+
+def test_controller_schedule_validation():
+  with pytest.raises(ValueError, match=r"ramp must be \(begin_step, end_step\), 'auto' or None; got 'cubic'"):
+    selection.nnz_controller("l1", 10, 0.1, total_steps=100, ramp="cubic")
+  with pytest.raises(ValueError, match=r"ramp must be \(begin_step, end_step\) with 0 <= begin_step <= end_step"):
+    selection.nnz_controller("l1", 10, 0.1, ramp=(9, 5))
+  with pytest.raises(ValueError, match=r"debias_steps=50 needs total_steps >= exact_final_steps \+ debias_steps"):
+    selection.nnz_controller("l1", 10, 0.1, debias_steps=50)
+  with pytest.raises(ValueError, match=r"exact_final_steps=20 and debias_steps=90 need total_steps .* "
+                                       r"here at least 110\); got total_steps=100"):
+    selection.nnz_controller("l1", 10, 0.1, total_steps=100, exact_final_steps=20, debias_steps=90)
+  with pytest.raises(ValueError, match=r"total_steps must be an int >= 1; got total_steps=0"):
+    selection.nnz_controller("l1", 10, 0.1, total_steps=0)
+  with pytest.raises(ValueError, match=r"debias_steps must be an int >= 0; got debias_steps=-1"):
+    selection.nnz_controller("l1", 10, 0.1, total_steps=100, debias_steps=-1)
+
+
+def _quadratic_run(tx, params, target_w, steps):
+  """Momentum-free steps on 0.5 ||w - target_w||^2; returns params and states after each step."""
+  state = tx.init(params)
+  step = jax.jit(lambda p, s: tx.update(jax.tree.map(lambda w, t: w - t, p, target_w), s, p))
+  history = []
+  for _ in range(steps):
+    updates, state = step(params, state)
+    params = optax.apply_updates(params, updates)
+    history.append((params, state))
+  return history
+
+
+def test_controller_refit_phase_freezes_the_support_and_does_not_shrink():
+  rng = np.random.default_rng(0)
+  target_w = {"w": jnp.asarray(rng.normal(size=(30, 20)), jnp.float32), "b": jnp.zeros(20, jnp.float32)}
+  params = jax.tree.map(lambda t: 0.1 * t, target_w)
+  lr, total, refit, target = 0.2, 60, 20, 50
+  tx = optax.chain(optax.sgd(lr), selection.nnz_controller("l1", target, lr, total_steps=total,
+                                                           debias_steps=refit))
+  history = _quadratic_run(tx, params, target_w, total)
+  frozen_at = total - refit  # the first refit step starts from history[frozen_at - 1]
+  support = np.asarray(history[frozen_at - 1][0]["w"]) != 0
+  assert support.sum() == target and float(history[frozen_at - 1][1][1].nnz) == target
+  # the exact phase chose the target largest |w| of the quadratic's minimiser (l1 keeps the order)
+  largest = np.argsort(-np.abs(np.asarray(target_w["w"])).ravel())[:target]
+  assert set(np.flatnonzero(support.ravel())) == set(largest)
+  for t in range(frozen_at, total):
+    before, after = np.asarray(history[t - 1][0]["w"]), np.asarray(history[t][0]["w"])
+    np.testing.assert_array_equal(after != 0, support)
+    # no shrinkage: exactly the optimizer's step w - lr (w - w*) on the support, 0 elsewhere
+    expected = np.where(support, before - lr * (before - np.asarray(target_w["w"])), 0.0)
+    np.testing.assert_allclose(after, expected, rtol=1e-6, atol=1e-7)
+    assert float(history[t][1][1].nnz) == target
+  # after the refit the survivors sit on the unpenalised minimiser (within (1 - lr)^refit of the gap)
+  final = np.asarray(history[-1][0]["w"])
+  np.testing.assert_allclose(final[support], np.asarray(target_w["w"])[support], atol=0.8 ** refit * 5)
+  # without the refit, l1 at the same target leaves every survivor shrunk
+  plain = optax.chain(optax.sgd(lr), selection.nnz_controller("l1", target, lr, total_steps=total, debias_steps=0))
+  shrunk = np.asarray(_quadratic_run(plain, params, target_w, total)[-1][0]["w"])
+  kept = shrunk != 0
+  assert np.all(np.abs(shrunk[kept]) < np.abs(np.asarray(target_w["w"])[kept]) - 1e-3)
+
+
+def test_controller_scheduled_defaults_beat_a_target_from_step_zero(tmp_path):
+  """At 90 % sparsity, total_steps (ramp + exact phase + refit) beats a target held from step 0, and ends on it."""
+  (x, y), test = data.load("digits", "train"), data.load("digits", "test")
+  epochs, batch, lr = 8, 64, 0.05
+  steps = pruning.schedule_total_steps(epochs, len(x), batch)
+  target = 474  # 10 % of the 4736 kernel weights of MLP 64-64-10
+  accuracy, counts = {}, {}
+  for name, kwargs in (("scheduled", {"total_steps": steps}), ("from_step_0", {})):
+    controller = selection.nnz_controller("l1", target, lr, **kwargs)
+    result = train.fit(MLP((64, 10)), optax.chain(optax.sgd(lr, momentum=0.9), controller), (x, y), test,
+                       train.TrainConfig(epochs=epochs, batch_size=batch, progress=False, checkpoint=False),
+                       str(tmp_path / name), report_fn=lambda p: {})
+    accuracy[name] = result.history[-1]["eval_accuracy"]
+    counts[name] = selection.count_nonzero(result.state.params)
+  assert counts["scheduled"] == target, counts
+  assert accuracy["scheduled"] > accuracy["from_step_0"] + 0.05, accuracy
+  assert accuracy["scheduled"] > 0.85, accuracy
