@@ -3,8 +3,9 @@
 1. Epoch time of `sparsejax.train.fit` (pmap, 1 device, no checkpoints/eval)
    vs a minimal hand-written `jax.jit` SGD loop on the same model and data:
    MLP 784-300-100-10 and LeNet-5 on 28x28 inputs, batch 128.
-2. Training samples/s of `fit` on 1 vs 2 devices (fake CPU devices here; real
-   ones on a GPU host).
+2. Training samples/s of `fit` on 1 vs 2 devices, pmap vs sharded (one jit program
+   over a Mesh); fake CPU devices here, which share the same 2 cores, so the CPU rows
+   measure the overhead of each placement, not a speed-up (real devices on a GPU host).
 3. Inference time of a sparse MLP vs its `compaction.compact` version.
 
 Usage: python -m benchmarks.train [--examples 8192] [--epochs 3] [--out benchmarks/results]
@@ -58,10 +59,10 @@ def hand_written_epoch_time(model, tx, x, y, batch, epochs):
   return float(np.median(times[1:]))  # first epoch compiles
 
 
-def fit_epoch_time(model, tx, x, y, batch, epochs, num_devices):
+def fit_epoch_time(model, tx, x, y, batch, epochs, num_devices, parallelism="pmap"):
   with tempfile.TemporaryDirectory() as workdir:
     config = train.TrainConfig(epochs=epochs + 1, batch_size=batch, num_devices=num_devices, progress=False,
-                               check_finite_inputs=False, keep_checkpoints=1)
+                               check_finite_inputs=False, keep_checkpoints=1, parallelism=parallelism)
     result = train.fit(model, tx, (x, y), None, config, workdir, report_fn=lambda p: {})
   return float(np.median([r["epoch_time_s"] for r in result.history[1:]]))
 
@@ -83,9 +84,11 @@ def main():
     rows.append({"benchmark": "fit epoch vs hand-written jit loop (1 device)", "model": name,
                  "value": ours / base, "unit": "ratio", "detail": f"{ours:.3f}s vs {base:.3f}s"})
     for devices in sorted({1, min(2, jax.local_device_count())}):
-      t = fit_epoch_time(model, tx, x, y, args.batch_size, args.epochs, num_devices=devices)
-      rows.append({"benchmark": f"fit samples/s on {devices} device(s)", "model": name,
-                   "value": len(x) / t, "unit": "samples/s", "detail": jax.devices()[0].device_kind})
+      for parallelism in ("pmap", "sharded"):
+        t = fit_epoch_time(model, tx, x, y, args.batch_size, args.epochs, num_devices=devices,
+                           parallelism=parallelism)
+        rows.append({"benchmark": f"fit samples/s on {devices} device(s), {parallelism}", "model": name,
+                     "value": len(x) / t, "unit": "samples/s", "detail": jax.devices()[0].device_kind})
 
   # Compaction: a 784-1024-1024-10 MLP with 90% of the hidden units removed.
   model = MLP((1024, 1024, 10))

@@ -73,6 +73,7 @@ class GANConfig:
   g_steps: int = 1                        # generator updates per discriminator update
   seed: int = 0
   num_devices: int = 0                    # 0: all local devices
+  parallelism: str = "pmap"               # or "sharded" (runloop.DataParallel)
   log_every_steps: int = 10
   checkpoint: bool = True
   checkpoint_every_steps: int = 0         # 0: only at epoch ends
@@ -230,8 +231,7 @@ class GANResult:
 
 def _metric_arrays(window: list[dict]) -> dict[str, np.ndarray]:
   """{name: values over the steps of `window`} from the replicated per-step metrics."""
-  host = jax.device_get(window)
-  return {k: np.asarray([np.asarray(m[k]).reshape(-1)[0] for m in host]) for k in host[0]}
+  return {k: np.asarray([runloop.first_value(m[k]) for m in window]) for k in window[0]}
 
 
 def _mean_metrics(window: list[dict]) -> dict:
@@ -267,7 +267,6 @@ def fit_gan(generator, discriminator, g_tx: optax.GradientTransformation, d_tx: 
   if images.ndim != 4:
     raise ValueError(f"images must have shape (N, H, W, C); got {images.shape}.")
   devices = runloop.data_parallel_devices(config.num_devices, config.batch_size)
-  local_devices = runloop.local_count(devices)
   steps_per_epoch = len(images) // config.batch_size
   if steps_per_epoch == 0:
     raise ValueError(f"images: {len(images)} examples is fewer than one batch of {config.batch_size}.")
@@ -297,8 +296,9 @@ def fit_gan(generator, discriminator, g_tx: optax.GradientTransformation, d_tx: 
   train_step = make_gan_train_step(generator, discriminator, g_tx, d_tx, config.latent_dim,
                                    len(devices), config.generator_loss, config.g_steps,
                                    d_penalty, g_penalty)
-  p_step = runloop.map_step(train_step, devices, donate_state=True)
-  rstate = runloop.replicate(state, devices)
+  placement = runloop.DataParallel(devices, config.parallelism)
+  p_step = placement.step(train_step, donate_state=True)
+  rstate = placement.put_state(state)
   step = start_step
   progress = config.progress and writer
 
@@ -311,7 +311,7 @@ def fit_gan(generator, discriminator, g_tx: optax.GradientTransformation, d_tx: 
           f"a GAN loss became non-finite before step {step_to_save}; not checkpointed. Last good checkpoint: "
           f"{runloop.last_checkpoint_text(workdir)} (resume=True restarts there).")
     if config.checkpoint:
-      runloop.save_checkpoint(manager, step_to_save, rstate)
+      runloop.save_checkpoint(manager, step_to_save, placement.host(rstate))
 
   epoch_bar = tqdm(range(start_step // steps_per_epoch, config.epochs), desc="GAN epochs", disable=not progress)
   for epoch in epoch_bar:
@@ -324,7 +324,7 @@ def fit_gan(generator, discriminator, g_tx: optax.GradientTransformation, d_tx: 
       for idx in bar:
         (local_idx,) = runloop.process_slice(idx)
         batch = images[local_idx]
-        rstate, m = p_step(rstate, data.shard(batch, local_devices))
+        rstate, m = p_step(rstate, *placement.put_batch(batch))
         epoch_metrics.append(m)
         window.append(m)
         step += 1
@@ -348,13 +348,13 @@ def fit_gan(generator, discriminator, g_tx: optax.GradientTransformation, d_tx: 
       if first:
         record["resumed_from_step"] = epoch * steps_per_epoch + first
       if epoch_fn is not None:
-        record.update(epoch_fn(jax.tree.map(jnp.asarray, runloop.unreplicate(rstate)), epoch + 1))
+        record.update(epoch_fn(jax.tree.map(jnp.asarray, placement.host(rstate)), epoch + 1))
       history.append(record)
       if writer:
         runloop.append_jsonl(log_path, record)
       save(step, [])  # after the record: an interruption before this re-runs the epoch end on resume
     epoch_bar.set_postfix({k: f"{record[k]:.3g}" for k in ("d_loss", "g_loss", "fid") if k in record})
-  final = jax.tree.map(jnp.asarray, runloop.unreplicate(rstate))
+  final = jax.tree.map(jnp.asarray, placement.host(rstate))
   if writer:
     runloop.write_json_atomic(os.path.join(workdir, "history.json"), history)
   return GANResult(state=final, history=history, steps=step_log, workdir=workdir)

@@ -70,22 +70,27 @@ def kth_largest_magnitude(leaves: Sequence[jax.Array], k: chex.Numeric) -> jax.A
   Exact, in O(bits x n): bisection over the bit patterns of ``|w|``, each step one counting
   pass (no sort, no top_k). Jit-compatible; `k` may be traced.
   """
-  bits = [_magnitude_bits(leaf).ravel() for leaf in leaves]
-  utype = bits[0].dtype
-  width = 64 if utype == jnp.uint64 else 32
+  leaves = list(leaves)
+  float64 = any(jnp.result_type(leaf) == jnp.float64 for leaf in leaves)
+  utype = jnp.uint64 if float64 else jnp.uint32
+  width = 64 if float64 else 32
   k = jnp.asarray(k, jnp.int64 if width == 64 else jnp.int32)
 
   def count_at_least(threshold):
-    return sum(jnp.sum(b >= threshold, dtype=k.dtype) for b in bits)
+    # The bit patterns are formed inside each pass and the passes are unrolled: XLA then
+    # fuses the conversion into each count instead of storing a parameter-sized integer
+    # copy of the weights (as it does when it hoists them out of a loop).
+    return sum(jnp.sum(_magnitude_bits(leaf.astype(jnp.float64) if float64 else leaf) >= threshold,
+                       dtype=k.dtype) for leaf in leaves)
 
   # Find the largest t with count(|w| >= t) >= k: build t bit by bit from the top.
   def body(i, t):
     candidate = t | (jnp.asarray(1, utype) << (width - 1 - i).astype(utype))
     return jnp.where(count_at_least(candidate) >= k, candidate, t)
 
-  t = lax.fori_loop(0, width, body, jnp.zeros((), utype))
+  t = lax.fori_loop(0, width, body, jnp.zeros((), utype), unroll=True)
   value = lax.bitcast_convert_type(t, jnp.float64 if width == 64 else jnp.float32)
-  total = sum(b.size for b in bits)
+  total = sum(int(np.size(leaf)) for leaf in leaves)
   return jnp.where(k <= total, value, 0.0)
 
 

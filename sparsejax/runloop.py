@@ -56,7 +56,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from sparsejax import _checks
+from sparsejax import _checks, data
 from sparsejax.records import append_jsonl, read_jsonl, write_json_atomic, write_jsonl_atomic
 
 __all__ = [
@@ -64,7 +64,7 @@ __all__ = [
     "process_slice", "append_jsonl", "read_jsonl", "write_jsonl_atomic", "write_json_atomic",
     "prepare_workdir", "checkpoint_manager", "restore_latest", "save_checkpoint", "peer_loss_guard",
     "sync_processes", "latest_checkpoint_step", "last_checkpoint_text", "local_count", "check_same_on_every_process",
-    "validate_loop_config",
+    "validate_loop_config", "PARALLELISMS", "DataParallel", "first_value",
 ]
 
 AXIS = "batch"
@@ -138,6 +138,103 @@ def map_step(step: Callable, devices: list, donate_state: bool = False) -> Calla
     return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False),
                    donate_argnums=donate)
   return jax.pmap(step, axis_name=AXIS, devices=devices, donate_argnums=donate)
+
+
+PARALLELISMS = ("pmap", "sharded")
+
+
+class DataParallel:
+  """Where a data-parallel run lives: its compiled step, its state and its batches.
+
+  The step function is written once, per replica, with its collectives over the axis
+  "batch" (`lax.psum` of gradients, `lax.pmean` of BatchNorm statistics, global mean
+  activations); `parallelism` decides how it is compiled and how arrays are placed:
+
+  * "pmap": `jax.pmap` over the global device list (on one device of one process,
+    jit(shard_map) over a one-device mesh; see `map_step`). The state is stacked, one
+    replica per local device along a leading axis; a batch is reshaped to
+    (local devices, per device, ...).
+  * "sharded": one `jax.jit` program over a `jax.sharding.Mesh` of the same devices with
+    axis "batch", the body under `jax.shard_map`. The state is one global array per
+    leaf, replicated (`NamedSharding(mesh, P())`); a batch is one global array sharded
+    along its first axis (`P("batch")`), assembled from every process's slice with
+    `jax.make_array_from_process_local_data`. This is JAX's recommended form: the
+    compiled program sees the whole mesh, and the arrays are ordinary `jax.Array`s.
+
+  Both give the same run (the same per-replica arithmetic and the same collectives).
+
+  XLA:CPU with several devices in one process: an SPMD program holds one worker
+  thread per device while it waits in a collective's rendezvous. With asynchronous
+  dispatch, the next step's partitions can take the remaining threads while the
+  previous step still waits for its partner, and on a machine with as many threads as
+  devices both wait forever ("Termination timeout ... all reduce"). The sharded step
+  therefore waits for each step's result before returning on CPU with more than one
+  local device (a CPU step is compute-bound, so this costs only the lost overlap of
+  dispatch); GPUs and TPUs dispatch asynchronously as usual.
+  """
+
+  def __init__(self, devices: list, parallelism: str = "pmap"):
+    if parallelism not in PARALLELISMS:
+      raise ValueError(f"parallelism must be one of {PARALLELISMS}; got {parallelism!r}.")
+    self.devices = devices
+    self.parallelism = parallelism
+    self.local_devices = local_count(devices)
+    if parallelism == "sharded":
+      self.mesh = jax.sharding.Mesh(np.asarray(devices), (AXIS,))
+      self.replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+      self.batch_sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(AXIS))
+      self._wait_each_step = devices[0].platform == "cpu" and self.local_devices > 1
+
+  def step(self, fn: Callable, donate_state: bool = False) -> Callable:
+    """`fn(state, *batch) -> (state, metrics)` compiled for this placement."""
+    if self.parallelism == "pmap":
+      return map_step(fn, self.devices, donate_state)
+    spec = jax.sharding.PartitionSpec
+    compiled: dict[int, Callable] = {}  # one program per number of batch arrays
+
+    def run(state, *batch):
+      if len(batch) not in compiled:
+        compiled[len(batch)] = jax.jit(
+            jax.shard_map(fn, mesh=self.mesh, in_specs=(spec(),) + (spec(AXIS),) * len(batch), out_specs=spec(),
+                          check_vma=False),
+            donate_argnums=(0,) if donate_state else ())
+      outputs = compiled[len(batch)](state, *batch)
+      if self._wait_each_step:
+        jax.block_until_ready(outputs)
+      return outputs
+
+    return run
+
+  def put_state(self, tree: Any) -> Any:
+    """A host state (the same on every process) placed on the devices."""
+    if self.parallelism == "pmap":
+      return replicate(tree, self.devices)
+    def place(leaf):
+      value = np.asarray(leaf)
+      return jax.make_array_from_callback(value.shape, self.replicated, lambda index: value[index])
+
+    return jax.tree.map(place, jax.device_get(tree))
+
+  def host(self, tree: Any) -> Any:
+    """The state (or metrics) on the host: the first replica, or the local copy of a replicated array."""
+    if self.parallelism == "pmap":
+      return unreplicate(tree)
+    return jax.tree.map(lambda a: np.asarray(a.addressable_data(0)), tree)
+
+  def put_batch(self, *arrays: np.ndarray) -> tuple:
+    """This process's slice of a global batch, placed for the step."""
+    if self.parallelism == "pmap":
+      return tuple(data.shard(list(arrays), self.local_devices))
+    return tuple(jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(a)) for a in arrays)
+
+
+
+def first_value(metric: Any) -> float:
+  """One replica's value of a replicated metric: a pmap output (leading device axis), a
+  replicated global array (also across processes: the local copy), or a host array."""
+  if isinstance(metric, jax.Array):
+    metric = metric.addressable_data(0)
+  return float(np.asarray(metric).reshape(-1)[0])
 
 
 def replicate(tree: Any, devices: list) -> Any:
@@ -226,6 +323,8 @@ def validate_loop_config(config: Any, int_fields: list[tuple[str, int, str]]) ->
   name = type(config).__name__
   for field, lower, allowed in int_fields:
     _checks.check_int(f"{name}.{field}", getattr(config, field), lower, allowed)
+  if getattr(config, "parallelism", "pmap") not in PARALLELISMS:
+    raise ValueError(f"{name}.parallelism must be one of {PARALLELISMS}; got {config.parallelism!r}.")
   if config.checkpoint:
     _checks.check_int(f"{name}.keep_checkpoints", config.keep_checkpoints, 1,
                       "an int >= 1 when checkpoint=True (0 would keep no checkpoint to resume from)")
@@ -335,11 +434,11 @@ def restore_latest(manager: ocp.CheckpointManager, template: Any, resume: bool) 
   return template, 0
 
 
-def save_checkpoint(manager: ocp.CheckpointManager, step: int, replicated_state: Any) -> None:
-  """Saves the first replica of a replicated state at `step` (process 0 writes; a no-op elsewhere)."""
+def save_checkpoint(manager: ocp.CheckpointManager, step: int, host_state: Any) -> None:
+  """Saves a state held on the host (`DataParallel.host`) at `step` (process 0 writes; a no-op elsewhere)."""
   if not is_writer():
     return
-  manager.save(step, args=ocp.args.StandardSave(flax.serialization.to_state_dict(unreplicate(replicated_state))))
+  manager.save(step, args=ocp.args.StandardSave(flax.serialization.to_state_dict(host_state)))
   manager.wait_until_finished()
 
 

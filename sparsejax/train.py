@@ -76,6 +76,7 @@ class TrainConfig:
   seed: int = 0
   task: str = "classification"  # or "regression" (MSE)
   num_devices: int = 0           # 0: all local devices
+  parallelism: str = "pmap"      # or "sharded": one jit program over a device Mesh (runloop.DataParallel)
   checkpoint: bool = True         # False: no checkpoints (grid searches, benchmarks)
   checkpoint_every_steps: int = 0  # 0: only at epoch ends
   keep_checkpoints: int = 2
@@ -184,8 +185,7 @@ def _summarize(task: str, totals: dict) -> dict:
 
 
 def _sum_metrics(metric_list: list) -> dict:
-  stacked = jax.device_get(metric_list)
-  return {k: float(np.sum([m[k][0] for m in stacked], dtype=np.float64)) for k in stacked[0]}
+  return {k: float(np.sum([runloop.first_value(m[k]) for m in metric_list], dtype=np.float64)) for k in metric_list[0]}
 
 
 def evaluate(model, state: TrainState | Any, x: np.ndarray, y: np.ndarray, task: str = "classification",
@@ -361,12 +361,12 @@ def fit(model, tx: optax.GradientTransformation, train_data: tuple[np.ndarray, n
     runloop.write_jsonl_atomic(log_path, history)
 
   total_devices = len(devices)
-  local_devices = runloop.local_count(devices)
   train_step = make_train_step(model, tx, config.task, penalty_fn, total_devices, loss_fn)
   eval_step = make_eval_step(model, config.task, loss_fn)
-  p_train = runloop.map_step(train_step, devices, donate_state=True)
-  p_eval = runloop.map_step(eval_step, devices)
-  rstate = runloop.replicate(state, devices)
+  placement = runloop.DataParallel(devices, config.parallelism)
+  p_train = placement.step(train_step, donate_state=True)
+  p_eval = placement.step(eval_step)
+  rstate = placement.put_state(state)
   steps_per_epoch = math.ceil(len(x_train) / config.batch_size)
   step = start_step
   progress = config.progress and writer
@@ -381,7 +381,7 @@ def fit(model, tx: optax.GradientTransformation, train_data: tuple[np.ndarray, n
           f"{runloop.last_checkpoint_text(workdir)} (resume=True restarts there).")
     if not config.checkpoint:
       return
-    runloop.save_checkpoint(manager, step_to_save, rstate)
+    runloop.save_checkpoint(manager, step_to_save, placement.host(rstate))
 
   def evaluate_replicated() -> dict:
     x_eval, y_eval = eval_data
@@ -389,7 +389,7 @@ def fit(model, tx: optax.GradientTransformation, train_data: tuple[np.ndarray, n
     results = []
     for i in range(0, len(x_eval), size):  # the stride is the padded size: no example counted twice
       batch = runloop.process_slice(*data.pad_batch(x_eval[i:i + size], y_eval[i:i + size], size))
-      results.append(p_eval(rstate, *data.shard(batch, local_devices)))
+      results.append(p_eval(rstate, *placement.put_batch(*batch)))
     return _summarize(config.task, _sum_metrics(results))
 
   epoch_bar = tqdm(range(start_step // steps_per_epoch, config.epochs), desc="epochs", disable=not progress)
@@ -402,7 +402,7 @@ def fit(model, tx: optax.GradientTransformation, train_data: tuple[np.ndarray, n
     with runloop.peer_loss_guard(where):
       for idx in bar:
         batch = runloop.process_slice(*data.pad_batch(x_train[idx], y_train[idx], config.batch_size))
-        rstate, m = p_train(rstate, *data.shard(batch, local_devices))
+        rstate, m = p_train(rstate, *placement.put_batch(*batch))
         epoch_metrics.append(m)
         step += 1
         # Not at the epoch's last step: that checkpoint comes after the epoch's record, so
@@ -420,14 +420,14 @@ def fit(model, tx: optax.GradientTransformation, train_data: tuple[np.ndarray, n
         record["resumed_from_step"] = step - len(batches) + first
       if eval_data is not None:
         record.update({f"eval_{k}": v for k, v in evaluate_replicated().items()})
-      record.update(size_report(runloop.unreplicate(rstate)))
+      record.update(size_report(placement.host(rstate)))
       history.append(record)
       if writer:
         runloop.append_jsonl(log_path, record)
       save(step, epoch_metrics)
     shown = {k: record[k] for k in ("train_loss", "eval_accuracy", "eval_mse", "weight_sparsity") if k in record}
     epoch_bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()})
-  final = jax.tree.map(jnp.asarray, runloop.unreplicate(rstate))
+  final = jax.tree.map(jnp.asarray, placement.host(rstate))
   if writer:
     runloop.write_json_atomic(os.path.join(workdir, "history.json"), history)
   module = model.to_module({"params": final.params, **final.model_state}) if nnx_model else None

@@ -31,6 +31,7 @@ def main(options: dict) -> None:
     tx = optax.chain(optax.sgd(lr, momentum=0.9), transforms.integrated_tl1(1e-3, lr, a=0.5))
     config = train.TrainConfig(epochs=options["epochs"], batch_size=64, eval_batch_size=100, progress=False,
                                num_devices=options.get("num_devices", 0),
+                               parallelism=options.get("parallelism", "pmap"),
                                checkpoint_every_steps=options.get("checkpoint_every_steps", 0))
     slow = options.get("slow_report_s", 0.0)
 
@@ -49,7 +50,7 @@ def main(options: dict) -> None:
     images = images / max(float(images.max()), 1.0)
     g, d = dcgan.dcgan_28(width=8, axis_name="batch")
     config = gan.GANConfig(epochs=options["epochs"], batch_size=32, latent_dim=16, progress=False,
-                           log_every_steps=2)
+                           log_every_steps=2, parallelism=options.get("parallelism", "pmap"))
     result = gan.fit_gan(g, d, optax.adam(2e-4, b1=0.5), optax.adam(2e-4, b1=0.5), images, config,
                          options["workdir"], resume=options.get("resume", False))
     params = {"g": result.state.g_params, "d": result.state.d_params}

@@ -104,6 +104,27 @@ def test_two_processes_two_devices_each_are_one_run(tmp_path, reference_fit):
   _assert_params_close(p0, reference_fit, atol=1e-5)
 
 
+def test_sharded_path_over_two_processes_is_one_run(tmp_path, reference_fit):
+  """parallelism="sharded": one jit program over a Mesh spanning both processes' devices."""
+  p0, p1 = _run(tmp_path, "sharded", 2, 1, trainer="fit", epochs=2, parallelism="sharded")
+  _assert_params_close(p0, p1, atol=0.0)
+  assert [r["epoch"] for r in _records(str(tmp_path / "sharded" / "log.jsonl"))] == [1, 2]
+  steps = sorted(int(d) for d in os.listdir(tmp_path / "sharded" / "checkpoints") if d.isdigit())
+  assert steps == [8, 16]
+  # resume it for the third epoch on 2 processes x 2 devices (a 4-device mesh): the one-process run
+  q0, q1 = _run(tmp_path, "sharded", 2, 2, trainer="fit", epochs=3, parallelism="sharded", resume=True)
+  _assert_params_close(q0, q1, atol=0.0)
+  _assert_params_close(q0, reference_fit, atol=1e-5)
+  assert [r["epoch"] for r in _records(str(tmp_path / "sharded" / "log.jsonl"))] == [1, 2, 3]
+
+
+def test_sharded_gan_two_processes_equal_one_process(tmp_path):
+  (ref,) = _run(tmp_path, "gan_ref", 1, 1, trainer="gan", epochs=1)
+  p0, p1 = _run(tmp_path, "gan_sharded", 2, 2, trainer="gan", epochs=1, parallelism="sharded")
+  _assert_params_close(p0, p1, atol=0.0)
+  _assert_params_close(p0, ref, atol=1e-5)
+
+
 def test_gan_two_processes_equal_one_process(tmp_path):
   (ref,) = _run(tmp_path, "gan_ref", 1, 1, trainer="gan", epochs=1)
   p0, p1 = _run(tmp_path, "gan_two", 2, 1, trainer="gan", epochs=1)

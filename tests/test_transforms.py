@@ -1,6 +1,7 @@
 """Tests of `sparsejax.transforms`: exact proximal steps inside optax chains."""
 
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,7 +9,7 @@ import optax
 import pytest
 from flax import nnx
 
-from sparsejax import prox, transforms
+from sparsejax import prox, registry, transforms
 
 
 def _params(seed=0):
@@ -213,3 +214,48 @@ def test_l1_proximal_gradient_matches_sklearn_saga_on_digits():
   assert abs(ours - theirs) <= 1e-3 * theirs, (ours, theirs)
   sparsity = float(jnp.mean(params["kernel"] == 0))
   assert 0.2 < sparsity < 0.95, sparsity  # a genuinely sparse solution, exact zeros
+
+
+class _MixedPrecisionMLP(nn.Module):
+  """bf16 compute; parameters in `param_dtype`."""
+  param_dtype: object = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.Dense(32, dtype=jnp.bfloat16, param_dtype=self.param_dtype)(x))
+    return nn.Dense(4, dtype=jnp.bfloat16, param_dtype=self.param_dtype)(x).astype(jnp.float32)
+
+
+@pytest.mark.parametrize("param_dtype", [jnp.float32, jnp.bfloat16], ids=["bf16_compute", "bf16_params"])
+def test_mixed_precision_training_through_every_prox(param_dtype):
+  """Every registered penalty, in a jitted training step with bf16 compute (float32 or bf16 params):
+  the params keep their dtype, stay finite, and the prox leaves exact zeros."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(64, 16)), jnp.float32)
+  y = jnp.asarray(rng.integers(0, 4, 64))
+  model = _MixedPrecisionMLP(param_dtype)
+  params0 = model.init(jax.random.PRNGKey(0), x)["params"]
+
+  def loss(p):
+    return optax.softmax_cross_entropy_with_integer_labels(model.apply({"params": p}, x), y).mean()
+
+  for name in registry.names():
+    record = registry.get(name)
+    kw = dict(record.examples[0]) if record.examples else {}
+    strength = 5.0 if record.grouped else (0.2 if name in ("l1", "elastic_net", "capped_l1", "mcp", "scad")
+                                           else 0.02)
+    tx = optax.chain(optax.sgd(0.1, momentum=0.9), transforms.proximal(name, strength, 0.1, **kw))
+
+    @jax.jit
+    def step(p, s):
+      updates, s = tx.update(jax.grad(loss)(p), s, p)
+      return optax.apply_updates(p, updates), s
+
+    params, state = params0, tx.init(params0)
+    for _ in range(5):
+      params, state = step(params, state)
+    kernels = [params["Dense_0"]["kernel"], params["Dense_1"]["kernel"]]
+    for leaf in jax.tree.leaves(params):
+      assert leaf.dtype == param_dtype, (name, leaf.dtype)
+      assert bool(jnp.all(jnp.isfinite(leaf))), name
+    assert sum(int(jnp.sum(k == 0)) for k in kernels) > 0, name
