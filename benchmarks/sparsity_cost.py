@@ -3,8 +3,9 @@
 For models where the matmuls or convolutions dominate (an MLP of 11.6M kernel weights,
 CNN8 on 28x28, ResNet-20 with BatchNorm on 32x32), batch 128 and 256, one jitted
 training step (forward, backward, momentum SGD, then the sparsification) is timed as
-the median of `--repeats` timings of `--steps` consecutive steps (state carried over),
-and compiled with XLA's memory analysis. Every row is a ratio to the plain momentum-SGD
+the median of `--repeats` timings of `--steps` consecutive steps (state carried over;
+the variants are timed round robin, so machine noise falls on all of them alike), and
+compiled with XLA's memory analysis. Every row is a ratio to the plain momentum-SGD
 step of the same model and batch, measured in the same run:
 
   time ratio        step time / plain step time
@@ -72,7 +73,8 @@ def make_step(model, tx, has_state: bool):
   return jax.jit(step, donate_argnums=(0, 2))
 
 
-def measure(model, input_shape, name, sparsifier, batch, steps, repeats) -> dict:
+def prepare(model, input_shape, sparsifier, batch) -> dict:
+  """The jitted step of one sparsifier, its carried state, and XLA's memory analysis."""
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.random((batch, *input_shape), dtype=np.float32))
   y = jnp.asarray(rng.integers(0, 10, batch).astype(np.int32))
@@ -83,18 +85,20 @@ def measure(model, input_shape, name, sparsifier, batch, steps, repeats) -> dict
   opt_state = tx.init(params)
   step = make_step(model, tx, bool(model_state))
   memory = step.lower(params, model_state, opt_state, x, y).compile().memory_analysis()
-  carry = [params, model_state, opt_state]
-
-  def run():
-    for _ in range(steps):
-      carry[0], carry[1], carry[2] = step(carry[0], carry[1], carry[2], x, y)
-    return carry[0]
-
-  seconds = common.median_time(run, repeats=repeats) / steps
   param_bytes = sum(int(np.size(p)) * np.dtype(p.dtype).itemsize for p in jax.tree.leaves(params))
-  return {"sparsifier": name, "ms": 1e3 * seconds,
+  return {"step": step, "carry": [params, model_state, opt_state], "x": x, "y": y, "times": [],
           "temp_bytes": int(getattr(memory, "temp_size_in_bytes", 0)) if memory is not None else 0,
           "param_bytes": param_bytes}
+
+
+def time_steps(case: dict, steps: int) -> float:
+  """Seconds per step over `steps` consecutive steps (the state carried from call to call)."""
+  carry = case["carry"]
+  start = time.perf_counter()
+  for _ in range(steps):
+    carry[0], carry[1], carry[2] = case["step"](carry[0], carry[1], carry[2], case["x"], case["y"])
+  jax.block_until_ready(carry[0])
+  return (time.perf_counter() - start) / steps
 
 
 def main(argv=None):
@@ -102,7 +106,7 @@ def main(argv=None):
   parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
   parser.add_argument("--batch-sizes", nargs="+", type=int, default=[128, 256])
   parser.add_argument("--steps", type=int, default=5)
-  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--repeats", type=int, default=7)
   parser.add_argument("--out", default=os.path.join("benchmarks", "results"))
   args = parser.parse_args(argv)
   rows = []
@@ -113,15 +117,21 @@ def main(argv=None):
     params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, *input_shape)))["params"]
     kernels = sum(int(np.size(k)) for k in selection.weight_leaves(params))
     for batch in args.batch_sizes:
-      results = [measure(model, input_shape, name, s, batch, args.steps, args.repeats)
-                 for name, s in sparsifiers(kernels).items()]
-      plain = results[0]
-      for r in results:
-        rows.append({"model": model_name, "kernel_weights": kernels, "batch": batch, "sparsifier": r["sparsifier"],
-                     "ms": r["ms"], "time_ratio": r["ms"] / plain["ms"],
-                     "temp_bytes_ratio": r["temp_bytes"] / max(plain["temp_bytes"], 1),
-                     "extra_temp_over_params": (r["temp_bytes"] - plain["temp_bytes"]) / r["param_bytes"]})
-        print(f"{model_name} b{batch} {r['sparsifier']}: {r['ms']:.2f} ms, x{rows[-1]['time_ratio']:.3f}, "
+      cases = {name: prepare(model, input_shape, s, batch) for name, s in sparsifiers(kernels).items()}
+      for case in cases.values():
+        time_steps(case, 1)  # compile and warm up
+      for _ in range(args.repeats):  # round robin: machine noise spreads over every variant alike
+        for case in cases.values():
+          case["times"].append(time_steps(case, args.steps))
+      plain = cases["plain"]
+      plain_ms = 1e3 * float(np.median(plain["times"]))
+      for name, case in cases.items():
+        ms = 1e3 * float(np.median(case["times"]))
+        rows.append({"model": model_name, "kernel_weights": kernels, "batch": batch, "sparsifier": name,
+                     "ms": ms, "time_ratio": ms / plain_ms,
+                     "temp_bytes_ratio": case["temp_bytes"] / max(plain["temp_bytes"], 1),
+                     "extra_temp_over_params": (case["temp_bytes"] - plain["temp_bytes"]) / case["param_bytes"]})
+        print(f"{model_name} b{batch} {name}: {ms:.2f} ms, x{rows[-1]['time_ratio']:.3f}, "
               f"extra temp / params {rows[-1]['extra_temp_over_params']:+.3f}", flush=True)
   device = jax.devices()[0]
   print(f"\ndevice: {device.platform} ({device.device_kind}); {time.time() - started:.0f} s\n")
