@@ -159,7 +159,7 @@ class DataParallel:
     leaf, replicated (`NamedSharding(mesh, P())`); a batch is one global array sharded
     along its first axis (`P("batch")`), assembled from every process's slice with
     `jax.make_array_from_process_local_data`. This is JAX's recommended form: the
-    compiled program sees the whole mesh, and the arrays are ordinary `jax.Array`s.
+    compiled program sees the whole mesh, and the arrays are ordinary `jax.Array` values.
 
   Both give the same run (the same per-replica arithmetic and the same collectives).
 
