@@ -88,7 +88,7 @@ def schedule_defaults(total_steps: Any, rate: Any = None, interval: Any = None, 
     if not scheduled:
       exact_final_steps = 0
     elif _checks.is_concrete(total_steps):
-      exact_final_steps = max(1, min(EXACT_MAX_STEPS, int(round(EXACT_FRACTION * int(total_steps)))))
+      exact_final_steps = max(1, min(EXACT_MAX_STEPS, _steps(total_steps, EXACT_FRACTION)))
     else:
       exact_final_steps = jnp.clip(_steps(total_steps, EXACT_FRACTION), 1, EXACT_MAX_STEPS)
   if isinstance(ramp, str):
