@@ -57,6 +57,10 @@ def _selected(mask: Mask, params: Any) -> list[bool]:
 # ------------------------------------------------------------- exact selection
 
 
+# Above this many weights, kth_largest_magnitude unrolls its passes (no stored copy of them).
+_ROLLED_MAX_ELEMENTS = 1 << 20
+
+
 def _magnitude_bits(x: jax.Array) -> jax.Array:
   """``|x|`` as unsigned integers whose order is the order of ``|x|`` (NaN sorts above inf)."""
   ax = jnp.abs(x.astype(jnp.float64 if x.dtype == jnp.float64 else jnp.float32))
@@ -76,21 +80,38 @@ def kth_largest_magnitude(leaves: Sequence[jax.Array], k: chex.Numeric) -> jax.A
   width = 64 if float64 else 32
   k = jnp.asarray(k, jnp.int64 if width == 64 else jnp.int32)
 
-  def count_at_least(threshold):
-    # The bit patterns are formed inside each pass and the passes are unrolled: XLA then
-    # fuses the conversion into each count instead of storing a parameter-sized integer
-    # copy of the weights (as it does when it hoists them out of a loop).
+  def count_at_least(leaves, threshold):
     return sum(jnp.sum(_magnitude_bits(leaf.astype(jnp.float64) if float64 else leaf) >= threshold,
                        dtype=k.dtype) for leaf in leaves)
 
-  # Find the largest t with count(|w| >= t) >= k: build t bit by bit from the top.
-  def body(i, t):
-    candidate = t | (jnp.asarray(1, utype) << (width - 1 - i).astype(utype))
-    return jnp.where(count_at_least(candidate) >= k, candidate, t)
+  # Find the largest t with count(|w| >= t) >= k: build t bit by bit from the top (the
+  # sign bit of |w| is 0, so the search starts one bit below it).
+  def candidate(i, t):
+    return t | (jnp.asarray(1, utype) << (width - 1 - i).astype(utype))
 
-  t = lax.fori_loop(0, width, body, jnp.zeros((), utype), unroll=True)
-  value = lax.bitcast_convert_type(t, jnp.float64 if width == 64 else jnp.float32)
   total = sum(int(np.size(leaf)) for leaf in leaves)
+  if total > _ROLLED_MAX_ELEMENTS:
+    # Unrolled passes: XLA recomputes the weights (e.g. p + u) and their bit patterns
+    # inside each fused count, so nothing parameter-sized is stored; compiling `width`
+    # passes takes seconds, which is small beside the compile time of such a model.
+    def unrolled_body(i, t):
+      c = candidate(i, t)
+      return jnp.where(count_at_least(leaves, c) >= k, c, t)
+
+    t = lax.fori_loop(1, width, unrolled_body, jnp.zeros((), utype), unroll=True)
+  else:
+    # A rolled loop compiles one pass (about 10x faster to compile). The weights travel
+    # in its carry through a barrier that ties them to the loop-varying candidate, so XLA
+    # cannot hoist their conversion to bit patterns out of the loop; they are stored once
+    # in the loop's state, which is cheap at this size.
+    def rolled_body(i, carry):
+      t, weights = carry
+      c = candidate(i, t)
+      weights, c = lax.optimization_barrier((weights, c))
+      return jnp.where(count_at_least(weights, c) >= k, c, t), weights
+
+    t, _ = lax.fori_loop(1, width, rolled_body, (jnp.zeros((), utype), leaves))
+  value = lax.bitcast_convert_type(t, jnp.float64 if width == 64 else jnp.float32)
   return jnp.where(k <= total, value, 0.0)
 
 

@@ -20,8 +20,11 @@ def _kernels(tree):
   return [tree["Dense_0"]["kernel"], tree["Dense_1"]["kernel"]]
 
 
+@pytest.mark.parametrize("rolled", [True, False], ids=["rolled", "unrolled"])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
-def test_kth_largest_magnitude_is_exact(dtype):
+def test_kth_largest_magnitude_is_exact(dtype, rolled, monkeypatch):
+  # small weight sets use a rolled loop, large ones unrolled passes: both are exact
+  monkeypatch.setattr(pruning, "_ROLLED_MAX_ELEMENTS", 1 << 30 if rolled else 0)
   rng = np.random.default_rng(1)
   leaves = [jnp.asarray(rng.normal(size=(50, 7)), dtype), jnp.asarray(rng.standard_cauchy(size=33), dtype),
             jnp.asarray(np.repeat([0.5, -0.5, 0.0], 10), dtype)]  # ties and zeros
@@ -30,6 +33,8 @@ def test_kth_largest_magnitude_is_exact(dtype):
   for k in [1, 2, 17, 100, 350, 375, 383, values.size]:
     assert float(f(leaves, k)) == values[k - 1], k
   assert float(f(leaves, values.size + 1)) == 0.0
+  inf_and_nan = [jnp.asarray([1.0, -np.inf, np.nan, 2.0], dtype)]  # NaN sorts above inf
+  assert np.isnan(float(f(inf_and_nan, 1))) and float(f(inf_and_nan, 2)) == np.inf
 
 
 def test_cubic_schedule():
