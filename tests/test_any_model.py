@@ -115,8 +115,17 @@ def test_resnet_counts_equal_hand_counts():
   assert r["params_dense"] == sum(leaf.size for leaf in leaves) == r["params_used"]
   assert r["neurons_total"] == {"stem": 8, "stage0_block0/conv1": 8, "stage0_block0/conv2": 8,
                                 "stage1_block0/conv1": 16, "stage1_block0/conv2": 16, "stage1_block0/shortcut": 16}
-  assert sum(resnet_size for resnet_size in metrics.report(resnet20(), resnet20().init(
-      jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))), (32, 32, 3))["neurons_total"].values()) > 0
+  # ResNet-20 (3 stages of 3 blocks, 16/32/64 channels, 32x32 inputs): random variables of
+  # the init's shapes (its init compiles for ~20 s on CPU); MACs per stage by hand
+  shapes = jax.eval_shape(resnet20().init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+  rng = np.random.default_rng(0)
+  variables20 = {"params": jax.tree.map(lambda s: rng.normal(size=s.shape).astype(s.dtype), shapes["params"]),
+                 "batch_stats": jax.tree.map(lambda s: np.ones(s.shape, s.dtype), shapes["batch_stats"])}
+  r20 = metrics.report(resnet20(), variables20, (32, 32, 3))
+  macs = (27 * 16 * 1024 + 6 * 144 * 16 * 1024 + 144 * 32 * 256 + 5 * 288 * 32 * 256 + 16 * 32 * 256
+          + 288 * 64 * 64 + 5 * 576 * 64 * 64 + 32 * 64 * 64 + 64 * 10)
+  assert r20["flops_dense"] == 2 * macs
+  assert sum(r20["neurons_total"].values()) == 16 + 6 * 16 + (6 * 32 + 32) + (6 * 64 + 64)
 
 
 def _planted_resnet():
