@@ -210,16 +210,19 @@ def frontier():
           "optimizer state (`+retrain`). Without saved results (or in the test suite) a "
           "REDUCED config runs: digits, 3 epochs, one sparsity; the table says so."),
       new_code_cell(SETUP + '''from experiments import frontier
-out = os.path.join("..", "docs", "frontier")  # the measured results, kept in the repository
-if SMALL or not os.path.exists(os.path.join(out, "results.json")):
+root = os.path.join("..", "docs", "frontier")  # the measured results (one folder a setting), kept in the repository
+outs = sorted(os.path.join(root, d) for d in (os.listdir(root) if os.path.isdir(root) else [])
+              if os.path.exists(os.path.join(root, d, "results.json")))
+if SMALL or not outs:
     workdir, REDUCED = tempfile.mkdtemp(), True
     with contextlib.redirect_stdout(io.StringIO()):
         frontier.main(["--workdir", workdir, "--dataset", "digits", "--epochs", "3", "--batch-size", "32",
                        "--seeds", "0", "--sparsities", "0.9", "--methods", "dense", "gmp", "one_shot", "tl1",
                        "tl1-norefit", "--exact-final-steps", "30", "--gmp-frequency", "10", "--no-progress"])
-    out = os.path.join(workdir, "digits_mlp")
-show_table(os.path.join(out, "table.md"))
-display(Image(os.path.join(out, "frontier.png")))'''),
+    outs = [os.path.join(workdir, "digits_mlp")]
+for out in outs:
+    show_table(os.path.join(out, "table.md"))
+    display(Image(os.path.join(out, "frontier.png")))'''),
   ])
 
 
