@@ -130,7 +130,8 @@ def test_controller_meets_target_in_one_run():
   def loss(p):
     return optax.softmax_cross_entropy_with_integer_labels(model.apply({"params": p}, x), y).mean()
 
-  tx = optax.chain(optax.sgd(lr), selection.nnz_controller("l1", target, lr, initial_strength=1e-4, rate=0.02))
+  # started far below the strength that meets the target, so the test sees it adapt
+  tx = optax.chain(optax.sgd(lr), selection.nnz_controller("l1", target, lr, initial_strength=1e-6, rate=0.02))
 
   @jax.jit
   def run(p, s):
@@ -146,7 +147,7 @@ def test_controller_meets_target_in_one_run():
   assert float(state[1].nnz) == nnz
   acc = float(jnp.mean(jnp.argmax(model.apply({"params": params}, x), -1) == y))
   assert acc > 0.9
-  assert np.isfinite(float(strengths[-1])) and abs(math.log(float(strengths[-1]) / 1e-4)) > math.log(2)  # adapted
+  assert np.isfinite(float(strengths[-1])) and abs(math.log(float(strengths[-1]) / 1e-6)) > math.log(2)  # adapted
 
 
 def test_bad_input_and_nan_keep_history(tmp_path):
