@@ -26,7 +26,8 @@ myst_heading_anchors = 3
 nb_execution_mode = "off"          # notebooks are rendered from their saved outputs
 nb_merge_streams = True
 source_suffix = {".md": "myst-nb", ".ipynb": "myst-nb", ".rst": "restructuredtext"}
-exclude_patterns = ["_build", "frontier/**/table.md", "**/scratch_run", "resnet_sparsity/table.md", "notebooks/build_notebooks.py", "**/.ipynb_checkpoints"]
+exclude_patterns = ["_build", "frontier/**/table.md", "**/scratch_run", "resnet_sparsity/table.md",
+                    "notebooks/build_notebooks.py", "**/.ipynb_checkpoints"]
 
 autodoc_member_order = "bysource"
 autodoc_typehints = "none"            # signatures stay readable; the docstrings give the types
