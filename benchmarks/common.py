@@ -23,6 +23,25 @@ def median_time(fn, *args, repeats: int) -> float:
   return float(np.median(times))
 
 
+def interleaved_times(calls: dict[str, tuple], rounds: int) -> dict[str, float]:
+  """Fastest wall time of each already-jitted `fn(*args)` in `calls` ({name: (fn, *args)}).
+
+  The calls run round-robin, one of each per round, `rounds` times after one warm-up
+  call each, so a slow spell of the machine (other processes, frequency changes) hits
+  every case alike instead of the few that happened to run during it; the minimum is
+  the least disturbed run. Ratios of these times are what the tables report.
+  """
+  for fn, *args in calls.values():
+    jax.block_until_ready(fn(*args))
+  best = {name: float("inf") for name in calls}
+  for _ in range(rounds):
+    for name, (fn, *args) in calls.items():
+      start = time.perf_counter()
+      jax.block_until_ready(fn(*args))
+      best[name] = min(best[name], time.perf_counter() - start)
+  return best
+
+
 def write_rows(out_dir: str, stem: str, rows: list[dict], **extra: Any) -> str:
   """Writes rows as <out_dir>/<stem>.json (with `extra` fields) and .csv; returns the path stem."""
   os.makedirs(out_dir, exist_ok=True)

@@ -1,7 +1,8 @@
 """Prox speed as ratios measured in one run.
 
 1. Every elementwise prox on 2^24 float32 elements under jit, relative to a plain
-   elementwise copy `x * c` of the same array (median of >= 7 runs).
+   elementwise copy `x * c` of the same array (fastest of `--repeats` interleaved rounds:
+   `benchmarks.common.interleaved_times`).
 2. sparsejax vs jaxopt where they overlap (lasso, elastic net, row-group lasso).
 3. One prox-SGD training step vs one plain SGD step for an MLP 784-300-100-10,
    batch 128.
@@ -51,16 +52,13 @@ ELEMENTWISE += [(name, 0.3, kw, "") for name in registry.names(grouped=False)
 
 
 def bench_elementwise(x, repeats):
-  copy = jax.jit(lambda v: v * 2.0)
-  t_copy = common.median_time(copy, x, repeats=repeats)
-  rows = [{"section": "elementwise", "name": "copy (x*c)", "regime": "", "ms": 1e3 * t_copy, "ratio": 1.0,
-           "baseline": "copy"}]
+  calls = {("copy (x*c)", ""): (jax.jit(lambda v: v * 2.0), x)}
   for name, tau, kw, regime in ELEMENTWISE:
-    fn = jax.jit(functools.partial(prox.get(name), tau=tau, **kw))
-    t = common.median_time(fn, x, repeats=repeats)
-    rows.append({"section": "elementwise", "name": name, "regime": regime, "ms": 1e3 * t,
-                 "ratio": t / t_copy, "baseline": "copy"})
-  return rows
+    calls[(name, regime)] = (jax.jit(functools.partial(prox.get(name), tau=tau, **kw)), x)
+  times = common.interleaved_times(calls, rounds=repeats)
+  t_copy = times[("copy (x*c)", "")]
+  return [{"section": "elementwise", "name": name, "regime": regime, "ms": 1e3 * t, "ratio": t / t_copy,
+           "baseline": "copy"} for (name, regime), t in times.items()]
 
 
 def bench_jaxopt(x, repeats):
@@ -84,8 +82,8 @@ def bench_jaxopt(x, repeats):
   for label, arr, ours, theirs in cases:
     ours_j, theirs_j = jax.jit(ours), jax.jit(theirs)
     np.testing.assert_allclose(np.asarray(ours_j(arr)), np.asarray(theirs_j(arr)), rtol=2e-5, atol=2e-6)
-    t_ours = common.median_time(ours_j, arr, repeats=repeats)
-    t_theirs = common.median_time(theirs_j, arr, repeats=repeats)
+    times = common.interleaved_times({"ours": (ours_j, arr), "theirs": (theirs_j, arr)}, rounds=repeats)
+    t_ours, t_theirs = times["ours"], times["theirs"]
     rows.append({"section": "jaxopt", "name": label, "regime": "", "ms": 1e3 * t_ours,
                  "ratio": t_ours / t_theirs, "baseline": f"jaxopt {1e3 * t_theirs:.2f} ms"})
   return rows
@@ -119,10 +117,8 @@ def bench_training_step(repeats, steps=100, batch=128):
       "sgd + integrated_tl1": optax.chain(optax.sgd(lr), transforms.integrated_tl1(1e-4, lr, a=0.01)),
       "sgd + cges": optax.chain(optax.sgd(lr), transforms.cges(1e-4, lr)),
   }
-  times = {}
-  for name, tx in txs.items():
-    run = make_steps(tx)
-    times[name] = common.median_time(run, params, tx.init(params), repeats=repeats) / steps
+  calls = {name: (make_steps(tx), params, tx.init(params)) for name, tx in txs.items()}
+  times = {name: t / steps for name, t in common.interleaved_times(calls, rounds=repeats).items()}
   return [{"section": "train step (MLP 784-300-100-10, batch 128)", "name": name, "regime": "",
            "ms": 1e3 * t, "ratio": t / times["sgd"], "baseline": "sgd step"} for name, t in times.items()]
 
@@ -139,7 +135,7 @@ def main():
 
   device = jax.devices()[0]
   header = (f"device: {device.platform} ({device.device_kind}), {jax.local_device_count()} device(s); "
-            f"jax {jax.__version__}; array 2^{args.log2_size} float32; median of {args.repeats}")
+            f"jax {jax.__version__}; array 2^{args.log2_size} float32; fastest of {args.repeats} interleaved rounds")
   print(header)
   section = None
   for row in rows:

@@ -131,6 +131,14 @@ def _fast_cbrt_guess(x: jax.Array) -> jax.Array:
   return lax.bitcast_convert_type(guess_bits, jnp.float32).astype(x.dtype)
 
 
+def _fast_rcbrt_guess(x: jax.Array) -> jax.Array:
+  """x^(-1/3) for x in [1e-30, 1e30] within 3.5% (float32 exponent trick), no gradient."""
+  x32 = lax.stop_gradient(x).astype(jnp.float32)
+  bits = lax.bitcast_convert_type(x32, jnp.int32).astype(jnp.float32)
+  guess_bits = (1419910442.0 - bits * (1.0 / 3.0)).astype(jnp.int32)
+  return lax.bitcast_convert_type(guess_bits, jnp.float32).astype(x.dtype)
+
+
 # ------------------------------------------------------- separable operators
 
 
@@ -392,21 +400,28 @@ def _l_two_thirds_leaf(v, tau):
   q3 = q * q * q
   thr = 2.0 * q3  # == _pen.l_two_thirds_threshold(tau), same expression
   keep = (av > thr) & positive
-  u = jnp.where(keep, av, 2.0 * thr + 1.0)
-  # x = (q s)^3 where s >= 1 is the largest root of s^4 - nu s + 1 = 0,
-  # nu = |v|/q^3 > 2. Halley steps (cubic convergence) from 1.037 cbrt(nu), an
-  # upper bound within 9%, reach 6e-9 relative error after three steps.
-  # For nu > 1e12 the shrinkage |v| - x is below float64 resolution: x = |v|.
-  nu = u * (1.0 / q3)
-  huge = nu > 1e12
-  nu = jnp.minimum(nu, 1e12)
-  s = 1.037 * _fast_cbrt_guess(nu)
-  for _ in range(_newton_steps(v.dtype, 3, 4)):
+  # x = (q s)^3 where s >= 1 is the largest root of s^4 - nu s + 1 = 0, nu = |v|/q^3 > 2;
+  # since s^3 = nu - 1/s, x = |v| - q^3/s. With c = nu^(1/3) and eps = nu^(-4/3) in
+  # (0, 2^(-4/3)], s = c y(eps) where y is the largest root of y^4 - y + eps = 0. A
+  # cubic fit of y(eps) (within 1e-3) times c from two division-free Newton steps on
+  # r = nu^(-1/3) starts within 1e-3, and one Halley step (cubic convergence) gives x
+  # within 6e-9 relative error (two steps in float64: 1e-15). nu is clipped to
+  # [2, 1e12]: beyond, q^3/s is below |v|'s float64 resolution, and x = |v| - q^3/s
+  # stays exact to rounding for any |v|.
+  nu = jnp.clip(av * (1.0 / q3), 2.0, 1e12)
+  r = _fast_rcbrt_guess(nu)
+  nu_third = nu * (1.0 / 3.0)
+  for _ in range(2):
+    r = r * ((4.0 / 3.0) - nu_third * (r * r * r))
+  r2 = r * r
+  eps = r2 * r2
+  s = (nu * r2) * (1.00093164 + eps * (-0.39043025 + eps * (0.30941613 + eps * -1.60443491)))
+  for _ in range(_newton_steps(v.dtype, 1, 2)):
     s2 = s * s
     g = s * (s2 * s - nu) + 1.0
     g1 = 4.0 * s2 * s - nu
     s = s - 2.0 * g * g1 / (2.0 * g1 * g1 - 12.0 * g * s2)
-  x = jnp.where(huge, u, q3 * s * s * s)
+  x = av - q3 / s
   return jnp.where(positive, _signed(v, x, keep), v)
 
 
