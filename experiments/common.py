@@ -10,6 +10,8 @@ import typing
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from sparsejax import data
+
 C = TypeVar("C")
 
 
@@ -75,3 +77,12 @@ def run_experiment(config_cls: type[C], description: str, name: str, train_and_e
   results = train_and_evaluate(config, workdir)
   print_file(os.path.join(workdir, table_dir(config), "table.md"))
   return results
+
+
+def dataset_available(name: str) -> bool:
+  """Whether `sparsejax.data.load(name, "test")` finds the dataset offline (never downloads)."""
+  try:
+    data.load(name, "test")
+  except data.DataNotFoundError:
+    return False
+  return True

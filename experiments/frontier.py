@@ -239,6 +239,13 @@ def write_outputs(config: Config, rows: list[dict], out_dir: str, reduced: bool)
   return payload
 
 
+
+def small_config_args() -> list[str]:
+  """The fast small config that the test suite and the notebooks run (add ``--workdir``)."""
+  return ["--dataset", "digits", "--seeds", "0", "--epochs", "3", "--batch-size", "32", "--sparsities", "0.9",
+          "--methods", "dense", "gmp", "one_shot", "random", "l1", "tl1-norefit", "tl1+retrain",
+          "--exact-final-steps", "30", "--gmp-frequency", "10", "--no-progress"]
+
 def main(argv=None) -> dict:
   config, workdir = common.parse_config(Config, __doc__, os.path.join("results", "frontier"), argv)
   for method in config.methods:

@@ -304,6 +304,12 @@ def _plots_and_table(config: Config, results: dict, out_dir: str) -> None:
   common.write_lines(os.path.join(out_dir, "table.md"), lines)
 
 
+
+def small_config_args() -> list[str]:
+  """The fast small config that the test suite and the notebooks run (add ``--workdir``)."""
+  return ["--task", "regression", "--max-steps", "1500", "--r", "0.02", "--target", "1500",
+          "--layer-targets", "500", "700", "500", "30", "--layer-r", "0.1", "--max-trainings", "15"]
+
 def main(argv=None):
   return common.run_experiment(Config, __doc__, "l1_selection", train_and_evaluate, lambda config: config.task, argv=argv)
 

@@ -176,6 +176,11 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
   return results
 
 
+
+def small_config_args() -> list[str]:
+  """The fast small config that the test suite and the notebooks run (add ``--workdir``)."""
+  return ["--datasets", "breast_cancer", "--folds", "3", "--epochs", "15", "--beta-grid", "0.01", "--l1-grid", "0.1"]
+
 def main(argv=None):
   return common.run_experiment(Config, __doc__, "lses_dnn", train_and_evaluate, argv=argv)
 

@@ -75,6 +75,11 @@ def train_and_evaluate(config: Config, workdir: str, progress: bool = True) -> d
   return results
 
 
+
+def small_config_args() -> list[str]:
+  """The fast small config that the test suite and the notebooks run (add ``--workdir``)."""
+  return ["--epochs", "40"]
+
 def main(argv=None):
   config, workdir = common.parse_config(Config, __doc__, os.path.join("results", "quickstart"), argv)
   r = train_and_evaluate(config, workdir)

@@ -169,6 +169,13 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
   return {"runs": rows}
 
 
+
+def small_config_args() -> list[str]:
+  """The fast small config that the test suite and the notebooks run (add ``--workdir``)."""
+  return ["--dataset", "digits", "--train-examples", "400", "--test-examples", "200", "--epochs", "2",
+          "--widths", "8", "16", "16", "--group-strength", "5.0", "--tl1-strength", "0.3",
+          "--slimming-strength", "5.0", "--no-progress", "--timing-repeats", "2", "--timing-batch", "64"]
+
 def main(argv=None):
   return common.run_experiment(Config, __doc__, "resnet_sparsity", train_and_evaluate, argv=argv)
 

@@ -133,6 +133,11 @@ def _write_table(config, results, out_dir):
   common.write_lines(os.path.join(out_dir, "table.md"), lines)
 
 
+
+def small_config_args() -> list[str]:
+  """The fast small config that the test suite and the notebooks run (add ``--workdir``)."""
+  return ["--epochs", "2", "--max-train-examples", "1500", "--methods", "plain", "rvsm_l0", "rvsm_tl1"]
+
 def main(argv=None):
   return common.run_experiment(Config, __doc__, "rvsm_curves", train_and_evaluate, lambda config: config.dataset, argv=argv)
 

@@ -192,6 +192,12 @@ def _write_table(config, results, workdir):
   common.write_lines(os.path.join(workdir, "table.md"), lines)
 
 
+
+def small_config_args() -> list[str]:
+  """The fast small config that the test suite and the notebooks run (add ``--workdir``)."""
+  return ["--epochs", "2", "--per-class", "200", "--hidden", "64", "--test-examples", "1000", "--classifier-sizes", "50",
+          "--methods", "rbm", "combined", "--dataset", "mnist" if common.dataset_available("mnist") else "digits"]
+
 def main(argv=None):
   return common.run_experiment(Config, __doc__, "sparse_dbn", train_and_evaluate, argv=argv)
 

@@ -247,6 +247,13 @@ def _loss_plot(runs: dict, path: str) -> None:
   plotting.save_figure(fig, path)
 
 
+
+def small_config_args() -> list[str]:
+  """The fast small config that the test suite and the notebooks run (add ``--workdir``)."""
+  return ["--dataset", "fashion_mnist" if common.dataset_available("fashion_mnist") else "shaky_curves", "--epochs", "2",
+          "--train-examples", "256", "--width", "4", "--score-samples", "300", "--classifier-epochs", "1",
+          "--lambda-scales", "0.1", "--grid-samples", "16", "--log-every-steps", "1", "--no-progress"]
+
 def main(argv=None):
   return common.run_experiment(Config, __doc__, "sparse_gan", train_and_evaluate, argv=argv)
 

@@ -295,6 +295,12 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
   return out
 
 
+
+def small_config_args() -> list[str]:
+  """The fast small config that the test suite and the notebooks run (add ``--workdir``)."""
+  return ["--dataset", "digits", "--seeds", "0", "--epochs", "3", "--regularizers", "none", "tl1", "integrated_tl1",
+          "--a-grid", "0.01", "1.0", "--max-train-examples", "600"]
+
 def main(argv=None):
   config, workdir = common.parse_config(Config, __doc__, os.path.join("results", "tl1_comparison"), argv)
   results = train_and_evaluate(config, workdir)

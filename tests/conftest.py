@@ -18,3 +18,32 @@ os.environ.setdefault("JAX_THREEFRY_PARTITIONABLE", "0")
 import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
+
+import importlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+SMALL_RUN_MARKER = "small_config_done"
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory):
+  """`small_run(name)` -> (main's result, workdir) of `experiments.<name>`'s small config, run once a session.
+
+  The experiment tests assert on these runs, and the notebook tests display them (through
+  SPARSEJAX_NOTEBOOK_RESULTS) instead of training the same small config a second time.
+  """
+  root = tmp_path_factory.mktemp("small_runs")
+  done = {}
+
+  def run(name: str):
+    if name not in done:
+      module = importlib.import_module(f"experiments.{name}")
+      workdir = root / name
+      result = module.main(["--workdir", str(workdir)] + module.small_config_args())
+      (workdir / SMALL_RUN_MARKER).write_text(" ".join(module.small_config_args()))
+      done[name] = (result, workdir)
+    return done[name]
+
+  run.root = root
+  return run

