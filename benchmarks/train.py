@@ -4,8 +4,10 @@
    vs a minimal hand-written `jax.jit` SGD loop on the same model and data:
    MLP 784-300-100-10 and LeNet-5 on 28x28 inputs, batch 128.
 2. Training samples/s of `fit` on 1 vs 2 devices, pmap vs sharded (one jit program
-   over a Mesh); fake CPU devices here, which share the same 2 cores, so the CPU rows
-   measure the overhead of each placement, not a speed-up (real devices on a GPU host).
+   over a Mesh) vs fsdp (params and optimizer state split over the devices), and the
+   bytes of train state each device holds; fake CPU devices here, which share the same
+   2 cores, so the CPU rows measure the overhead of each placement, not a speed-up
+   (real devices on a GPU host).
 3. Inference time of a sparse MLP vs its `compaction.compact` version.
 
 Usage: python -m benchmarks.train [--examples 8192] [--epochs 3] [--out benchmarks/results]
@@ -25,7 +27,7 @@ import numpy as np
 import optax
 
 from benchmarks import common
-from sparsejax import compaction, prox, train, transforms
+from sparsejax import compaction, prox, runloop, train, transforms
 from sparsejax.models import MLP, lenet5
 
 
@@ -67,6 +69,18 @@ def fit_epoch_time(model, tx, x, y, batch, epochs, num_devices, parallelism="pma
   return float(np.median([r["epoch_time_s"] for r in result.history[1:]]))
 
 
+def state_bytes_per_device(model, tx, x, num_devices, parallelism) -> int:
+  """Bytes of the train state that the first device stores under this placement."""
+  placement = runloop.DataParallel(jax.local_devices()[:num_devices], parallelism)
+  state = placement.put_state(train.create_train_state(model, tx, x[:1]))
+  first = jax.local_devices()[0]
+  total = 0
+  for leaf in jax.tree.leaves(state):
+    shards = leaf.addressable_shards if isinstance(leaf, jax.Array) else []
+    total += sum(s.data.nbytes for s in shards if s.device == first)
+  return int(total)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--examples", type=int, default=8192)
@@ -84,11 +98,14 @@ def main():
     rows.append({"benchmark": "fit epoch vs hand-written jit loop (1 device)", "model": name,
                  "value": ours / base, "unit": "ratio", "detail": f"{ours:.3f}s vs {base:.3f}s"})
     for devices in sorted({1, min(2, jax.local_device_count())}):
-      for parallelism in ("pmap", "sharded"):
+      for parallelism in ("pmap", "sharded", "fsdp"):
         t = fit_epoch_time(model, tx, x, y, args.batch_size, args.epochs, num_devices=devices,
                            parallelism=parallelism)
         rows.append({"benchmark": f"fit samples/s on {devices} device(s), {parallelism}", "model": name,
                      "value": len(x) / t, "unit": "samples/s", "detail": jax.devices()[0].device_kind})
+        rows.append({"benchmark": f"state bytes held by one device, {devices} device(s), {parallelism}",
+                     "model": name, "value": state_bytes_per_device(model, tx, x, devices, parallelism),
+                     "unit": "bytes", "detail": "params + optimizer state (+ step, rng)"})
 
   # Compaction: a 784-1024-1024-10 MLP with 90% of the hidden units removed.
   model = MLP((1024, 1024, 10))

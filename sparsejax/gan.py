@@ -73,7 +73,8 @@ class GANConfig:
   g_steps: int = 1                        # generator updates per discriminator update
   seed: int = 0
   num_devices: int = 0                    # 0: all local devices
-  parallelism: str = "pmap"               # or "sharded" (runloop.DataParallel)
+  parallelism: str = "pmap"               # or "sharded", "fsdp" (runloop.DataParallel)
+  fsdp_devices: int = 0                   # with parallelism="fsdp": devices each leaf is split over (0: all)
   log_every_steps: int = 10
   checkpoint: bool = True
   checkpoint_every_steps: int = 0         # 0: only at epoch ends
@@ -88,7 +89,8 @@ def _validate_gan_config(config: GANConfig) -> None:
       ("epochs", 0, "an int >= 0"), ("batch_size", 1, "an int > 0"), ("latent_dim", 1, "an int > 0"),
       ("g_steps", 1, "an int >= 1"), ("seed", 0, "an int >= 0"),
       ("num_devices", 0, "an int >= 0 (0: all local devices)"), ("log_every_steps", 1, "an int >= 1"),
-      ("checkpoint_every_steps", 0, "an int >= 0 (0: only at epoch ends)")])
+      ("checkpoint_every_steps", 0, "an int >= 0 (0: only at epoch ends)"),
+      ("fsdp_devices", 0, "an int >= 0 dividing the device count (0: all devices)")])
   if config.generator_loss not in ("non_saturating", "saturating"):
     raise ValueError(f"GANConfig.generator_loss must be 'non_saturating' or 'saturating'; "
                      f"got {config.generator_loss!r}.")
@@ -293,10 +295,10 @@ def fit_gan(generator, discriminator, g_tx: optax.GradientTransformation, d_tx: 
     runloop.write_jsonl_atomic(log_path, history)
     runloop.write_jsonl_atomic(steps_path, step_log)
 
+  placement = runloop.DataParallel(devices, config.parallelism, config.fsdp_devices)
   train_step = make_gan_train_step(generator, discriminator, g_tx, d_tx, config.latent_dim,
-                                   len(devices), config.generator_loss, config.g_steps,
+                                   placement.replicas, config.generator_loss, config.g_steps,
                                    d_penalty, g_penalty)
-  placement = runloop.DataParallel(devices, config.parallelism)
   p_step = placement.step(train_step, donate_state=True)
   rstate = placement.put_state(state)
   step = start_step

@@ -140,7 +140,21 @@ def map_step(step: Callable, devices: list, donate_state: bool = False) -> Calla
   return jax.pmap(step, axis_name=AXIS, devices=devices, donate_argnums=donate)
 
 
-PARALLELISMS = ("pmap", "sharded")
+PARALLELISMS = ("pmap", "sharded", "fsdp")
+FSDP_AXIS = "fsdp"
+
+
+def fsdp_spec(shape: tuple[int, ...], shards: int) -> jax.sharding.PartitionSpec:
+  """Where a leaf of this shape is split over the "fsdp" mesh axis of `shards` devices.
+
+  Along its largest dimension that `shards` divides (the first such one on ties);
+  replicated when none does (scalars, biases of odd width) or `shards` is 1.
+  """
+  spec = [None] * len(shape)
+  candidates = [d for d in range(len(shape)) if shape[d] >= shards and shape[d] % shards == 0]
+  if shards > 1 and candidates:
+    spec[max(candidates, key=lambda d: (shape[d], -d))] = FSDP_AXIS
+  return jax.sharding.PartitionSpec(*spec)
 
 
 class DataParallel:
@@ -161,7 +175,21 @@ class DataParallel:
     `jax.make_array_from_process_local_data`. This is JAX's recommended form: the
     compiled program sees the whole mesh, and the arrays are ordinary `jax.Array` values.
 
-  Both give the same run (the same per-replica arithmetic and the same collectives).
+  * "fsdp": one `jax.jit` program in the global view, partitioned by XLA (GSPMD) over a
+    Mesh ("batch", "fsdp") of shape (devices / fsdp_devices, fsdp_devices). Every
+    parameter and optimizer-state leaf is split along its largest dimension that
+    fsdp_devices divides (`fsdp_spec`; replicated if none), so each device stores
+    1/fsdp_devices of them, and a batch is sharded over both mesh axes. The step
+    function runs once on the whole global batch (under `jax.vmap` with a size-1
+    axis "batch", so its collectives are identities): it is one replica, and every
+    statistic in it (group norms across a split axis, the NNZ controller's and GMP's
+    global k-th magnitude, BatchNorm batch statistics, pooled activations) is the
+    global one by construction; XLA inserts the all-gathers and reductions. The run
+    equals a one-device run of the same global batch up to float summation order
+    (dropout included: it has one replica).
+
+  "pmap" and "sharded" give the same run (the same per-replica arithmetic and the same
+  collectives).
 
   XLA:CPU with several devices in one process: an SPMD program holds one worker
   thread per device while it waits in a collective's rendezvous. With asynchronous
@@ -173,13 +201,25 @@ class DataParallel:
   dispatch); GPUs and TPUs dispatch asynchronously as usual.
   """
 
-  def __init__(self, devices: list, parallelism: str = "pmap"):
+  def __init__(self, devices: list, parallelism: str = "pmap", fsdp_devices: int = 0):
     if parallelism not in PARALLELISMS:
       raise ValueError(f"parallelism must be one of {PARALLELISMS}; got {parallelism!r}.")
     self.devices = devices
     self.parallelism = parallelism
     self.local_devices = local_count(devices)
-    if parallelism == "sharded":
+    # replicas of the step function: the penalty of each is split evenly over them
+    self.replicas = 1 if parallelism == "fsdp" else len(devices)
+    if parallelism == "fsdp":
+      shards = fsdp_devices or len(devices)
+      if not 1 <= shards <= len(devices) or len(devices) % shards:
+        raise ValueError(f"fsdp_devices={fsdp_devices} must divide the {len(devices)} devices of the run "
+                         f"(1 <= fsdp_devices <= {len(devices)}; 0: all of them).")
+      self.fsdp_devices = shards
+      self.mesh = jax.sharding.Mesh(np.asarray(devices).reshape(len(devices) // shards, shards), (AXIS, FSDP_AXIS))
+      self.replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+      self.batch_sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec((AXIS, FSDP_AXIS)))
+      self._wait_each_step = devices[0].platform == "cpu" and self.local_devices > 1
+    elif parallelism == "sharded":
       self.mesh = jax.sharding.Mesh(np.asarray(devices), (AXIS,))
       self.replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
       self.batch_sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(AXIS))
@@ -189,6 +229,8 @@ class DataParallel:
     """`fn(state, *batch) -> (state, metrics)` compiled for this placement."""
     if self.parallelism == "pmap":
       return map_step(fn, self.devices, donate_state)
+    if self.parallelism == "fsdp":
+      return self._fsdp_step(fn, donate_state)
     spec = jax.sharding.PartitionSpec
     compiled: dict[int, Callable] = {}  # one program per number of batch arrays
 
@@ -205,21 +247,61 @@ class DataParallel:
 
     return run
 
+  def state_sharding(self, leaf: Any) -> jax.sharding.NamedSharding:
+    """The sharding of one state leaf: replicated, or (fsdp) split by `fsdp_spec`."""
+    if self.parallelism != "fsdp":
+      return self.replicated
+    return jax.sharding.NamedSharding(self.mesh, fsdp_spec(np.shape(leaf), self.fsdp_devices))
+
+  def _fsdp_step(self, fn: Callable, donate_state: bool) -> Callable:
+    compiled: dict[tuple, Callable] = {}  # one program per state structure and number of batch arrays
+
+    def one_replica(state, *batch):
+      mapped = jax.vmap(fn, in_axes=(None,) + (0,) * len(batch), axis_name=AXIS, axis_size=1)
+      return jax.tree.map(lambda a: a[0], mapped(state, *(b[None] for b in batch)))
+
+    def run(state, *batch):
+      key = (jax.tree.structure(state), len(batch))
+      if key not in compiled:
+        shardings = jax.tree.map(lambda a: a.sharding, state)
+        shapes = jax.eval_shape(one_replica, state, *batch)
+        if isinstance(shapes, tuple) and len(shapes) == 2 and \
+            jax.tree.structure(shapes[0]) == jax.tree.structure(state):  # a train step: the state keeps its layout
+          out: Any = (shardings, self.replicated)
+        else:                                                               # an eval step: metrics only
+          out = self.replicated
+        compiled[key] = jax.jit(one_replica, in_shardings=(shardings,) + (self.batch_sharding,) * len(batch),
+                                out_shardings=out, donate_argnums=(0,) if donate_state else ())
+      outputs = compiled[key](state, *batch)
+      if self._wait_each_step:
+        jax.block_until_ready(outputs)
+      return outputs
+
+    return run
+
   def put_state(self, tree: Any) -> Any:
     """A host state (the same on every process) placed on the devices."""
     if self.parallelism == "pmap":
       return replicate(tree, self.devices)
     def place(leaf):
       value = np.asarray(leaf)
-      return jax.make_array_from_callback(value.shape, self.replicated, lambda index: value[index])
+      return jax.make_array_from_callback(value.shape, self.state_sharding(value), lambda index: value[index])
 
     return jax.tree.map(place, jax.device_get(tree))
 
   def host(self, tree: Any) -> Any:
-    """The state (or metrics) on the host: the first replica, or the local copy of a replicated array."""
+    """The state (or metrics) on the host: the first replica, the local copy of a replicated
+    array, or (fsdp) the whole of a split one, gathered from every process."""
     if self.parallelism == "pmap":
       return unreplicate(tree)
-    return jax.tree.map(lambda a: np.asarray(a.addressable_data(0)), tree)
+    def fetch(a):
+      if a.is_fully_replicated:
+        return np.asarray(a.addressable_data(0))
+      if a.is_fully_addressable:
+        return np.asarray(a)
+      return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+
+    return jax.tree.map(fetch, tree)
 
   def put_batch(self, *arrays: np.ndarray) -> tuple:
     """This process's slice of a global batch, placed for the step."""

@@ -76,7 +76,9 @@ class TrainConfig:
   seed: int = 0
   task: str = "classification"  # or "regression" (MSE)
   num_devices: int = 0           # 0: all local devices
-  parallelism: str = "pmap"      # or "sharded": one jit program over a device Mesh (runloop.DataParallel)
+  parallelism: str = "pmap"      # "sharded": one jit program over a device Mesh; "fsdp": also split the
+                                 # params and optimizer state over fsdp_devices (runloop.DataParallel)
+  fsdp_devices: int = 0          # with parallelism="fsdp": devices each leaf is split over (0: all)
   checkpoint: bool = True         # False: no checkpoints (grid searches, benchmarks)
   checkpoint_every_steps: int = 0  # 0: only at epoch ends
   keep_checkpoints: int = 2
@@ -219,7 +221,8 @@ def validate_config(config: TrainConfig) -> None:
   runloop.validate_loop_config(config, [
       ("epochs", 0, "an int >= 0"), ("batch_size", 1, "an int > 0"), ("eval_batch_size", 1, "an int > 0"),
       ("seed", 0, "an int >= 0"), ("num_devices", 0, "an int >= 0 (0: all local devices)"),
-      ("checkpoint_every_steps", 0, "an int >= 0 (0: only at epoch ends)")])
+      ("checkpoint_every_steps", 0, "an int >= 0 (0: only at epoch ends)"),
+      ("fsdp_devices", 0, "an int >= 0 dividing the device count (0: all devices)")])
   _per_example_loss(config.task)
 
 
@@ -361,9 +364,9 @@ def fit(model, tx: optax.GradientTransformation, train_data: tuple[np.ndarray, n
     runloop.write_jsonl_atomic(log_path, history)
 
   total_devices = len(devices)
-  train_step = make_train_step(model, tx, config.task, penalty_fn, total_devices, loss_fn)
+  placement = runloop.DataParallel(devices, config.parallelism, config.fsdp_devices)
+  train_step = make_train_step(model, tx, config.task, penalty_fn, placement.replicas, loss_fn)
   eval_step = make_eval_step(model, config.task, loss_fn)
-  placement = runloop.DataParallel(devices, config.parallelism)
   p_train = placement.step(train_step, donate_state=True)
   p_eval = placement.step(eval_step)
   rstate = placement.put_state(state)

@@ -118,6 +118,18 @@ def test_sharded_path_over_two_processes_is_one_run(tmp_path, reference_fit):
   assert [r["epoch"] for r in _records(str(tmp_path / "sharded" / "log.jsonl"))] == [1, 2, 3]
 
 
+def test_fsdp_over_two_processes_is_one_run(tmp_path, reference_fit):
+  """parallelism="fsdp": every kernel split between the two processes, gathered for checkpoints and records."""
+  p0, p1 = _run(tmp_path, "fsdp", 2, 1, trainer="fit", epochs=2, parallelism="fsdp")
+  _assert_params_close(p0, p1, atol=0.0)
+  assert [r["epoch"] for r in _records(str(tmp_path / "fsdp" / "log.jsonl"))] == [1, 2]
+  # resume it for the third epoch on 2 processes x 2 devices: each leaf split 4 ways
+  q0, q1 = _run(tmp_path, "fsdp", 2, 2, trainer="fit", epochs=3, parallelism="fsdp", resume=True)
+  _assert_params_close(q0, q1, atol=0.0)
+  _assert_params_close(q0, reference_fit, atol=1e-5)
+  assert [r["epoch"] for r in _records(str(tmp_path / "fsdp" / "log.jsonl"))] == [1, 2, 3]
+
+
 def test_sharded_gan_two_processes_equal_one_process(tmp_path):
   (ref,) = _run(tmp_path, "gan_ref", 1, 1, trainer="gan", epochs=1)
   p0, p1 = _run(tmp_path, "gan_sharded", 2, 2, trainer="gan", epochs=1, parallelism="sharded")

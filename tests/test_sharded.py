@@ -45,7 +45,7 @@ def _case(name, steps):
   if name == "integrated_tl1":   # group shrinkage over a kernel's rows, then TL1
     return MLP((32, 10)), optax.chain(sgd, transforms.integrated_tl1(2e-3, LR, a=0.05)), None
   if name == "rvsm":
-    return MLP((32, 10)), transforms.rvsm("l0", 1e-4, 1.0), None
+    return MLP((32, 10)), optax.chain(transforms.rvsm("l0", 1e-4, 1.0), sgd), None   # penalised gradient, then SGD
   if name == "nnz_controller":   # its global statistic: the exact k-th magnitude over all kernels
     return MLP((32, 10)), optax.chain(sgd, selection.nnz_controller("l1", 400, LR, total_steps=steps)), None
   if name == "gmp":
@@ -124,9 +124,10 @@ def test_sharded_gan_equals_pmap(tmp_path):
 
 def test_parallelism_is_validated(tmp_path):
   train_xy, test_xy = _digits()
-  with pytest.raises(ValueError, match=r"TrainConfig.parallelism must be one of \('pmap', 'sharded'\); got 'fsdp'"):
+  with pytest.raises(ValueError, match=r"TrainConfig.parallelism must be one of \('pmap', 'sharded', 'fsdp'\); "
+                                       r"got 'zero3'"):
     train.fit(MLP((8, 10)), optax.sgd(0.1), train_xy, test_xy,
-              train.TrainConfig(epochs=1, parallelism="fsdp", progress=False), str(tmp_path))
+              train.TrainConfig(epochs=1, parallelism="zero3", progress=False), str(tmp_path))
   with pytest.raises(ValueError, match=r"GANConfig.parallelism must be one of"):
     gan.fit_gan(*dcgan.dcgan_28(width=8), optax.adam(1e-3), optax.adam(1e-3), np.zeros((64, 28, 28, 1), np.float32),
                 gan.GANConfig(epochs=1, parallelism="jit"), str(tmp_path / "gan"))
