@@ -47,7 +47,7 @@ import optax
 from tqdm import tqdm
 
 from experiments import common
-from sparsejax import data, plotting, pruning, records, selection, train, transforms
+from sparsejax import data, metrics, plotting, pruning, records, selection, train, transforms
 from sparsejax.models import MLP, lenet5
 
 PENALTIES = {"l1": {}, "tl1": {"a": 0.02}, "log_sum": {"eps": 0.01}, "mcp": {"lam": 0.02, "gamma": 3.0}}
@@ -159,6 +159,29 @@ def run_one(config: Config, method: str, sparsity: float, seed: int, train_xy, t
           "wall_time_s": time.time() - start, "epochs": config.epochs, "steps": steps}
 
 
+def layer_flops(model_name: str, num_classes: int, example: np.ndarray) -> list[int]:
+  """Dense FLOPs of each kernel layer (2 x kernel entries x output positions), in `layer_density` order."""
+  model = build_model(model_name, num_classes)
+  params = train.create_train_state(model, optax.identity(), example, 0).params
+  by_name = {layer.name: 2 * layer.kernel.size * layer.positions
+             for layer in metrics.layers(model, params, example.shape[1:])}
+  names = [metrics.layer_name(jax.tree_util.keystr(path)) for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+           if np.ndim(leaf) >= 2]
+  return [int(by_name[n]) for n in names]
+
+
+def flops_fraction(layer_density, flops_per_layer) -> float:
+  """FLOPs of the sparse kernels as a fraction of dense: sum_l density_l F_l / sum_l F_l.
+
+  The count `metrics.flops_and_params` makes for unstructured sparsity (each nonzero
+  weight costs 2 FLOPs at every output position of its layer), from a run's per-layer
+  densities; conv layers weigh by their output positions, so two runs at the same
+  sparsity differ in FLOPs by where they keep their weights.
+  """
+  dense = float(sum(flops_per_layer))
+  return float(sum(d * f for d, f in zip(layer_density, flops_per_layer)) / dense)
+
+
 def _key(row) -> tuple:
   return (row["method"], float(row["target_sparsity"]), int(row["seed"]))
 
@@ -169,7 +192,7 @@ def _densities_tree(params, layer_density):
   return jax.tree.map(lambda l: 1.0 if l is None else layer_density[l - 1], index, is_leaf=lambda v: v is None)
 
 
-def summarize(rows: list[dict], config: Config) -> list[dict]:
+def summarize(rows: list[dict], config: Config, flops_per_layer=None) -> list[dict]:
   out = []
   for method in config.methods:
     for sparsity in ([0.0] if method == "dense" else config.sparsities):
@@ -180,11 +203,16 @@ def summarize(rows: list[dict], config: Config) -> list[dict]:
       if accs:
         out.append({"method": method, "target_sparsity": sparsity, "accuracy_mean": float(np.mean(accs)),
                     "accuracy_std": float(np.std(accs)), "sparsity_mean": float(np.mean(spars)), "runs": len(accs)})
+        if flops_per_layer is not None:
+          fractions = [flops_fraction(r["layer_density"], flops_per_layer) for r in rows if r["method"] == method
+                       and (method == "dense" or abs(r["target_sparsity"] - sparsity) < 1e-12)]
+          out[-1]["flops_fraction_mean"] = float(np.mean(fractions))
   return out
 
 
-def write_outputs(config: Config, rows: list[dict], out_dir: str, reduced: bool) -> dict:
-  summary = summarize(rows, config)
+def write_outputs(config: Config, rows: list[dict], out_dir: str, reduced: bool, flops_per_layer=None) -> dict:
+  """results.json/csv, table.md (accuracy; and % FLOPs when `flops_per_layer` is given) and frontier.png."""
+  summary = summarize(rows, config, flops_per_layer)
   payload = {"config": dataclasses.asdict(config), "reduced_config": reduced, "runs": rows, "summary": summary}
   records.write_json_atomic(os.path.join(out_dir, "results.json"), payload)
   if rows:
@@ -219,8 +247,21 @@ def write_outputs(config: Config, rows: list[dict], out_dir: str, reduced: bool)
       text = f"{100 * s['accuracy_mean']:.2f} ± {100 * s['accuracy_std']:.2f}"
       cells.append(f"**{text}**" if best.get(sparsity) == method else text)
     lines.append(f"| {method} | " + " | ".join(cells) + " |")
+  if flops_per_layer is not None:
+    lines += ["", "FLOPs of the sparse kernels, % of dense (2 x nonzero weights x output positions per layer; "
+              "mean over seeds):", "", "| " + " | ".join(header) + " |", "|---" + "|---:" * len(config.sparsities) + "|"]
+    for method in config.methods:
+      if method == "dense":
+        continue
+      cells = []
+      for sparsity in config.sparsities:
+        s = next((s for s in summary if s["method"] == method and abs(s["target_sparsity"] - sparsity) < 1e-12), None)
+        cells.append("" if s is None else f"{100 * s['flops_fraction_mean']:.2f}")
+      lines.append(f"| {method} | " + " | ".join(cells) + " |")
   common.write_lines(os.path.join(out_dir, "table.md"), lines)
-  fig, ax = plotting.new_figure(figsize=(7.5, 4.5))
+  fig, axes = plotting.new_figure(ncols=2 if flops_per_layer is not None else 1,
+                                  figsize=(13, 4.5) if flops_per_layer is not None else (7.5, 4.5))
+  ax = axes[0] if flops_per_layer is not None else axes
   for method in config.methods:
     points = sorted((s["target_sparsity"], s["accuracy_mean"], s["accuracy_std"]) for s in summary
                     if s["method"] == method and method != "dense")
@@ -235,6 +276,21 @@ def write_outputs(config: Config, rows: list[dict], out_dir: str, reduced: bool)
   ax.set_title(f"{config.dataset}, {config.model}, {config.epochs} epochs" + (" (reduced)" if reduced else ""))
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7, ncol=2)
+  if flops_per_layer is not None:
+    ax = axes[1]
+    for method in config.methods:
+      points = sorted((s["flops_fraction_mean"], s["accuracy_mean"]) for s in summary
+                      if s["method"] == method and method != "dense")
+      if points:
+        xs, ys = zip(*points)
+        ax.plot([100 * x for x in xs], [100 * y for y in ys], marker="o", ms=3, lw=1, label=method,
+                ls="--" if method in ("gmp", "one_shot", "random") else "-")
+    if dense:
+      ax.axhline(100 * dense["accuracy_mean"], color="k", lw=0.8, ls=":", label="dense")
+    ax.set_xscale("log")
+    ax.set_xlabel("FLOPs of the sparse kernels (% of dense)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3, which="both")
   plotting.save_figure(fig, os.path.join(out_dir, "frontier.png"))
   return payload
 
@@ -245,6 +301,7 @@ def small_config_args() -> list[str]:
   return ["--dataset", "digits", "--seeds", "0", "--epochs", "3", "--batch-size", "32", "--sparsities", "0.9",
           "--methods", "dense", "gmp", "one_shot", "random", "l1", "tl1-norefit", "tl1+retrain",
           "--exact-final-steps", "30", "--gmp-frequency", "10", "--no-progress"]
+
 
 def main(argv=None) -> dict:
   config, workdir = common.parse_config(Config, __doc__, os.path.join("results", "frontier"), argv)
@@ -275,6 +332,7 @@ def main(argv=None) -> dict:
   if "random" in config.methods and "gmp" not in config.methods:
     raise ValueError("method 'random' takes GMP's per-layer densities: include 'gmp' in --methods.")
   scratch = os.path.join(out_dir, "scratch_run")
+  flops_per_layer = layer_flops(config.model, int(max(train_xy[1].max(), test_xy[1].max())) + 1, train_xy[0][:1])
   for method, sparsity, seed in tqdm(plan, desc="frontier runs", disable=not config.progress):
     if (method, float(sparsity), int(seed)) in done:
       continue
@@ -286,8 +344,8 @@ def main(argv=None) -> dict:
       densities = _densities_tree(params0, gmp_row["layer_density"])
     row = run_one(config, method, sparsity, seed, train_xy, test_xy, scratch, densities)
     rows.append(row)
-    write_outputs(config, rows, out_dir, reduced)  # after every run: a kill loses at most one run
-  payload = write_outputs(config, rows, out_dir, reduced)
+    write_outputs(config, rows, out_dir, reduced, flops_per_layer)  # after every run: a kill loses at most one run
+  payload = write_outputs(config, rows, out_dir, reduced, flops_per_layer)
   common.print_file(os.path.join(out_dir, "table.md"))
   return payload
 

@@ -137,6 +137,11 @@ def test_frontier_small_config_matches_sparsity_exactly_and_resumes(small_run):
     assert os.path.getsize(directory / name) > 0
   with open(directory / "table.md") as f:
     assert "REDUCED config" in f.read()
+  # FLOPs view: an MLP has one output position per layer, so its FLOPs fraction is its density
+  for summary in out["summary"]:
+    assert summary["flops_fraction_mean"] == pytest.approx(1.0 - summary["sparsity_mean"], abs=1e-9)
+  with open(directory / "table.md") as f:
+    assert "FLOPs of the sparse kernels" in f.read()
   again = frontier.main(args)  # resumes: every run is already in results.json
   assert [r["wall_time_s"] for r in again["runs"]] == [r["wall_time_s"] for r in out["runs"]]
 
@@ -155,3 +160,13 @@ def test_resnet_sparsity_small_config(small_run):
     assert os.path.getsize(tmp_path / name) > 0
   with open(tmp_path / "table.md") as f:
     assert f.read().startswith("*Reduced configuration.*")
+
+
+def test_frontier_flops_per_layer_are_hand_counts():
+  from experiments import frontier
+  # LeNet-5 on 28x28: conv 5x5x1x6 SAME (28x28 outputs), conv 5x5x6x16 VALID after 2x2 pooling (10x10),
+  # then Dense 400x120, 120x84, 84x10; 2 FLOPs per weight per output position
+  lenet = frontier.layer_flops("lenet5", 10, np.zeros((1, 28, 28, 1), np.float32))
+  assert lenet == [2 * 150 * 784, 2 * 2400 * 100, 2 * 48000, 2 * 10080, 2 * 840]
+  assert frontier.flops_fraction([1.0, 0.0, 0.0, 0.0, 0.0], lenet) == pytest.approx(235200 / 833040)
+  assert frontier.layer_flops("mlp", 10, np.zeros((1, 28, 28, 1), np.float32)) == [2 * 235200, 2 * 30000, 2 * 1000]
