@@ -18,6 +18,9 @@ differs, and every sparse method ends at the target fraction of zero kernel weig
                    follows GMP's cubic ramp over [0.1 T, 0.5 T], lambda is exact in a
                    short phase that ends on the target, and the last 0.4 T steps refit
                    the support the penalty found without the penalty
+  integrated_tl1   group shrinkage then TL1 per layer (Ma et al. 2019), same schedule;
+                   it has no single zero threshold, so lambda* is found by bisection
+                   on the strength (`selection.nnz_controller_for`)
   NAME-norefit     the penalty to the end of the run (no refit): the target follows
                    the ramp over GMP's window [`gmp_begin`, `gmp_end`], lambda is
                    exact in the last `exact_final_steps` steps
@@ -51,7 +54,9 @@ from sparsejax import data, metrics, plotting, pruning, records, selection, trai
 from sparsejax.models import MLP, lenet5
 
 PENALTIES = {"l1": {}, "tl1": {"a": 0.02}, "log_sum": {"eps": 0.01}, "mcp": {"lam": 0.02, "gamma": 3.0}}
-METHODS = ("dense", "gmp", "one_shot", "random", "l1", "tl1", "log_sum", "mcp",
+# The composite penalties (no single zero threshold): the bisection controller, `nnz_controller_for`.
+COMPOSITE = {"integrated_tl1": {"a": 0.02}}
+METHODS = ("dense", "gmp", "one_shot", "random", "l1", "tl1", "log_sum", "mcp", "integrated_tl1",
            "l1-norefit", "tl1-norefit", "log_sum-norefit", "mcp-norefit",
            "l1+retrain", "tl1+retrain", "log_sum+retrain", "mcp+retrain")
 
@@ -122,6 +127,9 @@ def make_tx(method: str, sparsity: float, num_weights: int, steps: int, config: 
   if method in PENALTIES:  # the library's schedule for a run of known length
     return optax.chain(optimizer, selection.nnz_controller(method, target, schedule, total_steps=steps,
                                                            **PENALTIES[method]))
+  if method in COMPOSITE:
+    return optax.chain(optimizer, selection.nnz_controller_for(method, target, schedule, total_steps=steps,
+                                                               **COMPOSITE[method]))
   if method.endswith("-norefit") and method[:-len("-norefit")] in PENALTIES:
     return _penalty_chain(method[:-len("-norefit")], target, optimizer, schedule, config, steps)
   penalty, _, retrain = method.partition("+")
@@ -299,7 +307,7 @@ def write_outputs(config: Config, rows: list[dict], out_dir: str, reduced: bool,
 def small_config_args() -> list[str]:
   """The fast small config that the test suite and the notebooks run (add ``--workdir``)."""
   return ["--dataset", "digits", "--seeds", "0", "--epochs", "3", "--batch-size", "32", "--sparsities", "0.9",
-          "--methods", "dense", "gmp", "one_shot", "random", "l1", "tl1-norefit", "tl1+retrain",
+          "--methods", "dense", "gmp", "one_shot", "random", "l1", "integrated_tl1", "tl1-norefit", "tl1+retrain",
           "--exact-final-steps", "30", "--gmp-frequency", "10", "--no-progress"]
 
 

@@ -25,7 +25,7 @@ import optax
 from sparsejax import _checks, _hyper, _numerics, masking, pruning, transforms
 from sparsejax import registry as _registry
 
-__all__ = ["ControllerState", "nnz_controller", "schedule_defaults"]
+__all__ = ["ControllerState", "nnz_controller", "nnz_controller_for", "schedule_defaults"]
 
 
 
@@ -176,6 +176,28 @@ def nnz_controller(
       (e.g. tl1 a = 0.02, log_sum eps = 0.01 for an MLP whose kept weights are
       0.05-0.3): with a = 1 or eps = 1 they shrink like 2 l1 or l1 there.
   """
+  prox_kwargs = _hyper.shape_kwargs(prox_kwargs)
+  threshold = _numerics.threshold_or_raise(prox_fn, "the controller needs one to invert")
+  fn, _ = _registry.resolve_prox(prox_fn, prox_kwargs)
+
+  def log_strength_for(keep, lr, count, leaves_p, leaves_u, masks, treedef):
+    # p + u is formed again inside the branch: capturing the sums would make XLA
+    # materialise them every step just to pass them to the conditional.
+    proposal = [p + u for p, u, m in zip(leaves_p, leaves_u, masks) if m]
+    quantile = pruning.kth_largest_magnitude(proposal, keep + 1)
+    return _invert_threshold(threshold, quantile, lr, prox_kwargs)
+
+  def step_with(log_strength, lr, count, leaves_p, leaves_u, masks, treedef):
+    tau = transforms.step_threshold(lr, jnp.exp(log_strength))
+    return transforms.proximal_step_leaves(fn, leaves_p, leaves_u, [tau if m else None for m in masks])
+
+  return _controller(log_strength_for, step_with, None, target_nnz, learning_rate, initial_strength, rate, interval,
+                     mask, total_steps, exact_final_steps, ramp, debias_steps)
+
+
+def _controller(log_strength_for, step_with, check_params, target_nnz, learning_rate, initial_strength, rate,
+                interval, mask, total_steps, exact_final_steps, ramp, debias_steps) -> optax.GradientTransformation:
+  """The controller's schedule around `log_strength_for` (lambda* for a count) and `step_with` (the step at lambda)."""
   _checks.check_range("target_nnz", target_nnz, lower=0.0, lower_inclusive=False)
   _checks.check_range("initial_strength", initial_strength, lower=0.0, lower_inclusive=False)
   if total_steps is not None:
@@ -202,9 +224,6 @@ def nnz_controller(
       raise ValueError(f"ramp must be (begin_step, end_step) with 0 <= begin_step <= end_step, 'auto' or None; "
                        f"got {ramp!r}.")
   refit = not _checks.is_concrete(debias_steps) or debias_steps > 0
-  prox_kwargs = _hyper.shape_kwargs(prox_kwargs)
-  threshold = _numerics.threshold_or_raise(prox_fn, "the controller needs one to invert")
-  fn, _ = _registry.resolve_prox(prox_fn, prox_kwargs)
   mask = masking.weights_only if mask is None else mask
   k = target_nnz
 
@@ -213,6 +232,8 @@ def nnz_controller(
     total = sum(int(np.size(p)) for p, m in zip(jax.tree.leaves(params), masks) if m)
     if target_nnz >= total:
       raise ValueError(f"target_nnz={target_nnz} must be below the {total} regularised weights.")
+    if check_params is not None:
+      check_params(params)
     return ControllerState(jnp.zeros([], jnp.int32), jnp.asarray(math.log(initial_strength), _state_dtype()),
                            jnp.asarray(total, jnp.float32))
 
@@ -240,19 +261,14 @@ def nnz_controller(
       keep = jnp.round(k + (total - k) * remaining).astype(jnp.int32)
 
     def updated_strength():
-      # p + u is formed again inside the branch: capturing the sums would make XLA
-      # materialise them every step just to pass them to the conditional.
-      proposal = [p + u for p, u, m in zip(leaves_p, leaves_u, masks) if m]
-      quantile = pruning.kth_largest_magnitude(proposal, keep + 1)
-      log_target = _invert_threshold(threshold, quantile, lr, prox_kwargs)
+      log_target = log_strength_for(keep, lr, state.count, leaves_p, leaves_u, masks, treedef)
       moved = state.log_strength + step_rate * (log_target - state.log_strength)
       # at rate 1 land on log_target itself: old + (target - old) may round off it
       return jnp.where(step_rate == 1.0, log_target, moved).astype(state.log_strength.dtype)
 
     log_strength = jax.lax.cond(adjust & ~debiasing, updated_strength,
                                 lambda: state.log_strength)
-    tau = transforms.step_threshold(lr, jnp.exp(log_strength))
-    new_u = transforms.proximal_step_leaves(fn, leaves_p, leaves_u, [tau if m else None for m in masks])
+    new_u = step_with(log_strength, lr, state.count, leaves_p, leaves_u, masks, treedef)
     if refit:
       # Refit phase: the support is frozen (zeros stay zero) and the survivors take the
       # optimizer's step unshrunk. A select, not a conditional, so the step stays one
@@ -265,3 +281,105 @@ def nnz_controller(
             ControllerState(optax.safe_increment(state.count), log_strength, nnz))
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+# Library proximal transforms with the signature (strength, learning_rate, **shape) that
+# `nnz_controller_for` builds by name; any registered prox name is built with
+# `transforms.proximal`.
+COMPOSITE_TRANSFORMS = ("integrated_tl1", "cges")
+
+
+def _transform_factory(transform: Any, learning_rate: Any, mask: Any, kwargs: dict) -> Callable[[Any], Any]:
+  if callable(transform):
+    if kwargs:
+      raise ValueError(f"shape arguments {sorted(kwargs)} go inside make_transform when it is a function.")
+    return transform
+  if not isinstance(transform, str):
+    raise ValueError(f"transform must be a name ({', '.join(COMPOSITE_TRANSFORMS)}, or a prox such as 'group_lasso') "
+                     f"or a function strength -> GradientTransformation; got {transform!r}.")
+  if transform in COMPOSITE_TRANSFORMS:
+    factory = getattr(transforms, transform)
+    return lambda strength: factory(strength, learning_rate, mask="weights_only" if mask is None else mask, **kwargs)
+  _registry.get(transform)  # raises, naming the known penalties
+  return lambda strength: transforms.proximal(transform, strength, learning_rate,
+                                              masking.weights_only if mask is None else mask, **kwargs)
+
+
+def nnz_controller_for(
+    transform: str | Callable[[Any], optax.GradientTransformation],
+    target_nnz: int,
+    learning_rate: Any,
+    initial_strength: float = 1e-4,
+    rate: float | None = None,
+    interval: int | None = None,
+    mask: Any = None,
+    total_steps: int | None = None,
+    exact_final_steps: int | None = None,
+    ramp: tuple[int, int] | str | None = "auto",
+    debias_steps: int | None = None,
+    bisection_steps: int = 48,
+    **transform_kwargs: Any,
+) -> optax.GradientTransformation:
+  """`nnz_controller` for any proximal step of the library (group and composite ones too), by bisection.
+
+  `transform` names the step: "integrated_tl1" or "cges" (`transforms.<name>(strength,
+  learning_rate, mask=mask, **transform_kwargs)`), or any registered prox, such as
+  "group_lasso" (`transforms.proximal(name, strength, learning_rate, mask,
+  **transform_kwargs)`). It can also be a function strength -> GradientTransformation whose state holds
+  only step counts. Under `optax.inject_hyperparams`, pass a function through
+  `static_args`; a name is static already.
+
+  Group and composite maps have no single zero threshold to invert. So every
+  `interval` steps lambda* is found by bisection on log lambda over [e^-60, e^20]: the
+  smallest lambda whose step leaves at most `keep` nonzero regularised weights.
+  There are `bisection_steps` halvings, each one pass of the step and one count over
+  the regularised weights, under `lax.cond`.
+
+  The library's maps give a count that does not increase with lambda. So the step
+  keeps exactly `keep` weights unless several weights leave the support at the same
+  lambda. A whole group does: a group lasso lands on a group boundary at or below
+  the target.
+
+  For an elementwise prox this matches `nnz_controller(name, ...)` (tested on l1: the
+  same strength and weights). The schedule, ramp, exact phase and refit are those of
+  `nnz_controller`.
+
+  Args:
+    transform: the proximal step's name, or a function strength -> GradientTransformation.
+    target_nnz, learning_rate, initial_strength, rate, interval, total_steps,
+      exact_final_steps, ramp, debias_steps: as in `nnz_controller`.
+    mask: the regularised leaves, counted and passed to a named step (default: kernels, ndim >= 2).
+    bisection_steps: halvings of the log-strength bracket per update (>= 1).
+    **transform_kwargs: shape arguments of a named step (e.g. a=0.02, m=0.2).
+  """
+  _checks.check_int("bisection_steps", bisection_steps, 1)
+  make_transform = _transform_factory(transform, learning_rate, mask, _hyper.shape_kwargs(transform_kwargs, "transform_kwargs"))
+
+  def inner_state(params, count):
+    template = make_transform(initial_strength).init(params)
+    return jax.tree.map(lambda leaf: jnp.asarray(count, jnp.asarray(leaf).dtype), template)
+
+  def check_params(params):
+    template = make_transform(initial_strength).init(params)
+    leaves = jax.tree.leaves(template)
+    if not all(np.ndim(leaf) == 0 and jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.integer) for leaf in leaves):
+      raise ValueError("transform must be a stateless proximal step (a state of step counts only, as every "
+                       f"sparsejax.transforms proximal step has); its state is {template!r}.")
+
+  def step_with(log_strength, lr, count, leaves_p, leaves_u, masks, treedef):
+    params, updates = jax.tree.unflatten(treedef, leaves_p), jax.tree.unflatten(treedef, leaves_u)
+    new_updates, _ = make_transform(jnp.exp(log_strength)).update(updates, inner_state(params, count), params)
+    return treedef.flatten_up_to(new_updates)
+
+  def log_strength_for(keep, lr, count, leaves_p, leaves_u, masks, treedef):
+    def survivors(log_strength):
+      new_u = step_with(log_strength, lr, count, leaves_p, leaves_u, masks, treedef)
+      return sum((jnp.count_nonzero(p + u) for p, u, m in zip(leaves_p, new_u, masks) if m),
+                 jnp.zeros([], jnp.int32))
+
+    # -count is non-decreasing in log lambda: the upper end of the bracket where -count >= -keep
+    return _numerics.bisect_increasing(lambda mid: -survivors(mid), -keep, jnp.asarray(-60.0, _state_dtype()),
+                                       jnp.asarray(20.0, _state_dtype()), bisection_steps, upper=True)
+
+  return _controller(log_strength_for, step_with, check_params, target_nnz, learning_rate, initial_strength, rate,
+                     interval, mask, total_steps, exact_final_steps, ramp, debias_steps)

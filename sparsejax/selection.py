@@ -44,11 +44,11 @@ import numpy as np
 
 from sparsejax import _checks, _numerics, masking, records
 from sparsejax import registry as _registry
-from sparsejax.controller import ControllerState, nnz_controller  # noqa: F401  (re-export)
+from sparsejax.controller import ControllerState, nnz_controller, nnz_controller_for  # noqa: F401  (re-export)
 
 __all__ = ["TrainOutcome", "SelectionResult", "SelectionError", "bracket", "next_strength", "select_strength",
            "select_layer_strengths", "threshold_inverse", "weight_leaves", "count_nonzero", "gradient_magnitudes",
-           "ControllerState", "nnz_controller"]
+           "ControllerState", "nnz_controller", "nnz_controller_for"]
 
 
 class TrainOutcome(NamedTuple):

@@ -52,6 +52,9 @@ FACTORIES = [
     ("nnz_controller", selection.nnz_controller, ("l1", 20, LR), {"rate": 0.5, "interval": 2}, True),
     # total_steps switches on the ramp, exact phase and refit phase (steps 2-3 refit)
     ("nnz_controller_scheduled", selection.nnz_controller, ("l1", 20, LR), {"total_steps": 5}, True),
+    # the bisection controller on a composite map (group shrink, then TL1)
+    ("nnz_controller_for", selection.nnz_controller_for, ("integrated_tl1", 20, LR), {"total_steps": 5, "a": 0.5},
+     True),
     ("gmp", pruning.gradual_magnitude_pruning, (0.8, 0, 3), {"frequency": 2}, True),
     ("fixed_mask", pruning.fixed_mask, (), {"binary_mask": _support(_params())}, True),
     ("sparsify_then_retrain", pruning.sparsify_then_retrain,

@@ -186,3 +186,81 @@ def test_controller_with_tl1_tracks_the_quantile_exactly_at_rate_one():
   updates, state = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
   new = optax.apply_updates(params, updates)
   assert int(jnp.count_nonzero(new["w"])) == 37 and float(state.nnz) == 37
+
+
+def _random_layers(seed=0):
+  rng = np.random.default_rng(seed)
+  params = {"a": {"kernel": jnp.asarray(rng.standard_normal((40, 30)), jnp.float32), "bias": jnp.zeros(30)},
+            "b": {"kernel": jnp.asarray(rng.standard_normal((30, 5)), jnp.float32), "bias": jnp.zeros(5)}}
+  grads = jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape) * 0.1, p.dtype), params)
+  return params, grads
+
+
+def test_bisection_controller_equals_the_threshold_controller_on_l1():
+  params, grads = _random_layers()
+  results = []
+  for tx in (selection.nnz_controller("l1", 321, 0.1, rate=1.0, interval=1),
+             selection.nnz_controller_for("l1", 321, 0.1, rate=1.0, interval=1)):
+    updates, state = jax.jit(tx.update)(grads, tx.init(params), params)
+    results.append((optax.apply_updates(params, updates), state))
+  (p1, s1), (p2, s2) = results
+  assert selection.count_nonzero(p1) == selection.count_nonzero(p2) == 321
+  assert float(s2.log_strength) == pytest.approx(float(s1.log_strength), abs=1e-5)
+  for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_bisection_controller_on_integrated_tl1_keeps_exactly_the_target_at_the_found_strength():
+  params, grads = _random_layers(1)
+  tx = selection.nnz_controller_for("integrated_tl1", 250, 0.1, rate=1.0, interval=1, a=0.5)
+  updates, state = jax.jit(tx.update)(grads, tx.init(params), params)
+  assert selection.count_nonzero(optax.apply_updates(params, updates)) == 250
+  # lambda* is the smallest strength that keeps <= 250: a slightly weaker step keeps more
+  strength = float(jnp.exp(state.log_strength))
+  weaker = transforms.integrated_tl1(strength * (1 - 1e-3), 0.1, a=0.5)
+  more, _ = weaker.update(grads, weaker.init(params), params)
+  assert selection.count_nonzero(optax.apply_updates(params, more)) > 250
+  # and the step at lambda* is the integrated TL1 step itself
+  same = transforms.integrated_tl1(strength, 0.1, a=0.5)
+  want, _ = same.update(grads, same.init(params), params)
+  for a, b in zip(jax.tree.leaves(updates), jax.tree.leaves(want)):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_bisection_controller_on_group_lasso_stops_on_a_group_boundary():
+  params, grads = _random_layers(2)
+  tx = selection.nnz_controller_for("group_lasso", 500, 0.1, rate=1.0, interval=1)
+  updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+  new = optax.apply_updates(params, updates)
+  nnz = selection.count_nonzero(new)
+  kept_rows = [int(np.sum(np.any(np.asarray(k) != 0, axis=1))) for k in selection.weight_leaves(new)]
+  assert nnz <= 500 and nnz == 30 * kept_rows[0] + 5 * kept_rows[1]   # whole rows (groups) only
+  assert nnz > 500 - 30, "the largest group count at or below the target"
+
+
+def test_bisection_controller_run_ends_exactly_on_target_with_integrated_tl1(tmp_path):
+  from sparsejax import pruning, train
+  (x, y), test = data.load("digits", "train"), data.load("digits", "test")
+  steps = pruning.schedule_total_steps(5, len(x), 64)
+  tx = optax.chain(optax.sgd(0.05, momentum=0.9),
+                   selection.nnz_controller_for("integrated_tl1", 300, 0.05, total_steps=steps, a=0.02))
+  config = train.TrainConfig(epochs=5, batch_size=64, checkpoint=False, progress=False, num_devices=1)
+  result = train.fit(MLP((32, 10)), tx, (x, y), test, config, str(tmp_path), report_fn=lambda p: {})
+  assert selection.count_nonzero(result.state.params) == 300
+  assert result.history[-1]["eval_accuracy"] > 0.5
+
+
+def test_bisection_controller_bad_inputs():
+  params, grads = _random_layers()
+  with pytest.raises(ValueError, match="bisection_steps"):
+    selection.nnz_controller_for("l1", 10, 0.1, bisection_steps=0)
+  with pytest.raises(ValueError, match="transform must be a name"):
+    selection.nnz_controller_for(3.0, 10, 0.1)
+  with pytest.raises(ValueError, match="unknown|known"):
+    selection.nnz_controller_for("no_such_penalty", 10, 0.1)
+  with pytest.raises(ValueError, match="go inside make_transform"):
+    selection.nnz_controller_for(lambda s: transforms.l1(s, 0.1), 10, 0.1, a=1.0)
+  with pytest.raises(ValueError, match="stateless proximal step"):
+    selection.nnz_controller_for(lambda s: optax.adam(s), 10, 0.1).init(params)
+  with pytest.raises(ValueError, match="target_nnz"):
+    selection.nnz_controller_for("l1", -1, 0.1)
