@@ -1,13 +1,15 @@
 """Cost of a training step with each sparsification method, as ratios to a plain step, in one run.
 
 Model: MLP 784-300-100-10 (266,200 kernel weights), batch 128, momentum SGD, one jitted
-step (forward, backward, optimizer, sparsification) timed as the median of many calls.
+step (forward, backward, optimizer, sparsification); each case runs 100 consecutive steps per
+timing, round-robin with the others, and the fastest of `--repeats` rounds is kept.
 Rows: the plain SGD step; a proximal l1 step; the NNZ controller with `interval` 1, 10
 and 100 (exact k-th largest |w| by bit bisection, under `lax.cond`), with the schedule
 that `total_steps` switches on, and in its refit phase; the same controller
 with a global `lax.top_k` every step (how it was computed before, for reference); GMP
-(mask update every 100 steps, global). Ratios are to the proximal l1 step (controller
-rows) or to the plain SGD step.
+(mask update every 100 steps, global); the bisection controller (`nnz_controller_for`) on
+integrated TL1 at interval 10. Ratios are to the proximal l1 step (controller rows), to
+the proximal integrated TL1 step (its controller) or to the plain SGD step.
 
 Usage: python -m benchmarks.sparsity_steps [--repeats 200] [--out benchmarks/results]
 """
@@ -45,11 +47,11 @@ def top_k_controller(target_nnz: int, learning_rate: float, rate: float = 0.05):
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def step_time(model, tx, x, y, repeats: int, steps_per_timing: int = 100) -> float:
-  """Median time per step over `repeats` timings of `steps_per_timing` consecutive steps.
+def step_runner(model, tx, x, y, steps_per_timing: int = 100):
+  """A call that runs `steps_per_timing` consecutive jitted steps of `tx` (time it; divide by the steps).
 
-  The optimizer state is carried from one step to the next across all timings, so
-  work done every `interval` steps is amortised as in training.
+  The optimizer state is carried from one call to the next, so work done every
+  `interval` steps is amortised as in training.
   """
   params = model.init(jax.random.PRNGKey(0), x[:1])["params"]
   carry = [params, tx.init(params)]
@@ -66,7 +68,7 @@ def step_time(model, tx, x, y, repeats: int, steps_per_timing: int = 100) -> flo
       carry[0], carry[1] = step(carry[0], carry[1], x, y)
     return carry[0]
 
-  return common.median_time(run, repeats=repeats) / steps_per_timing
+  return run
 
 
 def main(argv=None):
@@ -93,11 +95,17 @@ def main(argv=None):
       "nnz_controller refit phase": optax.chain(sgd, selection.nnz_controller("l1", target, lr, total_steps=10)),
       "top_k controller every step (before)": optax.chain(sgd, top_k_controller(target, lr)),
       "GMP, mask every 100 steps": optax.chain(sgd, pruning.gradual_magnitude_pruning(0.95, 0, 10**6, 100)),
+      "proximal integrated_tl1": optax.chain(sgd, transforms.integrated_tl1(1e-4, lr, a=0.02)),
+      "nnz_controller_for integrated_tl1 interval 10": optax.chain(sgd, selection.nnz_controller_for(
+          "integrated_tl1", target, lr, interval=10, a=0.02)),
   }
-  times = {name: step_time(model, tx, x, y, args.repeats) for name, tx in cases.items()}
+  steps_per_timing = 100
+  calls = {name: (step_runner(model, tx, x, y, steps_per_timing),) for name, tx in cases.items()}
+  times = {name: t / steps_per_timing for name, t in common.interleaved_times(calls, rounds=args.repeats).items()}
   rows = []
   for name, t in times.items():
-    base = "proximal l1" if "controller" in name else "sgd"
+    base = ("proximal integrated_tl1" if "integrated_tl1" in name and "controller" in name
+            else "proximal l1" if "controller" in name else "sgd")
     rows.append({"step": name, "ms": 1e3 * t, "ratio": t / times[base], "relative_to": base})
   device = jax.devices()[0]
   print(f"device: {device.platform} ({device.device_kind}); MLP 784-300-100-10, batch {args.batch_size}\n")
