@@ -218,6 +218,20 @@ def summarize(rows: list[dict], config: Config, flops_per_layer=None) -> list[di
   return out
 
 
+def _method_rows(config: Config, summary: list[dict], cell) -> list[str]:
+  """One Markdown row per sparse method: `cell(summary entry, method, sparsity)` per sparsity, "" where not run."""
+  rows = []
+  for method in config.methods:
+    if method == "dense":
+      continue
+    cells = []
+    for sparsity in config.sparsities:
+      s = next((s for s in summary if s["method"] == method and abs(s["target_sparsity"] - sparsity) < 1e-12), None)
+      cells.append("" if s is None else cell(s, method, sparsity))
+    rows.append(f"| {method} | " + " | ".join(cells) + " |")
+  return rows
+
+
 def write_outputs(config: Config, rows: list[dict], out_dir: str, reduced: bool, flops_per_layer=None) -> dict:
   """results.json/csv, table.md (accuracy; and % FLOPs when `flops_per_layer` is given) and frontier.png."""
   summary = summarize(rows, config, flops_per_layer)
@@ -243,29 +257,15 @@ def write_outputs(config: Config, rows: list[dict], out_dir: str, reduced: bool,
     cells = [s for s in summary if s["method"] != "dense" and abs(s["target_sparsity"] - sparsity) < 1e-12]
     if cells:
       best[sparsity] = max(cells, key=lambda s: s["accuracy_mean"])["method"]
-  for method in config.methods:
-    if method == "dense":
-      continue
-    cells = []
-    for sparsity in config.sparsities:
-      s = next((s for s in summary if s["method"] == method and abs(s["target_sparsity"] - sparsity) < 1e-12), None)
-      if s is None:
-        cells.append("")
-        continue
-      text = f"{100 * s['accuracy_mean']:.2f} ± {100 * s['accuracy_std']:.2f}"
-      cells.append(f"**{text}**" if best.get(sparsity) == method else text)
-    lines.append(f"| {method} | " + " | ".join(cells) + " |")
+  def accuracy_cell(s, method, sparsity):
+    text = f"{100 * s['accuracy_mean']:.2f} ± {100 * s['accuracy_std']:.2f}"
+    return f"**{text}**" if best.get(sparsity) == method else text
+
+  lines += _method_rows(config, summary, accuracy_cell)
   if flops_per_layer is not None:
     lines += ["", "FLOPs of the sparse kernels, % of dense (2 x nonzero weights x output positions per layer; "
               "mean over seeds):", "", "| " + " | ".join(header) + " |", "|---" + "|---:" * len(config.sparsities) + "|"]
-    for method in config.methods:
-      if method == "dense":
-        continue
-      cells = []
-      for sparsity in config.sparsities:
-        s = next((s for s in summary if s["method"] == method and abs(s["target_sparsity"] - sparsity) < 1e-12), None)
-        cells.append("" if s is None else f"{100 * s['flops_fraction_mean']:.2f}")
-      lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines += _method_rows(config, summary, lambda s, method, sparsity: f"{100 * s['flops_fraction_mean']:.2f}")
   common.write_lines(os.path.join(out_dir, "table.md"), lines)
   fig, axes = plotting.new_figure(ncols=2 if flops_per_layer is not None else 1,
                                   figsize=(13, 4.5) if flops_per_layer is not None else (7.5, 4.5))

@@ -9,13 +9,13 @@ import os
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
 from sparsejax import activity, data, gan, pruning, runloop, selection, train, transforms
 from sparsejax.models import MLP, dcgan
+from tests.test_sharded import _digits, _mean_activation_penalty
 
 LR = 0.05
 HIDDEN = 128   # the first kernel is (64, 128): split along its 128 columns, which each row group spans
@@ -27,15 +27,6 @@ class _BatchNormNet(nn.Module):
     x = nn.Dense(HIDDEN)(x.reshape((x.shape[0], -1)))
     x = nn.BatchNorm(use_running_average=not train, axis_name="batch")(x)
     return nn.Dense(10)(nn.relu(x))
-
-
-def _digits(n=512):
-  (x, y), test = data.load("digits", "train"), data.load("digits", "test")
-  return (x[:n], y[:n]), (test[0][:200], test[1][:200])
-
-
-def _mean_activation_penalty(params, intermediates):
-  return 1e-3 * jnp.sum(jnp.sqrt(jnp.mean(jnp.abs(intermediates["activation_0"][0]), axis=0) + 1e-8))
 
 
 def _case(name, steps):
