@@ -1,4 +1,5 @@
-"""The sharded training path (`parallelism="sharded"`: one jit program over a device Mesh) against pmap.
+"""The sharded training path (`parallelism="sharded"`: one jit program over a device Mesh) against pmap
+(checkpoint resume also for `parallelism="fsdp"`).
 
 conftest gives 2 fake CPU devices (float64). Every case trains the same run both ways
 and compares the final parameters: the per-replica arithmetic and the collectives are
@@ -86,17 +87,18 @@ def test_sharded_equals_pmap(tmp_path, name):
     assert sharded.state.model_state["batch_stats"]
 
 
-def test_sharded_checkpoint_resume_is_bit_identical(tmp_path):
+@pytest.mark.parametrize("parallelism", ["sharded", "fsdp"])
+def test_sharded_checkpoint_resume_is_bit_identical(tmp_path, parallelism):
   train_xy, test_xy = _digits()
   model = MLP((32, 10))
 
   def tx():
     return optax.chain(optax.sgd(LR, momentum=0.9), transforms.l1(1e-3, LR))
 
-  config = train.TrainConfig(epochs=3, batch_size=64, progress=False, parallelism="sharded", checkpoint_every_steps=5)
+  config = train.TrainConfig(epochs=3, batch_size=64, progress=False, parallelism=parallelism, checkpoint_every_steps=5)
   full = train.fit(model, tx(), train_xy, test_xy, config, str(tmp_path / "full"), report_fn=lambda p: {})
   workdir = str(tmp_path / "resumed")
-  first = train.TrainConfig(epochs=2, batch_size=64, progress=False, parallelism="sharded", checkpoint_every_steps=5)
+  first = train.TrainConfig(epochs=2, batch_size=64, progress=False, parallelism=parallelism, checkpoint_every_steps=5)
   train.fit(model, tx(), train_xy, test_xy, first, workdir, report_fn=lambda p: {})
   assert os.path.isdir(os.path.join(workdir, "checkpoints", "16"))
   resumed = train.fit(model, tx(), train_xy, test_xy, config, workdir, resume=True, report_fn=lambda p: {})
