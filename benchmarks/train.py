@@ -73,6 +73,8 @@ def state_bytes_per_device(model, tx, x, num_devices, parallelism) -> int:
   """Bytes of the train state that the first device stores under this placement."""
   placement = runloop.DataParallel(jax.local_devices()[:num_devices], parallelism)
   state = placement.put_state(train.create_train_state(model, tx, x[:1]))
+  if parallelism == "pmap":  # host arrays stacked one replica a device: each device holds one whole replica
+    return int(sum(np.asarray(leaf[0]).nbytes for leaf in jax.tree.leaves(state)))
   first = jax.local_devices()[0]
   total = 0
   for leaf in jax.tree.leaves(state):
