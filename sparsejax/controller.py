@@ -346,8 +346,15 @@ def nnz_controller_for(
 
   Args:
     transform: the proximal step's name, or a function strength -> GradientTransformation.
-    target_nnz, learning_rate, initial_strength, rate, interval, total_steps,
-      exact_final_steps, ramp, debias_steps: as in `nnz_controller`.
+    target_nnz: the wanted number of nonzero regularised weights.
+    learning_rate: the inner optimizer's step size (scalar or schedule), also given to a named step.
+    initial_strength: lambda at step 0 (> 0).
+    rate: as in `nnz_controller`.
+    interval: as in `nnz_controller`.
+    total_steps: as in `nnz_controller` (switches on its schedule).
+    exact_final_steps: as in `nnz_controller`.
+    ramp: as in `nnz_controller`.
+    debias_steps: as in `nnz_controller`.
     mask: the regularised leaves, counted and passed to a named step (default: kernels, ndim >= 2).
     bisection_steps: halvings of the log-strength bracket per update (>= 1).
     **transform_kwargs: shape arguments of a named step (e.g. a=0.02, m=0.2).
