@@ -13,9 +13,9 @@ import numpy as np
 import optax
 import pytest
 
-from sparsejax import activity, data, gan, pruning, runloop, selection, train, transforms
+from sparsejax import gan, pruning, runloop, selection, train, transforms
 from sparsejax.models import MLP, dcgan
-from tests.test_sharded import _digits, _mean_activation_penalty
+from tests.test_sharded import _digits, _gan_images_and_penalty, _mean_activation_penalty
 
 LR = 0.05
 HIDDEN = 128   # the first kernel is (64, 128): split along its 128 columns, which each row group spans
@@ -111,11 +111,7 @@ def test_fsdp_spec_picks_the_largest_divisible_axis():
 
 
 def test_fsdp_gan_equals_the_one_device_run(tmp_path):
-  images = np.asarray(data.load("digits", "train")[0][:64], np.float32)
-  images = np.pad(images, ((0, 0), (10, 10), (10, 10), (0, 0)))
-  images = images / float(images.max())
-  penalty = activity.from_mean_activations(lambda k: 0.1 * activity.l_half_sum(k, eps=1e-8), pool="channel",
-                                           axis_name="batch")
+  images, penalty = _gan_images_and_penalty()
   results = {}
   for parallelism, devices in (("pmap", 1), ("fsdp", 2)):
     g, d = dcgan.dcgan_28(width=8, axis_name="batch")

@@ -107,12 +107,17 @@ def test_sharded_checkpoint_resume_is_bit_identical(tmp_path, parallelism):
   assert [r["step"] for r in resumed.history] == [8, 16, 24]
 
 
-def test_sharded_gan_equals_pmap(tmp_path):
+def _gan_images_and_penalty():
+  """64 digits padded to 28x28 in [0, 1], and a channel-pooled l_half activity penalty."""
   images = np.asarray(data.load("digits", "train")[0][:64], np.float32)
   images = np.pad(images, ((0, 0), (10, 10), (10, 10), (0, 0)))
-  images = images / float(images.max())
   penalty = activity.from_mean_activations(lambda k: 0.1 * activity.l_half_sum(k, eps=1e-8), pool="channel",
                                            axis_name="batch")
+  return images / float(images.max()), penalty
+
+
+def test_sharded_gan_equals_pmap(tmp_path):
+  images, penalty = _gan_images_and_penalty()
   results = {}
   for parallelism in ("pmap", "sharded"):
     g, d = dcgan.dcgan_28(width=8, axis_name="batch")
