@@ -216,13 +216,12 @@ class DataParallel:
                          f"(1 <= fsdp_devices <= {len(devices)}; 0: all of them).")
       self.fsdp_devices = shards
       self.mesh = jax.sharding.Mesh(np.asarray(devices).reshape(len(devices) // shards, shards), (AXIS, FSDP_AXIS))
-      self.replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
       self.batch_sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec((AXIS, FSDP_AXIS)))
-      self._wait_each_step = devices[0].platform == "cpu" and self.local_devices > 1
     elif parallelism == "sharded":
       self.mesh = jax.sharding.Mesh(np.asarray(devices), (AXIS,))
-      self.replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
       self.batch_sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(AXIS))
+    if parallelism != "pmap":
+      self.replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
       self._wait_each_step = devices[0].platform == "cpu" and self.local_devices > 1
 
   def step(self, fn: Callable, donate_state: bool = False) -> Callable:
