@@ -3,7 +3,7 @@
 `nnz_controller` is an optax transform placed after any optimizer. Every
 `interval` steps it finds lambda*, the strength at which exactly the target count
 of regularised weights survives this step's prox (from the (target+1)-th largest
-``|w + u|``, found exactly by bisection on the float bit patterns, and the penalty's
+``|w + u|``, found exactly by a search on the float bit patterns, and the penalty's
 zero threshold T inverted: T(lr lambda*) = that magnitude), and moves log lambda
 toward log lambda* at `rate`. It cannot wind up: lambda never overshoots the
 quantile that keeps the target, so no unit is killed for good. The algorithm,
@@ -31,9 +31,19 @@ __all__ = ["ControllerState", "nnz_controller", "nnz_controller_for", "schedule_
 
 
 class ControllerState(NamedTuple):
+  """The controller's state.
+
+  Attributes:
+    count: optimizer steps taken.
+    log_strength: log(lambda) of the last step.
+    nnz: nonzero regularised weights after the last step that updated lambda (every
+      step at `interval` 1 and in the exact phase). It is counted only on those steps,
+      so the others cost no counting pass; in the refit phase, where lambda is not
+      updated, the support is frozen and this stays its size.
+  """
   count: chex.Array
-  log_strength: chex.Array   # current log(lambda)
-  nnz: chex.Array            # nonzeros after the last step
+  log_strength: chex.Array
+  nnz: chex.Array
 
 
 def _state_dtype():
@@ -124,11 +134,12 @@ def nnz_controller(
   with about `target_nnz` nonzeros. The current lambda is
   `exp(state.log_strength)`.
 
-  Cost: q is found exactly by bisection on the bit patterns of ``|v|``
-  (`pruning.kth_largest_magnitude`: 32 counting passes in float32, no sort or
-  top_k), and only on the steps that update lambda (under `lax.cond`), so
-  `interval` amortises it: the step costs a plain proximal step plus 32/interval
-  passes over the regularised weights.
+  Cost: q is found exactly by a search on the bit patterns of ``|v|``
+  (`pruning.kth_largest_magnitude`: 8-20 counting passes, no sort or top_k), and
+  only on the steps that update lambda (under `lax.cond`), together with the count
+  of nonzeros in `ControllerState.nnz`; so `interval` amortises both: the step costs
+  a plain proximal step, plus writing u out for the conditional, plus about
+  20/interval passes over the regularised weights.
 
   Give `total_steps` (the run's optimizer steps): the defaults then follow a
   schedule that ends the run exactly on the target and does not leave the penalty's
@@ -260,14 +271,21 @@ def _controller(log_strength_for, step_with, check_params, target_nnz, learning_
       remaining = 1.0 - pruning.cubic_sparsity(state.count, 1.0, window[0], window[1])  # 1 -> 0 along the ramp
       keep = jnp.round(k + (total - k) * remaining).astype(jnp.int32)
 
+    def nonzeros(new_u):
+      return sum((jnp.count_nonzero(p + u).astype(jnp.float32) for p, u, m in zip(leaves_p, new_u, masks) if m),
+                 jnp.zeros([], jnp.float32))
+
     def updated_strength():
       log_target = log_strength_for(keep, lr, state.count, leaves_p, leaves_u, masks, treedef)
       moved = state.log_strength + step_rate * (log_target - state.log_strength)
       # at rate 1 land on log_target itself: old + (target - old) may round off it
-      return jnp.where(step_rate == 1.0, log_target, moved).astype(state.log_strength.dtype)
+      log_strength = jnp.where(step_rate == 1.0, log_target, moved).astype(state.log_strength.dtype)
+      # the count after this step, in the branch: a count on every step costs 0.1-0.2x a
+      # training step on XLA:CPU (benchmarks/sparsity_steps.py)
+      return log_strength, nonzeros(step_with(log_strength, lr, state.count, leaves_p, leaves_u, masks, treedef))
 
-    log_strength = jax.lax.cond(adjust & ~debiasing, updated_strength,
-                                lambda: state.log_strength)
+    log_strength, nnz = jax.lax.cond(adjust & ~debiasing, updated_strength,
+                                     lambda: (state.log_strength, state.nnz))
     new_u = step_with(log_strength, lr, state.count, leaves_p, leaves_u, masks, treedef)
     if refit:
       # Refit phase: the support is frozen (zeros stay zero) and the survivors take the
@@ -275,8 +293,6 @@ def _controller(log_strength_for, step_with, check_params, target_nnz, learning_
       # fused pass over the weights.
       new_u = [jnp.where(debiasing, jnp.where(p != 0, u, -p).astype(n.dtype), n) if m else n
                for p, u, n, m in zip(leaves_p, leaves_u, new_u, masks)]
-    nnz = sum((jnp.count_nonzero(p + u).astype(jnp.float32) for p, u, m in zip(leaves_p, new_u, masks) if m),
-              jnp.zeros([], jnp.float32))
     return (jax.tree.unflatten(treedef, new_u),
             ControllerState(optax.safe_increment(state.count), log_strength, nnz))
 

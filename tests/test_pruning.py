@@ -37,6 +37,28 @@ def test_kth_largest_magnitude_is_exact(dtype, rolled, monkeypatch):
   assert np.isnan(float(f(inf_and_nan, 1))) and float(f(inf_and_nan, 2)) == np.inf
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_kth_largest_magnitude_matches_a_sort_where_the_search_is_hard(dtype):
+  # the interpolation search against np.sort: a pruned support (a gap in |w| at the
+  # support's edge, where the controller's exact phase asks), most weights tied at 0,
+  # rounded values (many ties), heavy tails, tiny scales, and every k at the edges
+  rng = np.random.default_rng(3)
+  n = 12_000  # one size, so one compilation
+  pruned = np.where(rng.random(n) < 0.06, rng.normal(size=n), 1e-3 * rng.normal(size=n))
+  mostly_zero = np.where(rng.random(n) < 0.9, 0.0, rng.normal(size=n))
+  cases = [pruned, mostly_zero, np.round(rng.normal(size=n), 1), rng.standard_cauchy(n), 1e-30 * rng.normal(size=n),
+           np.full(n, -2.5)]
+  f = jax.jit(pruning.kth_largest_magnitude)
+  for weights in cases:
+    leaves = [jnp.asarray(weights[: weights.size // 3], dtype), jnp.asarray(weights[weights.size // 3:], dtype)]
+    values = np.sort(np.abs(np.concatenate([np.asarray(l, np.float64) for l in leaves])))[::-1]
+    edge = int(np.count_nonzero(values))
+    for k in sorted({1, 2, edge - 1, edge, edge + 1, values.size // 20, values.size // 2, values.size - 1,
+                     values.size, *rng.integers(1, values.size + 1, 5)}):
+      if 1 <= k <= values.size:
+        assert float(f(leaves, k)) == values[k - 1], (k, edge)
+
+
 def test_cubic_schedule():
   s = [float(pruning.cubic_sparsity(t, 0.9, 10, 110, 0.1)) for t in (0, 10, 60, 110, 500)]
   np.testing.assert_allclose(s, [0.1, 0.1, 0.9 + (0.1 - 0.9) * 0.5 ** 3, 0.9, 0.9], rtol=1e-6)
