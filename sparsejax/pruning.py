@@ -97,7 +97,7 @@ def kth_largest_magnitude(leaves: Sequence[jax.Array], k: chex.Numeric) -> jax.A
 
 def _count_at_least(leaves: Sequence[jax.Array], threshold: jax.Array, dtype: Any) -> jax.Array:
   """#{w : bits(|w|) >= threshold} over all leaves."""
-  return sum(jnp.sum(_magnitude_bits(leaf) >= threshold, dtype=dtype) for leaf in leaves)
+  return sum((jnp.sum(_magnitude_bits(leaf) >= threshold, dtype=dtype) for leaf in leaves), jnp.zeros((), dtype))
 
 
 def _bisected_kth_bits(leaves: list[jax.Array], k: jax.Array, utype: Any, width: int) -> jax.Array:
