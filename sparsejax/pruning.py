@@ -87,6 +87,8 @@ def kth_largest_magnitude(leaves: Sequence[jax.Array], k: chex.Numeric) -> jax.A
   total = sum(int(np.size(leaf)) for leaf in leaves)
   if float64:
     leaves = [leaf.astype(jnp.float64) for leaf in leaves]
+  if total == 0:
+    return jnp.zeros((), jnp.float64 if width == 64 else jnp.float32)
   if total > _ROLLED_MAX_ELEMENTS:
     t = _bisected_kth_bits(leaves, k, utype, width)
   else:

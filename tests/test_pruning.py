@@ -57,6 +57,7 @@ def test_kth_largest_magnitude_matches_a_sort_where_the_search_is_hard(dtype):
                      values.size, *rng.integers(1, values.size + 1, 5)}):
       if 1 <= k <= values.size:
         assert float(f(leaves, k)) == values[k - 1], (k, edge)
+  assert float(pruning.kth_largest_magnitude([jnp.zeros((0,), dtype)], 1)) == 0.0  # no weights: 0, as k > size
 
 
 def test_cubic_schedule():
