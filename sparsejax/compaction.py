@@ -65,7 +65,8 @@ def _fold_constant(next_layer: metrics.Layer, next_bias: np.ndarray, unit: int, 
     next_bias += value * k[unit]
 
 
-def compact_any(model: Any, params: Any = None, input_shape: Sequence[int] | None = None) -> CompactModel:
+def compact_any(model: Any, params: Any = None, input_shape: Sequence[int] | None = None,
+                input_dtype: Any = jnp.float32) -> CompactModel:
   """The smaller computation of any linen or NNX model (see the module docstring).
 
   Args:
@@ -73,11 +74,12 @@ def compact_any(model: Any, params: Any = None, input_shape: Sequence[int] | Non
       (`params` None: taken from the module).
     params: see `metrics.analyze_model`.
     input_shape: one example's shape (no batch axis).
+    input_dtype: the input's dtype (e.g. jnp.int32 for token ids; default float32).
 
   Raises:
     ValueError: params that do not belong to the model, or a wrong input shape.
   """
-  found = metrics.analyze_model(model, params, input_shape)
+  found = metrics.analyze_model(model, params, input_shape, input_dtype=input_dtype)
   kernels, apply_fn = structure.compile_compact(found)
   kept = {metrics.layer_name(op.name): np.flatnonzero(~op.units_removable)
           for op in found.ops if op.units_removable is not None}
@@ -86,7 +88,8 @@ def compact_any(model: Any, params: Any = None, input_shape: Sequence[int] | Non
   return CompactModel(small, jax.jit(apply_fn), kept, (original, int(sum(k.size for k in kernels.values()))))
 
 
-def compact(model: Any, params: Any = None, input_shape: Sequence[int] | None = None):
+def compact(model: Any, params: Any = None, input_shape: Sequence[int] | None = None,
+            input_dtype: Any = jnp.float32):
   """Returns `(compact_model, compact_params, kept)` computing the same function as `model`.
 
   For a model other than `MLP`/`ConvNet` this returns `compact_any(...)` (a
@@ -97,13 +100,15 @@ def compact(model: Any, params: Any = None, input_shape: Sequence[int] | None = 
     model: an `MLP` or `ConvNet` (or any model: see above).
     params: its (sparse) parameters.
     input_shape: one example's shape (no batch axis).
+    input_dtype: the input's dtype, for a model other than `MLP`/`ConvNet` (e.g.
+      jnp.int32 for token ids; default float32).
 
   Returns:
     The smaller model, its parameters (numpy -> jax arrays), and per layer the
     indices of the units kept.
   """
   if not isinstance(model, metrics.BUILTIN_MODELS):
-    return compact_any(model, params, input_shape)
+    return compact_any(model, params, input_shape, input_dtype)
   layer_list = metrics.layers(model, params, input_shape)
   biases = [np.array(l.bias, np.float64) for l in layer_list]
   keep = metrics.alive_units(layer_list)

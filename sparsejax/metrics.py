@@ -84,7 +84,26 @@ class Layer(NamedTuple):
   padding: str | None = None
 
 
-def check_params_match(model: Any, params: Any, input_shape: Sequence[int]) -> None:
+def _expected_params(model: Any, shape: tuple, input_dtype: Any) -> Any:
+  expected = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, *shape), input_dtype)))
+  return expected.get("params", {}) if isinstance(expected, dict) or hasattr(expected, "get") else expected
+
+
+def _batch_axis_hint(model: Any, params: Any, shape: tuple, input_dtype: Any) -> str:
+  """A hint when `shape` would fit without its first axis (a batch shape given as input_shape)."""
+  if len(shape) < 2:
+    return ""
+  try:
+    expected = _expected_params(model, shape[1:], input_dtype)
+  except Exception:  # pylint: disable=broad-except
+    return ""
+  same = jax.tree.structure(expected) == jax.tree.structure(params) and all(
+      tuple(np.shape(g)) == tuple(w.shape) for g, w in zip(jax.tree.leaves(params), jax.tree.leaves(expected)))
+  return (f" input_shape is one example's shape, without the batch axis: these params fit input_shape="
+          f"{shape[1:]}.") if same else ""
+
+
+def check_params_match(model: Any, params: Any, input_shape: Sequence[int], input_dtype: Any = jnp.float32) -> None:
   """Raises ValueError unless `params` are `model`'s parameters for inputs of `input_shape`.
 
   Compares the pytree structure and every leaf's shape with what `model.init` would
@@ -92,11 +111,11 @@ def check_params_match(model: Any, params: Any, input_shape: Sequence[int]) -> N
   """
   shape = tuple(int(d) for d in input_shape)
   try:
-    expected = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, *shape), jnp.float32)))
+    expected = _expected_params(model, shape, input_dtype)
   except Exception as err:  # pylint: disable=broad-except
-    raise ValueError(f"{type(model).__name__} cannot take inputs of shape {shape} (input_shape): "
-                     f"{str(err).splitlines()[0]}") from None
-  expected = expected.get("params", {}) if isinstance(expected, dict) or hasattr(expected, "get") else expected
+    raise ValueError(f"{type(model).__name__} cannot take inputs of shape {shape} and dtype "
+                     f"{jnp.dtype(input_dtype).name} (input_shape, input_dtype): {str(err).splitlines()[0]}"
+                     f"{_batch_axis_hint(model, params, shape, input_dtype)}") from None
   got_leaves, got_def = jax.tree_util.tree_flatten_with_path(params)
   want_leaves, want_def = jax.tree_util.tree_flatten_with_path(expected)
   if got_def != want_def:
@@ -109,7 +128,7 @@ def check_params_match(model: Any, params: Any, input_shape: Sequence[int]) -> N
     if tuple(np.shape(got)) != tuple(want.shape):
       raise ValueError(f"params do not match this {type(model).__name__} for input_shape {shape}: "
                        f"{jax.tree_util.keystr(path)} has shape {tuple(np.shape(got))}, the model expects "
-                       f"{tuple(want.shape)}.")
+                       f"{tuple(want.shape)}.{_batch_axis_hint(model, params, shape, input_dtype)}")
 
 
 def layers(model: Any, params: Any, input_shape: Sequence[int]) -> list[Layer]:
@@ -185,10 +204,11 @@ def alive_units(layer_list: list[Layer]) -> list[np.ndarray]:
   return masks
 
 
-def neurons_removed(model: Any, params: Any = None, input_shape: Sequence[int] | None = None) -> dict[str, dict]:
+def neurons_removed(model: Any, params: Any = None, input_shape: Sequence[int] | None = None,
+                    input_dtype: Any = jnp.float32) -> dict[str, dict]:
   """{layer: {"removed", "total"}} for every hidden layer (any model: see the module docstring)."""
   if not _builtin(model):
-    return _generic_neurons(analyze_model(model, params, input_shape))
+    return _generic_neurons(analyze_model(model, params, input_shape, input_dtype=input_dtype))
   layer_list = layers(model, params, input_shape)
   return _neurons_removed(layer_list, alive_units(layer_list))
 
@@ -206,10 +226,11 @@ def _input_mask(layer: Layer, prev_alive: np.ndarray | None) -> np.ndarray:
   return prev_alive
 
 
-def flops_and_params(model: Any, params: Any = None, input_shape: Sequence[int] | None = None) -> dict:
+def flops_and_params(model: Any, params: Any = None, input_shape: Sequence[int] | None = None,
+                     input_dtype: Any = jnp.float32) -> dict:
   """Dense vs sparse FLOPs per example and parameter counts (see module docstring)."""
   if not _builtin(model):
-    return _generic_counts(analyze_model(model, params, input_shape))
+    return _generic_counts(analyze_model(model, params, input_shape, input_dtype=input_dtype))
   layer_list = layers(model, params, input_shape)
   return _flops_and_params(layer_list, alive_units(layer_list))
 
@@ -233,10 +254,11 @@ def _flops_and_params(layer_list: list[Layer], masks: list[np.ndarray]) -> dict:
           "params_fraction": used_params / max(dense_params, 1)}
 
 
-def report(model: Any, params: Any = None, input_shape: Sequence[int] | None = None) -> dict:
+def report(model: Any, params: Any = None, input_shape: Sequence[int] | None = None,
+           input_dtype: Any = jnp.float32) -> dict:
   """Everything an experiment reports about a (sparse) network's size (any model)."""
   if not _builtin(model):
-    found = analyze_model(model, params, input_shape)
+    found = analyze_model(model, params, input_shape, input_dtype=input_dtype)
     kernels = {layer_name(op.name): op.kernel for op in found.ops}
     removed = _generic_neurons(found)
     return {**_generic_counts(found), **_kernel_counts(kernels),
@@ -270,7 +292,7 @@ def _builtin(model: Any) -> bool:
 
 
 def analyze_model(model: Any, params: Any = None, input_shape: Sequence[int] | None = None,
-                  model_state: Any = None) -> structure.Structure:
+                  model_state: Any = None, input_dtype: Any = jnp.float32) -> structure.Structure:
   """`structure.analyze` for a linen module with its params (or full variables) or an NNX module.
 
   Args:
@@ -280,6 +302,8 @@ def analyze_model(model: Any, params: Any = None, input_shape: Sequence[int] | N
     input_shape: one example's shape (no batch axis); required.
     model_state: other variable collections (e.g. {"batch_stats": ...}) when `params`
       holds only the parameters.
+    input_dtype: the dtype of the model's input (e.g. jnp.int32 for token ids that an
+      embedding looks up; default float32).
 
   Raises:
     ValueError: no input_shape, params that do not match the model, or an input shape
@@ -293,9 +317,9 @@ def analyze_model(model: Any, params: Any = None, input_shape: Sequence[int] | N
     variables = functional.init()
     if params is not None and _is_variables(params):
       variables = {"params": params["params"], "nnx_state": params.get("nnx_state", variables["nnx_state"])}
-      check_params_match(functional, variables["params"], shape)
+      check_params_match(functional, variables["params"], shape, input_dtype)
     elif params is not None:
-      check_params_match(functional, params, shape)
+      check_params_match(functional, params, shape, input_dtype)
       variables = {"params": params, "nnx_state": variables["nnx_state"] if model_state is None
                    else model_state.get("nnx_state", model_state)}
     apply_fn = lambda v, x: functional.apply(v, x)  # noqa: E731
@@ -303,14 +327,14 @@ def analyze_model(model: Any, params: Any = None, input_shape: Sequence[int] | N
     if params is None:
       raise ValueError(f"params are required for a linen module ({type(model).__name__}).")
     variables = dict(params) if _is_variables(params) else {"params": params, **(model_state or {})}
-    check_params_match(model, variables["params"], shape)
+    check_params_match(model, variables["params"], shape, input_dtype)
     mode = mode_kwargs(model, False)
     apply_fn = lambda v, x: model.apply(v, x, **mode)  # noqa: E731
   try:
-    return structure.analyze(apply_fn, variables, shape, params=variables["params"])
+    return structure.analyze(apply_fn, variables, shape, params=variables["params"], dtype=input_dtype)
   except (TypeError, ValueError) as err:
-    raise ValueError(f"{type(model).__name__} cannot take inputs of shape {shape} (input_shape): "
-                     f"{str(err).splitlines()[0]}") from None
+    raise ValueError(f"{type(model).__name__} cannot take inputs of shape {shape} and dtype "
+                     f"{jnp.dtype(input_dtype).name} (input_shape, input_dtype): {str(err).splitlines()[0]}") from None
 
 
 def _is_variables(tree: Any) -> bool:

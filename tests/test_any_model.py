@@ -249,6 +249,60 @@ def test_wrong_params_or_input_shape_is_a_clear_error():
     metrics.report(_NNXMLP((12, 5), nnx.Rngs(0)))
 
 
+def test_a_batch_shape_given_as_input_shape_is_named_in_the_error():
+  model = MLP((4, 2))
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 6)))["params"]
+  with pytest.raises(ValueError, match=r"without the batch axis: these params fit input_shape=\(6,\)"):
+    metrics.report(model, params, (32, 6))
+
+
+class _TokenModel(nn.Module):
+  """Token ids -> embedding -> Dense -> mean over positions -> Dense: integer inputs."""
+
+  @nn.compact
+  def __call__(self, tokens):
+    h = nn.relu(nn.Dense(12)(nn.Embed(30, 8)(tokens)))
+    return nn.Dense(3)(h.mean(axis=1))
+
+
+class _DepthwiseUpsampling(nn.Module):
+  """Layers the library's models do not use: depthwise conv, GroupNorm, ConvTranspose."""
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.Conv(8, (3, 3))(x))
+    x = nn.Conv(8, (3, 3), feature_group_count=8)(x)
+    x = nn.gelu(nn.GroupNorm(num_groups=2)(x))
+    x = nn.ConvTranspose(4, (2, 2), strides=(2, 2))(x)
+    return nn.Dense(5)(x.reshape(x.shape[0], -1))
+
+
+@pytest.mark.parametrize("kind", ["tokens", "depthwise_upsampling"])
+def test_models_with_integer_inputs_or_other_layers_report_and_compact_exactly(kind):
+  rng = np.random.default_rng(5)
+  if kind == "tokens":
+    model, shape, dtype = _TokenModel(), (7,), jnp.int32
+    x = rng.integers(0, 30, size=(4, 7)).astype(np.int32)
+  else:
+    model, shape, dtype = _DepthwiseUpsampling(), (6, 6, 3), jnp.float32
+    x = rng.normal(size=(4, 6, 6, 3)).astype(np.float32)
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, *shape), dtype))
+  params = _host(dict(variables["params"]))
+  for name, layer in params.items():
+    if "kernel" in layer and name != list(params)[-1]:
+      layer["kernel"][..., :3] = 0.0  # three dead output units or channels
+      layer["bias"][:3] = 0.0
+  variables = {"params": params}
+  if kind == "tokens":  # float inputs cannot index an embedding: the error names input_dtype
+    with pytest.raises(ValueError, match="input_dtype"):
+      metrics.report(model, variables, shape)
+  r = metrics.report(model, variables, shape, input_dtype=dtype)
+  assert r["weights_nonzero"] < r["weights_total"] and r["flops_sparse"] < r["flops_dense"]
+  small = compaction.compact(model, variables, shape, input_dtype=dtype)
+  np.testing.assert_allclose(np.asarray(small(x)), np.asarray(model.apply(variables, x)), atol=1e-5, rtol=1e-5)
+  assert small.kernel_sizes[1] < small.kernel_sizes[0]
+
+
 def _digits(n=512):
   from sparsejax import data
   x, y = data.load("digits", "train")
