@@ -4,7 +4,7 @@ Model: MLP 784-300-100-10 (266,200 kernel weights), batch 128, momentum SGD, one
 step (forward, backward, optimizer, sparsification); each case runs 100 consecutive steps per
 timing, round-robin with the others, and the fastest of `--repeats` rounds is kept.
 Rows: the plain SGD step; a proximal l1 step; the NNZ controller with `interval` 1, 10
-and 100 (exact k-th largest |w| by bit bisection, under `lax.cond`), with the schedule
+and 100 (exact k-th largest |w| by a search on its bit patterns, under `lax.cond`), with the schedule
 that `total_steps` switches on, and in its refit phase; the same controller
 with a global `lax.top_k` every step (how it was computed before, for reference); GMP
 (mask update every 100 steps, global); the bisection controller (`nnz_controller_for`) on

@@ -6,6 +6,9 @@ import os
 import numpy as np
 import pytest
 
+# one worker runs every experiment and notebook test: they share the session's small runs
+pytestmark = pytest.mark.xdist_group("small_runs")
+
 
 def test_quickstart_small_config(small_run):
   results, tmp_path = small_run("quickstart")

@@ -12,6 +12,9 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+# one worker runs every experiment and notebook test: they share the session's small runs
+pytestmark = pytest.mark.xdist_group("small_runs")
+
 EXPERIMENT_OF = {"target_sparsity": "l1_selection"}  # notebook -> experiments.<module>, where the names differ
 NOTEBOOKS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "notebooks", "*.ipynb")))
 
