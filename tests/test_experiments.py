@@ -1,4 +1,9 @@
-"""Small-config runs of the experiments (the README's main job included)."""
+"""Small-config runs of the experiments (the README's main job included).
+
+Each test that reads a small run is in the pytest-xdist group of its experiment, with
+that experiment's notebook test (tests/test_notebooks.py): one worker runs both, on the
+session's one small run.
+"""
 
 import json
 import os
@@ -6,10 +11,8 @@ import os
 import numpy as np
 import pytest
 
-# one worker runs every experiment and notebook test: they share the session's small runs
-pytestmark = pytest.mark.xdist_group("small_runs")
 
-
+@pytest.mark.xdist_group("quickstart")
 def test_quickstart_small_config(small_run):
   results, tmp_path = small_run("quickstart")
   assert results["test_accuracy"] > 0.9
@@ -22,6 +25,7 @@ def test_quickstart_small_config(small_run):
     assert os.path.getsize(os.path.join(tmp_path, name)) > 0
 
 
+@pytest.mark.xdist_group("tl1_comparison")
 def test_tl1_comparison_small_config(small_run):
   out, tmp_path = small_run("tl1_comparison")
   summary = out["summary"]
@@ -39,6 +43,7 @@ def test_tl1_comparison_small_config(small_run):
   assert "integrated TL1" in table and "Table 3" in table
 
 
+@pytest.mark.xdist_group("l1_selection")
 def test_l1_selection_small_config(small_run):
   out, tmp_path = small_run("l1_selection")
   single, layer, ctrl = out["single"], out["layerwise"], out["controller"]
@@ -61,6 +66,7 @@ def test_l1_selection_mnist_cnn8_reduced():
   assert out["single"]["converged"]
 
 
+@pytest.mark.xdist_group("rvsm_curves")
 def test_rvsm_curves_small_config(small_run):
   out, tmp_path = small_run("rvsm_curves")
   methods = out["methods"]
@@ -70,6 +76,7 @@ def test_rvsm_curves_small_config(small_run):
   assert os.path.exists(os.path.join(tmp_path, "shaky_curves", "example_images.png"))
 
 
+@pytest.mark.xdist_group("lses_dnn")
 def test_lses_dnn_small_config(small_run):
   out, tmp_path = small_run("lses_dnn")
   summary = out["datasets"]["breast_cancer"]["summary"]
@@ -79,6 +86,7 @@ def test_lses_dnn_small_config(small_run):
   assert os.path.exists(os.path.join(tmp_path, "table.md"))
 
 
+@pytest.mark.xdist_group("sparse_dbn")
 def test_sparse_dbn_small_config(small_run):
   from experiments import common
   if not common.dataset_available("mnist"):
@@ -92,6 +100,7 @@ def test_sparse_dbn_small_config(small_run):
     assert os.path.exists(os.path.join(tmp_path, name))
 
 
+@pytest.mark.xdist_group("sparse_gan")
 def test_sparse_gan_small_config_writes_grids_curves_and_scores(small_run):
   from experiments import sparse_gan
   out, tmp_path = small_run("sparse_gan")
@@ -124,6 +133,7 @@ def test_sparse_gan_fashion_mnist_reproduction(tmp_path):
   assert sparse["g_zero_activation_fraction"] > standard["g_zero_activation_fraction"] + 0.05
 
 
+@pytest.mark.xdist_group("frontier")
 def test_frontier_small_config_matches_sparsity_exactly_and_resumes(small_run):
   from experiments import frontier
   out, tmp_path = small_run("frontier")
@@ -149,6 +159,7 @@ def test_frontier_small_config_matches_sparsity_exactly_and_resumes(small_run):
   assert [r["wall_time_s"] for r in again["runs"]] == [r["wall_time_s"] for r in out["runs"]]
 
 
+@pytest.mark.xdist_group("resnet_sparsity")
 def test_resnet_sparsity_small_config(small_run):
   out, tmp_path = small_run("resnet_sparsity")
   runs = {r["method"]: r for r in out["runs"]}

@@ -12,17 +12,21 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-# one worker runs every experiment and notebook test: they share the session's small runs
-pytestmark = pytest.mark.xdist_group("small_runs")
-
 EXPERIMENT_OF = {"target_sparsity": "l1_selection"}  # notebook -> experiments.<module>, where the names differ
 NOTEBOOKS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "notebooks", "*.ipynb")))
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[os.path.basename(p) for p in NOTEBOOKS])
-def test_notebook_executes(path, monkeypatch, small_run):
+def _experiment(path: str) -> str:
   name = os.path.basename(path)[:-len(".ipynb")]
-  small_run(EXPERIMENT_OF.get(name, name))
+  return EXPERIMENT_OF.get(name, name)
+
+
+# Each notebook runs on the pytest-xdist worker of its experiment's test (the same
+# group), so the session's one small run of that experiment serves both.
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.xdist_group(_experiment(p))) for p in NOTEBOOKS],
+                         ids=[os.path.basename(p) for p in NOTEBOOKS])
+def test_notebook_executes(path, monkeypatch, small_run):
+  small_run(_experiment(path))
   monkeypatch.setenv("SPARSEJAX_NOTEBOOK_SMALL", "1")
   monkeypatch.setenv("SPARSEJAX_NOTEBOOK_RESULTS", str(small_run.root))
   monkeypatch.setenv("XLA_FLAGS", "")  # one CPU device inside the kernel
