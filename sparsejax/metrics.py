@@ -89,6 +89,12 @@ def _expected_params(model: Any, shape: tuple, input_dtype: Any) -> Any:
   return expected.get("params", {}) if isinstance(expected, dict) or hasattr(expected, "get") else expected
 
 
+def _input_error(model: Any, shape: tuple, input_dtype: Any, err: Exception, hint: str = "") -> ValueError:
+  """The error for inputs of `shape` and `input_dtype` that `model` cannot take."""
+  return ValueError(f"{type(model).__name__} cannot take inputs of shape {shape} and dtype "
+                    f"{jnp.dtype(input_dtype).name} (input_shape, input_dtype): {str(err).splitlines()[0]}{hint}")
+
+
 def _batch_axis_hint(model: Any, params: Any, shape: tuple, input_dtype: Any) -> str:
   """A hint when `shape` would fit without its first axis (a batch shape given as input_shape)."""
   if len(shape) < 2:
@@ -113,9 +119,7 @@ def check_params_match(model: Any, params: Any, input_shape: Sequence[int], inpu
   try:
     expected = _expected_params(model, shape, input_dtype)
   except Exception as err:  # pylint: disable=broad-except
-    raise ValueError(f"{type(model).__name__} cannot take inputs of shape {shape} and dtype "
-                     f"{jnp.dtype(input_dtype).name} (input_shape, input_dtype): {str(err).splitlines()[0]}"
-                     f"{_batch_axis_hint(model, params, shape, input_dtype)}") from None
+    raise _input_error(model, shape, input_dtype, err, _batch_axis_hint(model, params, shape, input_dtype)) from None
   got_leaves, got_def = jax.tree_util.tree_flatten_with_path(params)
   want_leaves, want_def = jax.tree_util.tree_flatten_with_path(expected)
   if got_def != want_def:
@@ -333,8 +337,7 @@ def analyze_model(model: Any, params: Any = None, input_shape: Sequence[int] | N
   try:
     return structure.analyze(apply_fn, variables, shape, params=variables["params"], dtype=input_dtype)
   except (TypeError, ValueError) as err:
-    raise ValueError(f"{type(model).__name__} cannot take inputs of shape {shape} and dtype "
-                     f"{jnp.dtype(input_dtype).name} (input_shape, input_dtype): {str(err).splitlines()[0]}") from None
+    raise _input_error(model, shape, input_dtype, err) from None
 
 
 def _is_variables(tree: Any) -> bool:

@@ -76,7 +76,7 @@ def kth_largest_magnitude(leaves: Sequence[jax.Array], k: chex.Numeric) -> jax.A
   Exact, in O(passes x n), no sort and no top_k over the weights: a search over the bit
   patterns of ``|w|`` (their integer order is the order of ``|w|``), each step one
   counting pass. Up to 2^20 weights it is a guarded interpolation search
-  (`_interpolated_kth_bits`, typically 6-15 passes); above, 31 (float32) or 63 (float64)
+  (`_interpolated_kth_bits`, 8-20 passes on trained weights); above, 31 (float32) or 63 (float64)
   unrolled bisection passes. Jit-compatible; `k` may be traced.
   """
   leaves = list(leaves)
@@ -90,7 +90,11 @@ def kth_largest_magnitude(leaves: Sequence[jax.Array], k: chex.Numeric) -> jax.A
   if total == 0:
     return jnp.zeros((), jnp.float64 if width == 64 else jnp.float32)
   if total > _ROLLED_MAX_ELEMENTS:
-    t = _bisected_kth_bits(leaves, k, utype, width)
+    # Unrolled: XLA recomputes the weights (e.g. p + u) and their bit patterns inside
+    # each fused count, so nothing parameter-sized is stored; compiling the passes takes
+    # seconds, small beside the compile time of a model this large.
+    t = _bisected_kth_bits(lambda candidate: _count_at_least(leaves, candidate, k.dtype), k, utype, width,
+                           unroll=True)
   else:
     t = _interpolated_kth_bits(leaves, k, total, utype, width)
   value = lax.bitcast_convert_type(t, jnp.float64 if width == 64 else jnp.float32)
@@ -102,19 +106,18 @@ def _count_at_least(leaves: Sequence[jax.Array], threshold: jax.Array, dtype: An
   return sum((jnp.sum(_magnitude_bits(leaf) >= threshold, dtype=dtype) for leaf in leaves), jnp.zeros((), dtype))
 
 
-def _bisected_kth_bits(leaves: list[jax.Array], k: jax.Array, utype: Any, width: int) -> jax.Array:
-  """The largest t with count(bits(|w|) >= t) >= k, built bit by bit from the top: width - 1 passes.
+def _bisected_kth_bits(count_at_least: Callable[[jax.Array], jax.Array], k: jax.Array, utype: Any, width: int,
+                       unroll: bool) -> jax.Array:
+  """The largest t with count_at_least(t) >= k, built bit by bit from the top: width - 1 passes.
 
-  Unrolled: XLA recomputes the weights (e.g. p + u) and their bit patterns inside each
-  fused count, so nothing parameter-sized is stored; compiling the passes takes seconds,
-  small beside the compile time of a model this large.
+  `k` may hold several ranks; `count_at_least` maps candidates of its shape to counts.
   """
   def body(i, t):
     # the sign bit of |w| is 0, so the search starts one bit below it
     candidate = t | (jnp.asarray(1, utype) << (width - 1 - i).astype(utype))
-    return jnp.where(_count_at_least(leaves, candidate, k.dtype) >= k, candidate, t)
+    return jnp.where(count_at_least(candidate) >= k, candidate, t)
 
-  return lax.fori_loop(1, width, body, jnp.zeros((), utype), unroll=True)
+  return lax.fori_loop(1, width, body, jnp.zeros(jnp.shape(k), utype), unroll=unroll)
 
 
 # Sample size of the first bracket of `_interpolated_kth_bits`, and its width in
@@ -127,13 +130,14 @@ def _interpolated_kth_bits(leaves: list[jax.Array], k: jax.Array, total: int, ut
   """The largest t with C(t) = count(bits(|w|) >= t) >= k (k <= total), by a guarded interpolation search.
 
   Invariant: C(lo) >= k > C(hi). The first bracket comes from a strided sample of about
-  `_SAMPLE_SIZE` weights, sorted: its order statistics k n_s / n -/+ 2.5 binomial
-  standard deviations, counted exactly (and t = 1, which settles ties at 0 in one pass).
+  `_SAMPLE_SIZE` weights: its order statistics at rank k n_s / n -/+ 2.5 binomial
+  standard deviations (by bisection on the sample's bits), counted exactly over all
+  weights (and t = 1, which settles ties at 0 in one pass).
   Then each pass counts one pivot, placed by linear interpolation of C between lo and
   hi (Illinois variant: an end kept twice has its residual halved), or at the midpoint
   when the bracket did not halve over the last two passes (so at most about twice the
-  passes of bisection; 8-20 in all on trained MLP weights, against 31). The search stops when C(lo) = k (t is
-  the smallest bit pattern >= lo), C(hi) = k - 1 (the largest < hi) or hi = lo + 1
+  passes of bisection; 8-20 in all on trained MLP weights, against 31). The search
+  stops when C(lo) = k (t is the smallest bit pattern >= lo), C(hi) = k - 1 (the largest < hi) or hi = lo + 1
   (lo); the first two cost one more max pass. The weights travel in the loop's carry
   through a barrier tied to the loop-varying pivot, so XLA cannot hoist their bit
   patterns out of the loop: they are stored once in the loop's state, cheap at this size.
@@ -152,11 +156,9 @@ def _interpolated_kth_bits(leaves: list[jax.Array], k: jax.Array, total: int, ut
   ranks = jnp.stack([jnp.floor(rank + spread), jnp.ceil(rank - spread)])  # a lower, then a higher value
   ranks = jnp.clip(ranks, 1, size).astype(count_dtype)
   # the two order statistics of the sample by bisection on its bits (a sort of it costs ~3 passes)
-  def sample_bit(i, t):
-    candidate = t | (jnp.asarray(1, utype) << (width - 1 - i).astype(utype))
-    counts = jnp.sum(sample[None, :] >= candidate[:, None], axis=1, dtype=count_dtype)
-    return jnp.where(counts >= ranks, candidate, t)
-  low_pivot, high_pivot = lax.fori_loop(1, width, sample_bit, jnp.zeros((2,), utype))
+  low_pivot, high_pivot = _bisected_kth_bits(
+      lambda candidates: jnp.sum(sample[None, :] >= candidates[:, None], axis=1, dtype=count_dtype), ranks, utype,
+      width, unroll=False)
 
   lo, hi = jnp.zeros((), utype), top
   c_lo, c_hi = jnp.asarray(total, count_dtype), jnp.zeros((), count_dtype)
@@ -187,9 +189,9 @@ def _interpolated_kth_bits(leaves: list[jax.Array], k: jax.Array, total: int, ut
     # moves toward it instead of creeping along the other side
     f_lo, f_hi = jnp.where(at_least, f, jnp.where(side < 0, 0.5 * f_lo, f_lo)), \
         jnp.where(at_least, jnp.where(side > 0, 0.5 * f_hi, f_hi), f)
+    side = jnp.where(at_least, 1, -1).astype(jnp.int32)
     return (jnp.where(at_least, pivot, lo), jnp.where(at_least, hi, pivot), jnp.where(at_least, c, c_lo),
-            jnp.where(at_least, c_hi, c), f_lo, f_hi, jnp.where(at_least, 1, -1).astype(jnp.int32), width_last, span.astype(fdtype),
-            weights)
+            jnp.where(at_least, c_hi, c), f_lo, f_hi, side, width_last, span.astype(fdtype), weights)
 
   unbounded = jnp.asarray(np.inf, fdtype)
   carry = (lo, hi, c_lo, c_hi, c_lo.astype(fdtype) - aim, c_hi.astype(fdtype) - aim, jnp.zeros((), jnp.int32),
