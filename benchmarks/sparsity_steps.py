@@ -93,6 +93,12 @@ def main(argv=None):
           "l1", target, lr, total_steps=10**7)),
       # a run of 10 steps: every timed step after the first 10 is in the refit phase
       "nnz_controller refit phase": optax.chain(sgd, selection.nnz_controller("l1", target, lr, total_steps=10)),
+      # TL1 with a constant a, and with a tied to the kept weights (one more pass per update)
+      "proximal tl1": optax.chain(sgd, transforms.proximal("tl1", 1e-4, lr, a=0.02)),
+      "nnz_controller tl1 a=0.02 interval 10": optax.chain(sgd, selection.nnz_controller(
+          "tl1", target, lr, interval=10, a=0.02)),
+      "nnz_controller tl1 relative shape interval 10": optax.chain(sgd, selection.nnz_controller(
+          "tl1", target, lr, interval=10)),
       "top_k controller every step (before)": optax.chain(sgd, top_k_controller(target, lr)),
       "GMP, mask every 100 steps": optax.chain(sgd, pruning.gradual_magnitude_pruning(0.95, 0, 10**6, 100)),
       "proximal integrated_tl1": optax.chain(sgd, transforms.integrated_tl1(1e-4, lr, a=0.02)),
@@ -105,6 +111,7 @@ def main(argv=None):
   rows = []
   for name, t in times.items():
     base = ("proximal integrated_tl1" if "integrated_tl1" in name and "controller" in name
+            else "proximal tl1" if "tl1" in name and "controller" in name
             else "proximal l1" if "controller" in name else "sgd")
     rows.append({"step": name, "ms": 1e3 * t, "ratio": t / times[base], "relative_to": base})
   device = jax.devices()[0]

@@ -21,6 +21,11 @@ differs, and every sparse method ends at the target fraction of zero kernel weig
   integrated_tl1   group shrinkage then TL1 per layer (Ma et al. 2019), same schedule;
                    it has no single zero threshold, so lambda* is found by bisection
                    on the strength (`selection.nnz_controller_for`)
+  NAME-auto        tl1, log_sum, mcp, scad as a user calls them, with no shape
+                   argument: the controller then ties the penalty's magnitude
+                   parameter to the kept weights' mean magnitude (`relative_shape`;
+                   TL1 a = 0.1, log-sum eps = 0.03, MCP lam = 0.2, SCAD lam = 0.1 of
+                   it), same schedule
   NAME-norefit     the penalty to the end of the run (no refit): the target follows
                    the ramp over GMP's window [`gmp_begin`, `gmp_end`], lambda is
                    exact in the last `exact_final_steps` steps
@@ -56,7 +61,10 @@ from sparsejax.models import MLP, lenet5
 PENALTIES = {"l1": {}, "tl1": {"a": 0.02}, "log_sum": {"eps": 0.01}, "mcp": {"lam": 0.02, "gamma": 3.0}}
 # The composite penalties (no single zero threshold): the bisection controller, `nnz_controller_for`.
 COMPOSITE = {"integrated_tl1": {"a": 0.02}}
+# The penalties as a user calls them, without a shape: the controller's relative shape.
+AUTO = ("tl1", "log_sum", "mcp", "scad")
 METHODS = ("dense", "gmp", "one_shot", "random", "l1", "tl1", "log_sum", "mcp", "integrated_tl1",
+           "tl1-auto", "log_sum-auto", "mcp-auto", "scad-auto",
            "l1-norefit", "tl1-norefit", "log_sum-norefit", "mcp-norefit",
            "l1+retrain", "tl1+retrain", "log_sum+retrain", "mcp+retrain")
 
@@ -127,6 +135,9 @@ def make_tx(method: str, sparsity: float, num_weights: int, steps: int, config: 
   if method in PENALTIES:  # the library's schedule for a run of known length
     return optax.chain(optimizer, selection.nnz_controller(method, target, schedule, total_steps=steps,
                                                            **PENALTIES[method]))
+  if method.endswith("-auto") and method[:-len("-auto")] in AUTO:
+    return optax.chain(optimizer, selection.nnz_controller(method[:-len("-auto")], target, schedule,
+                                                           total_steps=steps))
   if method in COMPOSITE:
     return optax.chain(optimizer, selection.nnz_controller_for(method, target, schedule, total_steps=steps,
                                                                **COMPOSITE[method]))
@@ -308,6 +319,7 @@ def small_config_args() -> list[str]:
   """The fast small config that the test suite and the notebooks run (add ``--workdir``)."""
   return ["--dataset", "digits", "--seeds", "0", "--epochs", "3", "--batch-size", "32", "--sparsities", "0.9",
           "--methods", "dense", "gmp", "one_shot", "random", "l1", "integrated_tl1", "tl1-norefit", "tl1+retrain",
+          "tl1-auto",
           "--exact-final-steps", "30", "--gmp-frequency", "10", "--no-progress"]
 
 

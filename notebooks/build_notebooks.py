@@ -191,7 +191,8 @@ def frontier():
           "random pruning, and the penalties l1, TL1, log-sum and MCP driven by the NNZ controller: with the "
           "library's schedule for a run of known length (cubic target ramp, exact end, refit of the support they "
           "found), to the end of the run without a refit (`-norefit`), and followed by retraining with a fresh "
-          "optimizer state (`+retrain`). Without saved results (or in the test suite) a "
+          "optimizer state (`+retrain`); `-auto` is the call with no shape argument, where the controller ties the "
+          "penalty's magnitude parameter to the kept weights. Without saved results (or in the test suite) a "
           "REDUCED config runs: digits, 3 epochs, one sparsity; the table says so."),
       new_code_cell(SETUP + '''from experiments import frontier
 root = os.path.join("..", "docs", "frontier")  # the measured results (one folder a setting), kept in the repository

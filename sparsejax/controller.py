@@ -12,6 +12,7 @@ its cost and the accuracy trade-offs are written up in `docs/pruning_and_control
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -40,10 +41,16 @@ class ControllerState(NamedTuple):
       step at `interval` 1 and in the exact phase). It is counted only on those steps,
       so the others cost no counting pass; in the refit phase, where lambda is not
       updated, the support is frozen and this stays its size.
+    scale: the weights' scale that ``relative_shape`` multiplies: the mean kept
+      magnitude, the mean of the `keep` largest ``|w + u|`` at the last update (a 0
+      keeps the previous value). It starts at the mean of the target_nnz largest
+      ``|w|`` of the initial params (1 if that is 0) and stays there without
+      ``relative_shape``.
   """
   count: chex.Array
   log_strength: chex.Array
   nnz: chex.Array
+  scale: chex.Array
 
 
 def _state_dtype():
@@ -120,6 +127,7 @@ def nnz_controller(
     exact_final_steps: int | None = None,
     ramp: tuple[int, int] | str | None = "auto",
     debias_steps: int | None = None,
+    relative_shape: bool | None = None,
     **prox_kwargs: Any,
 ) -> optax.GradientTransformation:
   """A proximal step whose strength tracks, during one run, the lambda that keeps `target_nnz` weights.
@@ -182,28 +190,80 @@ def nnz_controller(
       step 0). Use rate = 1 to follow a ramp exactly at every update.
     debias_steps: length of the final refit phase (default 0.4 T with `total_steps`,
       else 0; 0 switches it off).
-    **prox_kwargs: penalty shape parameters (e.g. a=1.0). Non-convex penalties
+    relative_shape: whether the penalty's magnitude parameters (TL1's a, log-sum's
+      eps, MCP's and SCAD's lam, capped-l1's theta: those with a
+      `registry.ShapeParam.relative` default) are multiples of
+      `ControllerState.scale`, the mean magnitude of the kept weights at the last
+      update, instead of constants. An omitted one then takes its relative default:
+      TL1 a = 0.1 s, log-sum eps = 0.03 s, MCP lam = 0.2 s, SCAD lam = 0.1 s,
+      capped-l1 theta = 0.3 s. The penalty has the same shape at every scale of the
+      weights and every point of the ramp, with no tuning to the model (the step on
+      c w, c u is c times the step on w, u). None (the default) means True when
+      the penalty has a magnitude parameter and none is given in `prox_kwargs`, so
+      ``nnz_controller("tl1", ...)`` follows the weights and
+      ``nnz_controller("tl1", ..., a=0.02)`` keeps a = 0.02. True for a penalty with
+      no magnitude parameter (l1, l0, l_half, ...; scale-free already) is an error.
+    **prox_kwargs: penalty shape parameters (e.g. a=0.02). Non-convex penalties
       select best when their shape sits at the scale of the surviving weights
       (e.g. tl1 a = 0.02, log_sum eps = 0.01 for an MLP whose kept weights are
-      0.05-0.3): with a = 1 or eps = 1 they shrink like 2 l1 or l1 there.
+      0.05-0.3, which the relative shape finds by itself): with a constant a = 1
+      or eps = 1 they shrink like 2 l1 or l1 there.
   """
   prox_kwargs = _hyper.shape_kwargs(prox_kwargs)
   threshold = _numerics.threshold_or_raise(prox_fn, "the controller needs one to invert")
-  fn, _ = _registry.resolve_prox(prox_fn, prox_kwargs)
+  fn, record = _registry.resolve_prox(prox_fn, prox_kwargs)
+  magnitudes = () if record is None else tuple(p.name for p in record.shape_params if p.relative is not None)
+  if relative_shape is None:  # an omitted magnitude parameter follows the weights
+    relative_shape = bool(magnitudes) and not any(name in prox_kwargs for name in magnitudes)
+  elif not isinstance(relative_shape, (bool, np.bool_)):
+    raise ValueError(f"relative_shape must be True, False or None (the default: True when the penalty has a "
+                     f"magnitude parameter and none is given); got {relative_shape!r}.")
+  relative = _relative_shape(prox_fn, record, prox_kwargs) if relative_shape else {}
+  if relative and record is not None:
+    fn = record.prox  # the magnitude parameters are bound at each step
 
-  def log_strength_for(keep, lr, count, leaves_p, leaves_u, masks, treedef):
+  def shape_at(scale):
+    return {**prox_kwargs, **{name: value * scale for name, value in relative.items()}}
+
+  def log_strength_for(keep, lr, count, leaves_p, leaves_u, masks, treedef, scale):
     # p + u is formed again inside the branch: capturing the sums would make XLA
     # materialise them every step just to pass them to the conditional.
     proposal = [p + u for p, u, m in zip(leaves_p, leaves_u, masks) if m]
     quantile = pruning.kth_largest_magnitude(proposal, keep + 1)
-    return _invert_threshold(threshold, quantile, lr, prox_kwargs)
+    if relative:  # the mean kept magnitude: the cut itself falls to the size of u once the support is set
+      kept = _mean_of_largest([jnp.abs(v) for v in proposal], keep, quantile)
+      scale = jnp.where(kept > 0, kept, scale).astype(scale.dtype)
+    return _invert_threshold(threshold, quantile, lr, shape_at(scale)), scale
 
-  def step_with(log_strength, lr, count, leaves_p, leaves_u, masks, treedef):
+  def step_with(log_strength, scale, lr, count, leaves_p, leaves_u, masks, treedef):
     tau = transforms.step_threshold(lr, jnp.exp(log_strength))
-    return transforms.proximal_step_leaves(fn, leaves_p, leaves_u, [tau if m else None for m in masks])
+    step_fn = functools.partial(fn, **shape_at(scale)) if relative else fn
+    return transforms.proximal_step_leaves(step_fn, leaves_p, leaves_u, [tau if m else None for m in masks])
 
   return _controller(log_strength_for, step_with, None, target_nnz, learning_rate, initial_strength, rate, interval,
                      mask, total_steps, exact_final_steps, ramp, debias_steps)
+
+
+def _mean_of_largest(magnitudes: list, keep: Any, cut: Any) -> jax.Array:
+  """The mean of the `keep` largest entries of `magnitudes` (>= 0), given the (keep+1)-th largest `cut`.
+
+  Entries above the cut are summed; ties at the cut fill the rest of the `keep`.
+  """
+  above = sum((jnp.sum(jnp.where(v > cut, v, 0).astype(jnp.float32)) for v in magnitudes), jnp.zeros([], jnp.float32))
+  count = sum((jnp.sum(v > cut, dtype=jnp.int32) for v in magnitudes), jnp.zeros([], jnp.int32))
+  keep = jnp.maximum(jnp.asarray(keep, jnp.float32), 1.0)
+  return (above + (keep - count.astype(jnp.float32)) * cut.astype(jnp.float32)) / keep
+
+
+def _relative_shape(prox_fn: Any, record: Any, prox_kwargs: dict[str, Any]) -> dict[str, Any]:
+  """The magnitude parameters of `relative_shape=True`: name -> multiple of the scale."""
+  params = () if record is None else tuple(p for p in record.shape_params if p.relative is not None)
+  if not params:
+    name = prox_fn if isinstance(prox_fn, str) else getattr(prox_fn, "__name__", prox_fn)
+    scaled = [n for n in _registry.names() if any(q.relative is not None for q in _registry.get(n).shape_params)]
+    raise ValueError(f"relative_shape=True needs a registered penalty with a magnitude shape parameter (one of "
+                     f"{scaled}); {name!r} has none: it is scale-free already, use relative_shape=False.")
+  return {p.name: prox_kwargs.get(p.name, p.relative) for p in params}
 
 
 def _controller(log_strength_for, step_with, check_params, target_nnz, learning_rate, initial_strength, rate,
@@ -245,8 +305,12 @@ def _controller(log_strength_for, step_with, check_params, target_nnz, learning_
       raise ValueError(f"target_nnz={target_nnz} must be below the {total} regularised weights.")
     if check_params is not None:
       check_params(params)
+    # the scale of the weights the target keeps, until the first update measures it
+    kernels = [jnp.abs(p) for p, m in zip(jax.tree.leaves(params), masks) if m]
+    kept = _mean_of_largest(kernels, target_nnz, pruning.kth_largest_magnitude(kernels, target_nnz + 1))
+    scale = jnp.where(kept > 0, kept, 1.0).astype(_state_dtype())
     return ControllerState(jnp.zeros([], jnp.int32), jnp.asarray(math.log(initial_strength), _state_dtype()),
-                           jnp.asarray(total, jnp.float32))
+                           jnp.asarray(total, jnp.float32), scale)
 
   def update_fn(updates, state, params=None):
     if params is None:
@@ -276,17 +340,18 @@ def _controller(log_strength_for, step_with, check_params, target_nnz, learning_
                  jnp.zeros([], jnp.float32))
 
     def updated_strength():
-      log_target = log_strength_for(keep, lr, state.count, leaves_p, leaves_u, masks, treedef)
+      log_target, scale = log_strength_for(keep, lr, state.count, leaves_p, leaves_u, masks, treedef, state.scale)
       moved = state.log_strength + step_rate * (log_target - state.log_strength)
       # at rate 1 land on log_target itself: old + (target - old) may round off it
       log_strength = jnp.where(step_rate == 1.0, log_target, moved).astype(state.log_strength.dtype)
       # the count after this step, in the branch: a count on every step costs 0.1-0.2x a
       # training step on XLA:CPU (benchmarks/sparsity_steps.py)
-      return log_strength, nonzeros(step_with(log_strength, lr, state.count, leaves_p, leaves_u, masks, treedef))
+      new_u = step_with(log_strength, scale, lr, state.count, leaves_p, leaves_u, masks, treedef)
+      return log_strength, nonzeros(new_u), scale
 
-    log_strength, nnz = jax.lax.cond(adjust & ~debiasing, updated_strength,
-                                     lambda: (state.log_strength, state.nnz))
-    new_u = step_with(log_strength, lr, state.count, leaves_p, leaves_u, masks, treedef)
+    log_strength, nnz, scale = jax.lax.cond(adjust & ~debiasing, updated_strength,
+                                            lambda: (state.log_strength, state.nnz, state.scale))
+    new_u = step_with(log_strength, scale, lr, state.count, leaves_p, leaves_u, masks, treedef)
     if refit:
       # Refit phase: the support is frozen (zeros stay zero) and the survivors take the
       # optimizer's step unshrunk. A select, not a conditional, so the step stays one
@@ -294,7 +359,7 @@ def _controller(log_strength_for, step_with, check_params, target_nnz, learning_
       new_u = [jnp.where(debiasing, jnp.where(p != 0, u, -p).astype(n.dtype), n) if m else n
                for p, u, n, m in zip(leaves_p, leaves_u, new_u, masks)]
     return (jax.tree.unflatten(treedef, new_u),
-            ControllerState(optax.safe_increment(state.count), log_strength, nnz))
+            ControllerState(optax.safe_increment(state.count), log_strength, nnz, scale))
 
   return optax.GradientTransformation(init_fn, update_fn)
 
@@ -373,7 +438,8 @@ def nnz_controller_for(
     debias_steps: as in `nnz_controller`.
     mask: the regularised leaves, counted and passed to a named step (default: kernels, ndim >= 2).
     bisection_steps: halvings of the log-strength bracket per update (>= 1).
-    **transform_kwargs: shape arguments of a named step (e.g. a=0.02, m=0.2).
+    **transform_kwargs: shape arguments of a named step (e.g. a=0.02, m=0.2), constants (this
+      controller has no relative shape: give the magnitudes at the scale of the kept weights).
   """
   _checks.check_int("bisection_steps", bisection_steps, 1)
   make_transform = _transform_factory(transform, learning_rate, mask, _hyper.shape_kwargs(transform_kwargs, "transform_kwargs"))
@@ -389,20 +455,20 @@ def nnz_controller_for(
       raise ValueError("transform must be a stateless proximal step (a state of step counts only, as every "
                        f"sparsejax.transforms proximal step has); its state is {template!r}.")
 
-  def step_with(log_strength, lr, count, leaves_p, leaves_u, masks, treedef):
+  def step_with(log_strength, scale, lr, count, leaves_p, leaves_u, masks, treedef):
     params, updates = jax.tree.unflatten(treedef, leaves_p), jax.tree.unflatten(treedef, leaves_u)
     new_updates, _ = make_transform(jnp.exp(log_strength)).update(updates, inner_state(params, count), params)
     return treedef.flatten_up_to(new_updates)
 
-  def log_strength_for(keep, lr, count, leaves_p, leaves_u, masks, treedef):
+  def log_strength_for(keep, lr, count, leaves_p, leaves_u, masks, treedef, scale):
     def survivors(log_strength):
-      new_u = step_with(log_strength, lr, count, leaves_p, leaves_u, masks, treedef)
+      new_u = step_with(log_strength, scale, lr, count, leaves_p, leaves_u, masks, treedef)
       return sum((jnp.count_nonzero(p + u) for p, u, m in zip(leaves_p, new_u, masks) if m),
                  jnp.zeros([], jnp.int32))
 
     # -count is non-decreasing in log lambda: the upper end of the bracket where -count >= -keep
     return _numerics.bisect_increasing(lambda mid: -survivors(mid), -keep, jnp.asarray(-60.0, _state_dtype()),
-                                       jnp.asarray(20.0, _state_dtype()), bisection_steps, upper=True)
+                                       jnp.asarray(20.0, _state_dtype()), bisection_steps, upper=True), scale
 
   return _controller(log_strength_for, step_with, check_params, target_nnz, learning_rate, initial_strength, rate,
                      interval, mask, total_steps, exact_final_steps, ramp, debias_steps)

@@ -61,6 +61,10 @@ class ShapeParam:
     upper_inclusive: whether the value may equal `upper`.
     static: True for structural parameters (group `axis`, `scale_by_group_size`) that
       are Python values, not numbers to range-check or to broadcast.
+    relative: for a parameter that is a magnitude compared with ``|w|`` (TL1's a,
+      log-sum's eps, MCP's and SCAD's lam, capped-l1's theta), its default in units of
+      the weights' scale, the cut magnitude of `selection.nnz_controller` with
+      ``relative_shape=True``; None for a dimensionless parameter.
   """
   name: str
   default: Any
@@ -69,6 +73,7 @@ class ShapeParam:
   lower_inclusive: bool = True
   upper_inclusive: bool = True
   static: bool = False
+  relative: float | None = None
 
   def check(self, value: Any) -> None:
     """Raises ValueError naming the parameter and its range if a concrete `value` is outside it."""

@@ -196,6 +196,107 @@ def _random_layers(seed=0):
   return params, grads
 
 
+def _mean_of_largest(values, k):
+  return float(np.sort(np.abs(np.concatenate([np.ravel(v) for v in values])))[::-1][:k].mean())
+
+
+@pytest.mark.parametrize("name, magnitude, relative", [("tl1", "a", 0.1), ("log_sum", "eps", 0.03),
+                                                        ("mcp", "lam", 0.2), ("scad", "lam", 0.1),
+                                                        ("capped_l1", "theta", 0.3)])
+def test_controller_shape_follows_the_weights_when_omitted(name, magnitude, relative):
+  params, grads = _random_layers()
+  params = jax.tree.map(lambda p: 0.05 * p, params)  # weights far below the registry's a = eps = lam = 1
+  lr, keep = 0.1, 123
+  tx = selection.nnz_controller(name, keep, lr, rate=1.0)  # no shape: relative_shape=None -> True
+  state = tx.init(params)
+  kernels = [params["a"]["kernel"], params["b"]["kernel"]]
+  assert float(state.scale) == pytest.approx(_mean_of_largest(kernels, keep), rel=1e-5)
+  updates = jax.tree.map(lambda g: -lr * g, grads)
+  new_updates, state = tx.update(updates, state, params)
+  new = optax.apply_updates(params, new_updates)
+  proposal = [params[k]["kernel"] + updates[k]["kernel"] for k in ("a", "b")]
+  scale = _mean_of_largest(proposal, keep)
+  assert float(state.scale) == pytest.approx(scale, rel=1e-5)
+  assert sum(int(jnp.count_nonzero(new[k]["kernel"])) for k in ("a", "b")) == keep == float(state.nnz)
+  # the step is the penalty's prox at the found strength with the magnitude parameter = relative x scale
+  shape = {magnitude: relative * float(state.scale)}
+  tau = lr * float(jnp.exp(state.log_strength))
+  for k in ("a", "b"):
+    expected = prox.get(name)(proposal[["a", "b"].index(k)], tau, **shape)
+    np.testing.assert_allclose(np.asarray(new[k]["kernel"]), np.asarray(expected), rtol=1e-5, atol=1e-7)
+  # the weakest survivor is above the cut and the strongest removed weight is at or below it
+  threshold = float(prox.get(name).threshold(tau, **shape))
+  magnitudes = np.abs(np.concatenate([np.ravel(v) for v in proposal]))
+  survivors = np.concatenate([np.ravel(new[k]["kernel"]) for k in ("a", "b")]) != 0
+  assert magnitudes[survivors].min() > threshold >= magnitudes[~survivors].max()
+
+
+@pytest.mark.parametrize("name", ["tl1", "log_sum", "mcp"])
+def test_relative_shape_makes_the_controller_step_scale_equivariant(name):
+  # With the shape tied to the weights' scale, scaling weights and updates by c scales
+  # the step's output by c (powers of two: the same weights cross the cut).
+  params, grads = _random_layers(1)
+  updates = jax.tree.map(lambda g: -0.1 * g, grads)
+
+  def step(c, relative_shape, **shape):
+    tx = selection.nnz_controller(name, 200, 0.1, rate=1.0, relative_shape=relative_shape, **shape)
+    p, u = jax.tree.map(lambda v: c * v, params), jax.tree.map(lambda v: c * v, updates)
+    new_u, _ = tx.update(u, tx.init(p), p)
+    return optax.apply_updates(p, new_u)
+
+  base = step(1.0, None)
+  for c in (0.125, 8.0):
+    scaled = step(c, None)
+    for k in ("a", "b"):
+      np.testing.assert_allclose(np.asarray(scaled[k]["kernel"]) / c, np.asarray(base[k]["kernel"]), rtol=2e-5,
+                                 atol=1e-6)
+  # a fixed shape is not: the registry's magnitude 1 is l1-like on small weights, l0-like on large ones
+  magnitude = {"tl1": "a", "log_sum": "eps", "mcp": "lam"}[name]
+  fixed_small, fixed_large = step(0.125, False, **{magnitude: 1.0}), step(8.0, False, **{magnitude: 1.0})
+  gap = max(float(jnp.max(jnp.abs(fixed_small[k]["kernel"] / 0.125 - fixed_large[k]["kernel"] / 8.0)))
+            for k in ("a", "b"))
+  assert gap > 1e-2
+
+
+def test_relative_shape_explicit_values_and_bad_inputs():
+  params, grads = _random_layers()
+  updates = jax.tree.map(lambda g: -0.1 * g, grads)
+  # an explicit magnitude parameter is a constant (as before) unless relative_shape=True
+  fixed = selection.nnz_controller("tl1", 100, 0.1, rate=1.0, a=0.5)
+  explicit = selection.nnz_controller("tl1", 100, 0.1, rate=1.0, a=0.5, relative_shape=False)
+  state0 = fixed.init(params)
+  u1, s1 = fixed.update(updates, state0, params)
+  u2, s2 = explicit.update(updates, explicit.init(params), params)
+  assert float(s1.scale) == float(state0.scale)  # not measured without relative_shape
+  for a, b in zip(jax.tree.leaves(u1), jax.tree.leaves(u2)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # relative_shape=True with a given value: that value is the multiple of the scale
+  rel = selection.nnz_controller("tl1", 100, 0.1, rate=1.0, a=0.5, relative_shape=True)
+  _, s3 = rel.update(updates, rel.init(params), params)
+  assert float(s3.scale) != float(state0.scale)
+  with pytest.raises(ValueError, match=r"relative_shape=True needs .* 'l1' has none"):
+    selection.nnz_controller("l1", 10, 0.1, relative_shape=True)
+  with pytest.raises(ValueError, match=r"relative_shape must be True, False or None"):
+    selection.nnz_controller("tl1", 10, 0.1, relative_shape="yes")
+  # l1 by default: nothing to scale, the step is unchanged
+  l1 = selection.nnz_controller("l1", 100, 0.1, rate=1.0)
+  _, s4 = l1.update(updates, l1.init(params), params)
+  assert float(s4.scale) == float(l1.init(params).scale)
+
+
+def test_relative_shape_under_jit_and_inject_hyperparams():
+  params, grads = _random_layers()
+  updates = jax.tree.map(lambda g: -0.1 * g, grads)
+  plain = selection.nnz_controller("tl1", 100, 0.1, rate=1.0)
+  injected = optax.inject_hyperparams(selection.nnz_controller, static_args=("prox_fn",))(
+      "tl1", 100, 0.1, rate=1.0)
+  u1, s1 = jax.jit(plain.update)(updates, jax.jit(plain.init)(params), params)
+  u2, s2 = jax.jit(injected.update)(updates, injected.init(params), params)
+  for a, b in zip(jax.tree.leaves(u1), jax.tree.leaves(u2)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+  assert float(s1.scale) == pytest.approx(float(s2.inner_state.scale))
+
+
 def test_bisection_controller_equals_the_threshold_controller_on_l1():
   params, grads = _random_layers()
   results = []
