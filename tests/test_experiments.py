@@ -139,9 +139,10 @@ def test_frontier_small_config_matches_sparsity_exactly_and_resumes(small_run):
   out, tmp_path = small_run("frontier")
   args = ["--workdir", str(tmp_path)] + frontier.small_config_args()
   runs = {r["method"]: r for r in out["runs"]}
-  assert set(runs) == {"dense", "gmp", "one_shot", "random", "l1", "integrated_tl1", "tl1-norefit", "tl1+retrain"}
+  assert set(runs) == {"dense", "gmp", "one_shot", "random", "l1", "integrated_tl1", "tl1-norefit", "tl1+retrain",
+                       "tl1-auto"}
   assert runs["dense"]["sparsity"] < 0.01
-  for method in ("gmp", "one_shot", "random", "l1", "integrated_tl1", "tl1-norefit", "tl1+retrain"):
+  for method in ("gmp", "one_shot", "random", "l1", "integrated_tl1", "tl1-norefit", "tl1+retrain", "tl1-auto"):
     assert abs(runs[method]["sparsity"] - 0.9) <= 0.01 * 0.1, (method, runs[method]["sparsity"])  # +-1% of the count
   assert runs["gmp"]["accuracy"] > runs["random"]["accuracy"]
   assert out["reduced_config"]
