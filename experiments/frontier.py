@@ -243,6 +243,16 @@ def _method_rows(config: Config, summary: list[dict], cell) -> list[str]:
   return rows
 
 
+def _seeds_run(summary: list[dict], configured: int) -> str:
+  """"N seed(s)", or the runs per method when methods ran on different numbers of seeds (a resumed run)."""
+  runs: dict[int, list[str]] = {}
+  for method in dict.fromkeys(s["method"] for s in summary):
+    runs.setdefault(max(s["runs"] for s in summary if s["method"] == method), []).append(method)
+  if len(runs) <= 1:
+    return f"{next(iter(runs), configured)} seed(s)"
+  return "the seeds run (" + "; ".join(f"{n} for {', '.join(m)}" for n, m in sorted(runs.items(), reverse=True)) + ")"
+
+
 def write_outputs(config: Config, rows: list[dict], out_dir: str, reduced: bool, flops_per_layer=None) -> dict:
   """results.json/csv, table.md (accuracy; and % FLOPs when `flops_per_layer` is given) and frontier.png."""
   summary = summarize(rows, config, flops_per_layer)
@@ -257,7 +267,7 @@ def write_outputs(config: Config, rows: list[dict], out_dir: str, reduced: bool,
   dense = next((s for s in summary if s["method"] == "dense"), None)
   header = ["method"] + [f"{100 * s:g}%" for s in config.sparsities]
   lines = [f"Test accuracy (%) at exactly matched sparsity of kernel weights, mean ± std over "
-           f"{len(config.seeds)} seed(s); {config.dataset}, {config.model}, {config.epochs} epochs"
+           f"{_seeds_run(summary, len(config.seeds))}; {config.dataset}, {config.model}, {config.epochs} epochs"
            + (" (REDUCED config)" if reduced else "") + ".", "",
            "| " + " | ".join(header) + " |", "|---" + "|---:" * len(config.sparsities) + "|"]
   if dense:

@@ -185,3 +185,10 @@ def test_frontier_flops_per_layer_are_hand_counts():
   assert lenet == [2 * 150 * 784, 2 * 2400 * 100, 2 * 48000, 2 * 10080, 2 * 840]
   assert frontier.flops_fraction([1.0, 0.0, 0.0, 0.0, 0.0], lenet) == pytest.approx(235200 / 833040)
   assert frontier.layer_flops("mlp", 10, np.zeros((1, 28, 28, 1), np.float32)) == [2 * 235200, 2 * 30000, 2 * 1000]
+
+
+def test_frontier_table_names_the_seeds_each_method_ran():
+  from experiments import frontier
+  summary = [{"method": "gmp", "runs": 3}, {"method": "tl1", "runs": 2}, {"method": "scad-auto", "runs": 3}]
+  assert frontier._seeds_run(summary, 3) == "the seeds run (3 for gmp, scad-auto; 2 for tl1)"
+  assert frontier._seeds_run(summary[:1], 3) == "3 seed(s)"
