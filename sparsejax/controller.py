@@ -212,9 +212,9 @@ def nnz_controller(
   prox_kwargs = _hyper.shape_kwargs(prox_kwargs)
   threshold = _numerics.threshold_or_raise(prox_fn, "the controller needs one to invert")
   fn, record = _registry.resolve_prox(prox_fn, prox_kwargs)
-  magnitudes = () if record is None else tuple(p.name for p in record.shape_params if p.relative is not None)
   if relative_shape is None:  # an omitted magnitude parameter follows the weights
-    relative_shape = bool(magnitudes) and not any(name in prox_kwargs for name in magnitudes)
+    magnitudes = _magnitude_params(record)
+    relative_shape = bool(magnitudes) and not any(p.name in prox_kwargs for p in magnitudes)
   elif not isinstance(relative_shape, (bool, np.bool_)):
     raise ValueError(f"relative_shape must be True, False or None (the default: True when the penalty has a "
                      f"magnitude parameter and none is given); got {relative_shape!r}.")
@@ -255,12 +255,17 @@ def _mean_of_largest(magnitudes: list, keep: Any, cut: Any) -> jax.Array:
   return (above + (keep - count.astype(jnp.float32)) * cut.astype(jnp.float32)) / keep
 
 
+def _magnitude_params(record: Any) -> tuple:
+  """The shape parameters of a penalty record (None: an unregistered prox) that are magnitudes of the weights."""
+  return () if record is None else tuple(p for p in record.shape_params if p.relative is not None)
+
+
 def _relative_shape(prox_fn: Any, record: Any, prox_kwargs: dict[str, Any]) -> dict[str, Any]:
   """The magnitude parameters of `relative_shape=True`: name -> multiple of the scale."""
-  params = () if record is None else tuple(p for p in record.shape_params if p.relative is not None)
+  params = _magnitude_params(record)
   if not params:
     name = prox_fn if isinstance(prox_fn, str) else getattr(prox_fn, "__name__", prox_fn)
-    scaled = [n for n in _registry.names() if any(q.relative is not None for q in _registry.get(n).shape_params)]
+    scaled = [n for n in _registry.names() if _magnitude_params(_registry.get(n))]
     raise ValueError(f"relative_shape=True needs a registered penalty with a magnitude shape parameter (one of "
                      f"{scaled}); {name!r} has none: it is scale-free already, use relative_shape=False.")
   return {p.name: prox_kwargs.get(p.name, p.relative) for p in params}
