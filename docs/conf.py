@@ -27,6 +27,7 @@ nb_execution_mode = "off"          # notebooks are rendered from their saved out
 nb_merge_streams = True
 source_suffix = {".md": "myst-nb", ".ipynb": "myst-nb", ".rst": "restructuredtext"}
 exclude_patterns = ["_build", "frontier/**/table.md", "**/scratch_run", "resnet_sparsity/table.md",
+                    "resnet_sparsity_coupled/table.md",
                     "notebooks/build_notebooks.py", "**/.ipynb_checkpoints"]
 
 autodoc_member_order = "bysource"

@@ -28,7 +28,7 @@ compaction folds constants into biases only).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -41,7 +41,8 @@ from sparsejax.models.interface import FunctionalNNX, is_nnx, mode_kwargs
 from sparsejax.models.mlp import MLP
 
 __all__ = ["nnz", "sparsity_per_leaf", "summary", "Layer", "layers", "alive_units", "neurons_removed",
-           "flops_and_params", "report", "check_params_match", "analyze_model", "layer_name", "BUILTIN_MODELS"]
+           "flops_and_params", "report", "check_params_match", "analyze_model", "layer_name", "BUILTIN_MODELS",
+           "coupled_channels"]
 
 
 def nnz(tree: Any) -> int:
@@ -338,6 +339,42 @@ def analyze_model(model: Any, params: Any = None, input_shape: Sequence[int] | N
     return structure.analyze(apply_fn, variables, shape, params=variables["params"], dtype=input_dtype)
   except (TypeError, ValueError) as err:
     raise _input_error(model, shape, input_dtype, err) from None
+
+
+def coupled_channels(model: Any, params: Any = None, input_shape: Sequence[int] | None = None,
+                     select: str | Callable[[tuple], bool] = "scale", model_state: Any = None,
+                     input_dtype: Any = jnp.float32) -> list[list[tuple[str, ...]]]:
+  """Groups of per-channel parameter vectors that act on the same channels, from the jaxpr.
+
+  Channel c of a residual stream is written by the stem and by every block of its
+  stage (and a projection shortcut); it can be removed only when every writer drops
+  it. This returns, for any linen or NNX model, the vectors that act on one stream
+  (or on one value) as a group, e.g. for a ResNet the BatchNorm scales
+  [stem_bn, stage0_block0/bn2, stage0_block1/bn2], [stage0_block0/bn1], ...: pass
+  them to `transforms.coupled_group_lasso` so the penalty removes stream channels
+  from all writers at once.
+
+  Args:
+    model: a linen module, an NNX module or a `FunctionalNNX` (as for `analyze_model`).
+    params: its params or full variables (NNX: None).
+    input_shape: one example's shape (no batch axis).
+    select: the vectors to group: a leaf name matched against the last key of each
+      path (default "scale": normalisation scales), or a callable on the path.
+    model_state: other variable collections when `params` holds only the parameters.
+    input_dtype: the model's input dtype.
+
+  Returns:
+    Lists of paths (tuples of key names inside the params tree, e.g.
+    ("stage0_block0", "bn2", "scale")), singletons included.
+  """
+  if isinstance(select, str):
+    name = select
+    select = lambda path: path[-1] == name  # noqa: E731
+  elif not callable(select):
+    raise ValueError(f"select must be a leaf name or a callable on paths; got {select!r}.")
+  found = analyze_model(model, params, input_shape, model_state=model_state, input_dtype=input_dtype)
+  groups = structure.coupled_channel_vectors(found, lambda path: path[0] == "params" and select(path[1:]))
+  return [[path[1:] for path in group] for group in groups]
 
 
 def _is_variables(tree: Any) -> bool:

@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jex_core
 
-__all__ = ["ParamOp", "Structure", "analyze"]
+__all__ = ["ParamOp", "Structure", "analyze", "compile_compact", "coupled_channel_vectors"]
 
 _INLINE = {"pjit", "jit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr",
            "remat", "checkpoint", "custom_lin", "remat2"}
@@ -206,19 +206,24 @@ def analyze(fn: Callable[[Any, jax.Array], Any], variables: Any, input_shape: Se
   Returns:
     A `Structure`.
   """
-  x_spec = jax.ShapeDtypeStruct((1, *tuple(int(d) for d in input_shape)), dtype)
-  closed = jax.make_jaxpr(fn)(variables, x_spec)
+  example_shape = tuple(int(d) for d in input_shape)
+  x_spec = jax.ShapeDtypeStruct((1, *example_shape), dtype)
   var_leaves, _ = jax.tree_util.tree_flatten_with_path(variables)
   x_leaves = jax.tree.leaves(x_spec)
   names = [jax.tree_util.keystr(p) for p, _ in var_leaves]
   param_ids = {id(leaf) for leaf in jax.tree.leaves(params if params is not None else variables)}
   is_param = [id(leaf) in param_ids for _, leaf in var_leaves]
 
-  counter = iter(range(1 << 62))
-  eqns: list[_Eqn] = []
-  const_values: dict[int, np.ndarray] = {}
-  in_ids = [next(counter) for _ in range(len(var_leaves) + len(x_leaves))]
-  outs = _flatten(closed.jaxpr, closed.consts, in_ids, counter, eqns, const_values)
+  def flat_jaxpr(batch: int) -> tuple[list[_Eqn], list, dict[int, np.ndarray], list[int]]:
+    closed = jax.make_jaxpr(fn)(variables, jax.ShapeDtypeStruct((batch, *example_shape), dtype))
+    counter = iter(range(1 << 62))
+    eqns: list[_Eqn] = []
+    const_values: dict[int, np.ndarray] = {}
+    in_ids = [next(counter) for _ in range(len(var_leaves) + len(x_leaves))]
+    outs = _flatten(closed.jaxpr, closed.consts, in_ids, counter, eqns, const_values)
+    return eqns, outs, const_values, in_ids
+
+  eqns, outs, const_values, in_ids = flat_jaxpr(1)
 
   val: dict[int, np.ndarray] = dict(const_values)
   unk: dict[int, np.ndarray] = {vid: np.zeros(v.shape, bool) for vid, v in const_values.items()}
@@ -367,7 +372,8 @@ def analyze(fn: Callable[[Any, jax.Array], Any], variables: Any, input_shape: Se
       params_used += int(channel_used.sum())
     else:
       params_used += int(np.size(leaf))
-  trace = _Trace(eqns, outs, val, unk, used, op_of_eqn, in_ids[len(var_leaves):])
+  trace = _Trace(eqns, outs, val, unk, used, op_of_eqn, in_ids[len(var_leaves):], flat_jaxpr,
+                 {tuple(_key_name(k) for k in var_leaves[leaf][0]): var for leaf, (var, _) in tied.items()})
   return Structure(ops, int(flops_dense), int(flops_sparse), int(params_dense), int(params_used), trace)
 
 
@@ -381,15 +387,71 @@ class _Trace:
   used: dict
   op_of_eqn: dict
   input_ids: list
+  flat_jaxpr: Callable[[int], tuple] | None = None  # batch -> the same jaxpr traced for that batch size
+  channel_vectors: dict = dataclasses.field(default_factory=dict)  # leaf path -> the value it scales/shifts
 
 
-def _kept(used: np.ndarray | None, shape: tuple) -> np.ndarray | None:
-  """Indices along the last axis that some used entry has; None when that is all of them."""
-  if not shape:
-    return None
-  if used is None:
-    return np.zeros(0, np.int64)
-  return _full_or(np.flatnonzero(used.reshape(-1, shape[-1]).any(axis=0)), shape[-1])
+def _key_name(key: Any) -> str:
+  """The name of one step of a pytree path (a dict key, a sequence index or an attribute)."""
+  for attribute in ("key", "idx", "name"):
+    if hasattr(key, attribute):
+      return str(getattr(key, attribute))
+  return str(key)
+
+
+def coupled_channel_vectors(found: Structure, select: Callable[[tuple], bool] | None = None) -> list[list[tuple]]:
+  """Per-channel parameter vectors grouped by the channels they act on together.
+
+  A parameter vector that an elementwise op broadcasts along the channel axis (a
+  BatchNorm scale or shift, a bias) acts on one value; values that elementwise ops
+  combine (a residual stream: the stem's BatchNorm, every block's last BatchNorm, the
+  projection shortcut's BatchNorm, each add and ReLU) share their channels. Channel c
+  of a stream can only be removed when it is removed in every writer, so the vectors
+  of one stream form one coupled group (see `transforms.coupled_group_lasso`).
+
+  Args:
+    found: the result of `analyze`.
+    select: which vectors to return, from their path (tuple of key names in the
+      analysed variables, e.g. ("params", "stem_bn", "scale")); default all.
+
+  Returns:
+    The groups (lists of paths, in execution order of the values they act on), one per
+    stream or single value, singletons included.
+  """
+  t = found.trace
+  if t is None:
+    raise ValueError("this Structure has no trace; build it with structure.analyze.")
+  find = _channel_classes(t, _sliceable(t))[0]
+  groups: dict[int, list[tuple]] = {}
+  for path, var in sorted(t.channel_vectors.items(), key=lambda item: item[1]):
+    if select is None or select(path):
+      groups.setdefault(find(var), []).append(path)
+  return list(groups.values())
+
+
+def _constant(value, shape: Sequence[int] | None = None) -> jax.Array:
+  """A known array as a traced constant in its smallest broadcastable form.
+
+  Known operands (BatchNorm factors broadcast over positions, zero maps, folds) are
+  usually constant along most axes; embedding them at full size makes XLA read a
+  literal as large as the activation, so each axis along which every entry is equal
+  is stored with size 1 and broadcast back inside the computation (XLA fuses the
+  broadcast into the consumer).
+
+  Args:
+    value: the known array.
+    shape: the shape to broadcast it to (default its own; only axes of size 1 may grow).
+  """
+  v = np.asarray(value)
+  small = v
+  for axis in range(v.ndim):
+    if small.shape[axis] > 1:
+      first = np.take(small, [0], axis=axis)
+      if np.array_equal(small, np.broadcast_to(first, small.shape), equal_nan=np.issubdtype(v.dtype, np.inexact)):
+        small = first
+  shape = v.shape if shape is None else tuple(shape)
+  array = jnp.asarray(small)
+  return array if small.shape == shape else jnp.broadcast_to(array, shape)
 
 
 def _full_or(keep: np.ndarray, size: int) -> np.ndarray | None:
@@ -397,49 +459,195 @@ def _full_or(keep: np.ndarray, size: int) -> np.ndarray | None:
   return None if len(keep) == size else keep
 
 
-def compile_compact(found: Structure) -> tuple[dict, Callable[[dict, jax.Array], Any]]:
+def _keeps_channels(eqn: _Eqn, t: _Trace) -> bool:
+  """True when output channel c (last axis) is computed from input channel c only, same width:
+  reductions and windows over the other axes (global pooling, max pooling), padding of them."""
+  name, a = eqn.prim.name, eqn.ins[0] if eqn.ins else None
+  if a is None or isinstance(a, tuple) or len(eqn.outs) != 1 or _all_known(t, a):
+    return False
+  in_shape, out_shape = np.shape(t.val[a]), eqn.out_shapes[0]
+  if not in_shape or not out_shape or in_shape[-1] != out_shape[-1] or in_shape[-1] <= 1:
+    return False
+  p = eqn.params
+  if name in ("reduce_sum", "reduce_max", "reduce_min"):
+    return len(eqn.ins) == 1 and len(in_shape) - 1 not in tuple(p["axes"])
+  if name in ("reduce_window_sum", "reduce_window_max", "reduce_window_min"):
+    return (len(eqn.ins) == 1 and p["window_dimensions"][-1] == 1 and p["window_strides"][-1] == 1
+            and tuple(p["padding"][-1]) == (0, 0) and p["base_dilation"][-1] == 1 and p["window_dilation"][-1] == 1)
+  if name == "pad":
+    return tuple(p["padding_config"][-1]) == (0, 0, 0) and _all_known(t, eqn.ins[1])
+  return False
+
+
+def _padded(channels: np.ndarray, size: int, multiple: int) -> np.ndarray | None:
+  """`channels` (sorted) grown with the lowest absent indices to a multiple of `multiple`; None: all."""
+  target = min(size, -(-len(channels) // multiple) * multiple) if len(channels) else min(size, multiple)
+  if target > len(channels):
+    extra = np.setdiff1d(np.arange(size), channels)[:target - len(channels)]
+    channels = np.sort(np.concatenate([channels, extra]))
+  return _full_or(channels, size)
+
+
+def _sliceable(t: _Trace) -> set[int]:
+  """Equations of the Dense/conv ops the compact computation slices (not constant layers)."""
+  return {index for index, op in t.op_of_eqn.items()
+          if op.units_removable is not None and op.inputs_used is not None
+          and not all(_all_known(t, a) for a in t.eqns[index].ins)}
+
+
+def _channel_classes(t: _Trace, sliceable: set[int]) -> tuple[Callable[[int], int], set[int], set[int]]:
+  """Union-find of the values that share channels: (representative of a value, the values
+  whose producers can emit any layout, every value in a class). See `_channel_layouts`."""
+  parent: dict[int, int] = {}
+
+  def find(v: int) -> int:
+    root = v
+    while parent.get(root, root) != root:
+      root = parent[root]
+    while v != root:
+      parent[v], v = root, parent[v]
+    return root
+
+  def join(a: int, b: int) -> None:
+    ra, rb = find(a), find(b)
+    if ra != rb:
+      parent[ra] = rb
+
+  def channel_axis(a) -> bool:
+    return not isinstance(a, tuple) and not _all_known(t, a) and len(np.shape(t.val[a])) > 0 and \
+        np.shape(t.val[a])[-1] > 1
+
+  members: set[int] = set()
+  for index, eqn in enumerate(t.eqns):
+    if all(_all_known(t, a) for a in eqn.ins) or len(eqn.outs) != 1 or not channel_axis(eqn.outs[0]):
+      continue
+    out = eqn.outs[0]
+    if index in sliceable:
+      members.add(out)
+    elif eqn.prim.name in _ELEMENTWISE:
+      members.add(out)
+      for a in eqn.ins:
+        if channel_axis(a) and np.shape(t.val[a]) == np.shape(t.val[out]):
+          join(a, out)
+    elif _keeps_channels(eqn, t):
+      members.add(out)
+      join(eqn.ins[0], out)
+  # operands joined in (model inputs, outputs of other ops) count for the demand, carry all channels
+  return find, members, members | set(parent)
+
+
+def _channel_layouts(t: _Trace, sliceable: set[int], multiple: int) -> dict[int, np.ndarray | None]:
+  """The channels (last axis) each computed value carries in the compact computation.
+
+  Values that an elementwise op combines (an activation, a BatchNorm, a residual add
+  and both of its operands), or that a channel-preserving op maps (pooling), form one
+  class that carries one layout: the union of the channels any member uses, grown to
+  a multiple of `multiple` (channel counts that are multiples of 8 run markedly faster
+  on XLA's CPU and GPU convolutions). Producers that can emit any layout (sliced
+  Dense/conv ops, elementwise and channel-preserving ops) emit exactly it, so the
+  members of a residual stream never need to be re-laid out at an add. Values made by
+  any other op, and the model's inputs, carry all channels (absent from the result).
+  """
+  find, free, members = _channel_classes(t, sliceable)
+  demand: dict[int, np.ndarray] = {}
+  sizes: dict[int, int] = {}
+  for v in members:
+    root, size = find(v), np.shape(t.val[v])[-1]
+    used = t.used.get(v)
+    channels = np.zeros(size, bool) if used is None else used.reshape(-1, size).any(axis=0)
+    demand[root] = demand[root] | channels if root in demand else channels
+    sizes[root] = size
+  layout = {root: _padded(np.flatnonzero(channels), sizes[root], multiple) for root, channels in demand.items()}
+  return {v: layout[find(v)] for v in free}
+
+
+def check_channel_multiple(channel_multiple: Any) -> None:
+  """Raises ValueError unless `channel_multiple` is an integer >= 1."""
+  if isinstance(channel_multiple, bool) or not isinstance(channel_multiple, (int, np.integer)) or channel_multiple < 1:
+    raise ValueError(f"channel_multiple must be an integer >= 1; got {channel_multiple!r}.")
+
+
+def compile_compact(found: Structure, channel_multiple: int = 8) -> tuple[dict, Callable[[dict, jax.Array], Any]]:
   """The smaller computation: (kernels sliced to kept inputs/units, `apply(kernels, x)` for a batch).
 
-  Every Dense/conv runs on its used input features and kept units only; constant
-  inputs it no longer reads are folded exactly (their contribution, computed once,
-  is added: a bias for Dense, a per-position map for convolutions); everything known
-  in advance (normalisation with fixed statistics, biases) is a constant; other ops
-  run on their used channels, or at full width with unused channels at 0 where their
-  layout needs it. Outputs equal the original model's up to float rounding.
+  Every Dense/conv reads the channels its input carries (zero weights on those it does
+  not use) and computes the channels its output's class carries (see
+  `_channel_layouts`: values combined elementwise share one layout, the union of
+  what its members use grown to a multiple of `channel_multiple`; units the layer
+  removed among them get zero weights); constant inputs it no longer reads are folded exactly
+  (their contribution, computed once, is added: a bias for Dense, a per-position map
+  for convolutions); everything known in advance (normalisation with fixed
+  statistics, biases) is a constant; other ops run at full width with the channels a
+  value does not carry filled with their known values. Outputs equal the original
+  model's up to float rounding.
+
+  Args:
+    found: the result of `analyze`.
+    channel_multiple: channel counts are grown to a multiple of this (1: the fewest).
   """
   t = found.trace
   if t is None:
     raise ValueError("this Structure has no trace; build it with structure.analyze.")
+  check_channel_multiple(channel_multiple)
+  sliceable = _sliceable(t)
+  layouts = _channel_layouts(t, sliceable, int(channel_multiple))
+
+  def carried(a) -> np.ndarray | None:
+    return layouts.get(a) if not isinstance(a, tuple) else None
+
   kernels: dict[str, np.ndarray] = {}
   plans: dict[int, tuple] = {}
-  for index, op in t.op_of_eqn.items():
-    eqn = t.eqns[index]
-    if op.units_removable is None or op.inputs_used is None or all(_all_known(t, a) for a in eqn.ins):
-      continue  # not sliceable, or a constant layer (computed once, as a known value)
-    keep_in = np.flatnonzero(op.inputs_used)
-    keep_out = np.flatnonzero(~op.units_removable)
-    sliced_in, sliced_out = _full_or(keep_in, op.inputs_used.size), _full_or(keep_out, op.units_removable.size)
+  for index in sorted(sliceable):
+    op, eqn = t.op_of_eqn[index], t.eqns[index]
     act = eqn.ins[0]  # sliceable ops have the kernel second
-    kernels[op.name] = op.kept_kernel()
+    rows = carried(act)
+    cols = carried(eqn.outs[0])
+    in_idx = np.arange(op.inputs_used.size) if rows is None else rows
+    out_idx = np.arange(op.units_removable.size) if cols is None else cols
+    kernel = np.take(np.take(op.kernel, in_idx, axis=op.in_axis), out_idx, axis=op.out_axis).copy()
+    kernel_rows = np.moveaxis(kernel, op.in_axis, 0)
+    kernel_rows[~op.inputs_used[in_idx]] = 0  # carried, not read: a constant (folded) or no weights
+    columns = np.moveaxis(kernel, op.out_axis, 0)
+    columns[op.units_removable[out_idx]] = 0  # computed only to keep the layout of its class
+    kernels[op.name] = kernel
     # constant inputs no longer read: their exact contribution, computed once
-    a_val = np.where(t.unk[act], 0, np.asarray(t.val[act]))
-    dropped = np.asarray(a_val).copy()
-    dropped[..., keep_in] = 0
-    full_k = np.take(op.kernel, keep_out, axis=op.out_axis)
+    dropped = np.where(t.unk[act], 0, np.asarray(t.val[act])).copy()
+    dropped[..., op.inputs_used] = 0
+    # (with every carried unit's weights: a removed unit that is a known constant then has its
+    # exact value, so known entries are exact everywhere in the compact computation)
+    full_k = np.take(op.kernel, out_idx, axis=op.out_axis)
     fold = np.asarray(eqn.prim.bind(jnp.asarray(dropped), jnp.asarray(full_k), **eqn.params))
-    plans[index] = (act, sliced_in, sliced_out, op.name, fold if np.any(fold) else None, op.in_axis,
-                    op.inputs_used.size)
+    plans[index] = (act, rows, cols, op.name, fold if np.any(fold) else None)
+  # Known entries of a channel that is unknown elsewhere and that nothing reads (a removed
+  # unit's border under padding): the compact computation may carry other numbers there,
+  # so where an elementwise op combines such a value they are put back.
+  stale: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+  for v, keep in layouts.items():
+    unknown = t.unk[v]
+    partly = unknown.reshape(-1, unknown.shape[-1]).any(axis=0)
+    mask = ~unknown & ~t.used.get(v, np.zeros(np.shape(t.val[v]), bool)) & partly
+    mask = mask if keep is None else mask[..., keep]
+    if mask.any():
+      stale[v] = (mask, np.asarray(t.val[v]) if keep is None else np.asarray(t.val[v])[..., keep])
 
-  def run_one(kernel_args: dict, x1: jax.Array):
+  def run(kernel_args: dict, x: jax.Array, eqns: list, shape_of: Callable[[int], tuple]):
+    """Replays `eqns` (t.eqns, or the same jaxpr traced at x's batch size) on the compact layouts."""
     env: dict[int, tuple] = {}
     for vid in t.input_ids:
-      env[vid] = (x1, None)
+      env[vid] = (x, None)
+
+    def known_value(a, keep=None):
+      v = np.where(t.unk[a], 0, t.val[a])
+      shape = shape_of(a)
+      if keep is not None and v.ndim and v.shape[-1] > 1:
+        v, shape = v[..., keep], (*shape[:-1], len(keep))
+      return _constant(v, shape)
 
     def full(a):
       if isinstance(a, tuple):
         return jnp.asarray(a[1])
       if a not in env:
-        return jnp.asarray(t.val[a])
+        return known_value(a)
       arr, keep = env[a]
       if keep is None:
         return arr
@@ -450,9 +658,8 @@ def compile_compact(found: Structure) -> tuple[dict, Callable[[dict, jax.Array],
         return full(a)
       if isinstance(a, tuple):
         return jnp.asarray(a[1])
-      if a not in env:  # known: take its columns when it spans the last axis
-        v = np.asarray(t.val[a])
-        return jnp.asarray(v[..., keep] if v.ndim and v.shape[-1] > 1 else v)
+      if a not in env:  # known (or not computed): its known values, on its columns when it spans the last axis
+        return known_value(a, keep)
       arr, have = env[a]
       if have is not None and len(have) == len(keep) and np.array_equal(have, keep):
         return arr
@@ -468,61 +675,108 @@ def compile_compact(found: Structure) -> tuple[dict, Callable[[dict, jax.Array],
       moved = jnp.matmul(arr, jnp.asarray(select, arr.dtype))
       fill = np.array(np.broadcast_to(known_values, known_values.shape), np.float32)[..., keep]
       fill[..., np.isin(keep, have)] = 0.0
-      return moved + jnp.asarray(fill, arr.dtype) if fill.any() else moved
+      return moved + _constant(fill.astype(arr.dtype), moved.shape) if fill.any() else moved
 
-    for index, eqn in enumerate(t.eqns):
+    for index, eqn in enumerate(eqns):
       if all(_all_known(t, a) for a in eqn.ins):
         continue
-      out_shapes = eqn.out_shapes
       wanted = [t.used.get(v) for v in eqn.outs]
       if not any(w is not None and w.any() for w in wanted):
         continue
       if index in plans:
-        act, keep_in, keep_out, name, fold, in_axis, size = plans[index]
+        act, rows, cols, name, fold = plans[index]
+        x_in = aligned(act, rows) if rows is not None else full(act)
         kernel = jnp.asarray(kernel_args[name])
-        have = env.get(act, (None, None))[1] if not isinstance(act, tuple) else None
-        have_all = np.arange(size) if have is None else have
-        need = np.arange(size) if keep_in is None else keep_in
-        if act in env and np.isin(need, have_all).all():
-          # read the input as it is (no gather): the kernel gets zero rows for the
-          # channels the input carries but this layer does not need
-          x = env[act][0]
-          if len(need) != len(have_all) or not np.array_equal(need, have_all):
-            rows = jnp.moveaxis(kernel, in_axis, 0)
-            rows = jnp.zeros((len(have_all), *rows.shape[1:]), rows.dtype).at[np.searchsorted(have_all, need)].set(rows)
-            kernel = jnp.moveaxis(rows, 0, in_axis)
-        else:
-          x = aligned(act, keep_in)
-        out = eqn.prim.bind(x, kernel.astype(x.dtype), **eqn.params)
+        out = eqn.prim.bind(x_in, kernel.astype(x_in.dtype), **eqn.params)
         if fold is not None:
-          out = out + jnp.asarray(fold).astype(out.dtype)
-        env[eqn.outs[0]] = (out, keep_out)
+          out = out + _constant(np.asarray(fold, out.dtype), out.shape)
+        env[eqn.outs[0]] = (out, cols)
         continue
-      if eqn.prim.name in _ELEMENTWISE and len(eqn.outs) == 1 and out_shapes[0]:
-        keep = _kept(wanted[0], out_shapes[0])
+      out_var = eqn.outs[0]
+      if out_var in layouts and eqn.prim.name in _ELEMENTWISE:
+        keep = layouts[out_var]
         args = []
         for a in eqn.ins:
           if isinstance(a, tuple) or np.ndim(t.val[a]) == 0:
-            args.append(jnp.asarray(a[1] if isinstance(a, tuple) else t.val[a]))
+            args.append(jnp.asarray(a[1]) if isinstance(a, tuple) else known_value(a))
           elif np.shape(t.val[a])[-1] == 1:
             args.append(full(a))
           else:
-            args.append(aligned(a, keep))
-        env[eqn.outs[0]] = (eqn.prim.bind(*args, **eqn.params), keep)
+            arg = aligned(a, keep)
+            if a in stale and a in env:
+              mask, values = stale[a]
+              arg = jnp.where(_constant(mask, arg.shape), _constant(values.astype(arg.dtype), arg.shape), arg)
+            args.append(arg)
+        env[out_var] = (eqn.prim.bind(*args, **eqn.params), keep)
+        continue
+      if out_var in layouts:  # channel-preserving: pooling, reductions over positions, padding
+        keep = layouts[out_var]
+        rest = [jnp.asarray(a[1]) if isinstance(a, tuple) else known_value(a) for a in eqn.ins[1:]]
+        env[out_var] = (eqn.prim.bind(aligned(eqn.ins[0], keep), *rest, **eqn.params), keep)
         continue
       results = eqn.prim.bind(*[full(a) for a in eqn.ins], **eqn.params)
       results = list(results) if eqn.prim.multiple_results else [results]
       for vid, res in zip(eqn.outs, results):
         env[vid] = (res, None)
-    outputs = [full(a) for a in t.outs]
-    return outputs
+    return [full(a) for a in t.outs]
+
+  batch_eqns: dict[int, tuple | None] = {}
 
   def apply(kernel_args: dict, x: jax.Array):
-    outputs = jax.vmap(lambda xi: run_one(kernel_args, xi[None]))(x)
-    outputs = [o[:, 0] for o in outputs]
+    try:
+      batch = int(x.shape[0])
+    except Exception:  # pylint: disable=broad-except  # a symbolic batch size (jax.export, shape polymorphic)
+      batch = -1
+    if batch not in batch_eqns:
+      batch_eqns[batch] = _batch_replay(t, layouts, batch) if batch > 0 else None
+    replay = batch_eqns[batch]
+    if replay is not None:  # the whole batch at once, as the model runs
+      outputs = run(kernel_args, x, *replay)
+    else:  # one example at a time, on the analysed jaxpr itself
+      outputs = jax.vmap(lambda xi: run(kernel_args, xi[None], t.eqns, lambda a: np.shape(t.val[a])))(x)
+      outputs = [o[:, 0] for o in outputs]
     return outputs[0] if len(outputs) == 1 else outputs
 
   return kernels, apply
+
+
+def _batch_replay(t: _Trace, layouts: dict, batch: int) -> tuple[list, Callable[[int], tuple]] | None:
+  """The model's jaxpr for `batch` examples, when it is the analysed one-example jaxpr with every
+  value's shape grown only along axes of size 1 (so each mask and constant of the analysis
+  broadcasts to it) and no channel axis changed; None otherwise (e.g. an iota over the batch)."""
+  if batch == 1 or t.flat_jaxpr is None:
+    return (t.eqns, lambda a: np.shape(t.val[a])) if batch == 1 else None
+  try:
+    eqns, outs, const_values, in_ids = t.flat_jaxpr(batch)
+  except Exception:  # pylint: disable=broad-except  # a model that cannot be traced at this batch size
+    return None
+  def same(a: list, b: list) -> bool:  # the same variables (literals: at the same places)
+    return len(a) == len(b) and all(isinstance(u, tuple) == isinstance(v, tuple) and (isinstance(u, tuple) or u == v)
+                                    for u, v in zip(a, b))
+
+  if len(eqns) != len(t.eqns) or not same(outs, t.outs) or not same(in_ids[-len(t.input_ids):], t.input_ids):
+    return None
+  shapes: dict[int, tuple] = {vid: np.shape(v) for vid, v in const_values.items()}
+
+  def grows(one: tuple, many: tuple) -> bool:
+    return len(one) == len(many) and all(a == b or a == 1 for a, b in zip(one, many))
+
+  for mine, theirs in zip(t.eqns, eqns):
+    if mine.prim.name != theirs.prim.name or mine.outs != theirs.outs or not same(mine.ins, theirs.ins):
+      return None
+    if mine.prim.name == "iota" and mine.out_shapes != theirs.out_shapes:
+      return None
+    for vid, one, many in zip(mine.outs, mine.out_shapes, theirs.out_shapes):
+      if not grows(tuple(one), tuple(many)) or (vid in layouts and one[-1] != many[-1]):
+        return None
+      shapes[vid] = tuple(many)
+  x_shape = (batch, *np.shape(t.val[t.input_ids[0]])[1:])
+
+  def shape_of(a) -> tuple:
+    if a in shapes:
+      return shapes[a]
+    return x_shape if a in t.input_ids else np.shape(t.val[a])
+  return eqns, shape_of
 
 
 def _all_known(t: _Trace, a) -> bool:
@@ -632,9 +886,12 @@ def _backward(eqn: _Eqn, out_used: list, use, value, unknown, known, op: ParamOp
       use(a, _unbroadcast(ou & ~zero, np.shape(val[a])))
     return
   if name in _ELEMENTWISE:
+    # where the result is a known constant (a product with a known 0, e.g. a BatchNorm
+    # scale driven to 0), no unknown operand entry affects it
+    ou_unknown = ou & np.broadcast_to(unknown(eqn.outs[0]), ou.shape)
     for a in eqn.ins:
       if not isinstance(a, tuple) and not known(a):
-        use(a, _unbroadcast(ou, np.shape(val[a])))
+        use(a, _unbroadcast(ou_unknown, np.shape(val[a])))
     return
   a = eqn.ins[0] if eqn.ins else None
   if a is None or isinstance(a, tuple) or known(a):

@@ -49,6 +49,7 @@ from sparsejax.rvsm import sparse_params as rvsm_sparse_params
 __all__ = [
     "ProximalState", "proximal", "proximal_step_leaves", "step_threshold", "weights_only", "mask_leaves", "layer_balance", "layer_index",
     "l1", "sparse_group_lasso", "cges", "integrated_tl1", "rvsm", "RVSMState", "rvsm_sparse_params",
+    "coupled_group_lasso",
 ]
 
 ProxFn: TypeAlias = Callable[..., Any] | str
@@ -230,6 +231,108 @@ def _layer_strengths(strength, m, weight_of_mu, layer_scale, mask, scale_name: s
     return out
 
   return strengths_for
+
+
+def _path_names(path) -> tuple[str, ...]:
+  """A pytree path as a tuple of key names (dict keys, sequence indices, attribute names)."""
+  names = []
+  for key in path:
+    for attribute in ("key", "idx", "name"):
+      if hasattr(key, attribute):
+        names.append(str(getattr(key, attribute)))
+        break
+    else:
+      names.append(str(key))
+  return tuple(names)
+
+
+def coupled_group_lasso(strength: Any, learning_rate: ScalarOrSchedule,
+                        groups: Sequence[Sequence[Sequence[str]]]) -> optax.GradientTransformation:
+  r"""Group lasso whose groups span several leaves: channel c of every leaf of one coupling.
+
+  For couplings G_1, ..., G_K (each a set of leaves with the same last-axis size C)
+  the penalty is
+
+  .. math::
+
+     f(w) = \sum_k \sum_{c=1}^{C_k} \Big(\sum_{v \in G_k} \|w_v[\dots, c]\|_2^2\Big)^{1/2},
+
+  and its exact prox with tau = learning_rate * strength is the block soft
+  threshold w_v[..., c] <- w_v[..., c] max(0, 1 - tau / n_kc), n_kc the norm above
+  (0 where n_kc = 0): channel c of a coupling is kept or zeroed in all its leaves at
+  once. With the BatchNorm scales of every writer of a residual stream as one
+  coupling (`metrics.coupled_channels`), this is network slimming (Liu et al.
+  2017) that removes stream channels instead of leaving their union alive; a
+  singleton coupling of a vector is plain l1 on it. Leaves in no coupling keep the
+  inner updates.
+
+  Args:
+    strength: lambda >= 0 (scalar or optax schedule).
+    learning_rate: the inner optimizer's step size (scalar or schedule).
+    groups: the couplings: each a list of leaf paths (tuples of key names in the
+      params tree, e.g. ("stage0_block0", "bn2", "scale")), as returned by
+      `metrics.coupled_channels`.
+
+  Returns:
+    An optax `GradientTransformation` with state `ProximalState`.
+
+  Raises:
+    ValueError: negative strength or learning rate, or `groups` that is empty, names
+      a leaf params lack or twice, or couples leaves of different last-axis sizes
+      (the last at init).
+  """
+  _check_strength_and_lr(strength, learning_rate)
+  if isinstance(groups, (str, bytes)) or not isinstance(groups, Sequence) or not groups or any(
+      isinstance(g, (str, bytes)) or not isinstance(g, Sequence) or not g for g in groups):
+    raise ValueError("groups must be a non-empty list of non-empty lists of leaf paths (tuples of key names), "
+                     f"e.g. metrics.coupled_channels(...); got {groups!r}.")
+  couplings = [[tuple(str(k) for k in ((path,) if isinstance(path, str) else path)) for path in g] for g in groups]
+  flat = [path for g in couplings for path in g]
+  if len(set(flat)) != len(flat):
+    raise ValueError(f"groups names a leaf more than once: {sorted(p for p in set(flat) if flat.count(p) > 1)}.")
+
+  def positions(params) -> list[list[int]]:
+    paths = [_path_names(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    leaves = jax.tree.leaves(params)
+    index = {path: i for i, path in enumerate(paths)}
+    # nnx.State leaves end in a "value" step (nnx.Optimizer): their paths match without it
+    index.update({path[:-1]: i for i, path in enumerate(paths) if path[-1:] == ("value",) and path[:-1] not in index})
+    out = []
+    for g in couplings:
+      missing = [path for path in g if path not in index]
+      if missing:
+        raise ValueError(f"groups names leaves that params lack: {missing}; params have e.g. {paths[:4]}.")
+      sizes = {path: (jnp.shape(leaves[index[path]]) or (1,))[-1] for path in g}
+      if len(set(sizes.values())) != 1:
+        raise ValueError(f"groups couples leaves whose last axes differ: {sizes}.")
+      out.append([index[path] for path in g])
+    return out
+
+  def init_fn(params):
+    positions(params)
+    return ProximalState(count=jnp.zeros([], jnp.int32))
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError("sparsejax.transforms.coupled_group_lasso needs params: call tx.update(updates, state, params).")
+    param_leaves, treedef = jax.tree.flatten(params)
+    new_updates = treedef.flatten_up_to(updates)
+    tau = step_threshold(_hyper.evaluate(learning_rate, state.count), _hyper.evaluate(strength, state.count))
+    for members in positions(params):
+      moved = [param_leaves[i] + new_updates[i] for i in members]
+      channels = [v.reshape(-1, jnp.shape(v)[-1] if jnp.ndim(v) else 1).astype(jnp.float32) for v in moved]
+      # the norm of each channel over the coupling, computed on the channel divided by its
+      # largest entry (no overflow or underflow of the squares)
+      largest = functools.reduce(jnp.maximum, [jnp.max(jnp.abs(c), axis=0) for c in channels])
+      unit = jnp.where(largest > 0, largest, 1.0)
+      norm = unit * jnp.sqrt(sum(jnp.sum(jnp.square(c / unit), axis=0) for c in channels))
+      # max(0, 1 - tau / norm): 0 where norm <= tau; a zero channel stays 0, NaN stays NaN
+      factor = jnp.maximum(1.0 - tau / jnp.where(norm > 0, norm, jnp.inf), 0.0)
+      for i, v in zip(members, moved):
+        new_updates[i] = (v * factor.astype(v.dtype) - param_leaves[i]).astype(jnp.result_type(new_updates[i]))
+    return jax.tree.unflatten(treedef, new_updates), ProximalState(count=optax.safe_increment(state.count))
+
+  return optax.GradientTransformation(init_fn, update_fn)
 
 
 # ------------------------------------------------------- ready-made chains

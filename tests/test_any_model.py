@@ -298,7 +298,7 @@ def test_models_with_integer_inputs_or_other_layers_report_and_compact_exactly(k
       metrics.report(model, variables, shape)
   r = metrics.report(model, variables, shape, input_dtype=dtype)
   assert r["weights_nonzero"] < r["weights_total"] and r["flops_sparse"] < r["flops_dense"]
-  small = compaction.compact(model, variables, shape, input_dtype=dtype)
+  small = compaction.compact(model, variables, shape, input_dtype=dtype, channel_multiple=1)
   np.testing.assert_allclose(np.asarray(small(x)), np.asarray(model.apply(variables, x)), atol=1e-5, rtol=1e-5)
   assert small.kernel_sizes[1] < small.kernel_sizes[0]
 
@@ -412,14 +412,23 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("multiple", [1, 8])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_compacted_computation_equals_the_sparse_model(case):
+def test_compacted_computation_equals_the_sparse_model(case, multiple):
   model, variables, shape = CASES[case]()
-  small = compaction.compact_any(model, variables, shape)
+  small = compaction.compact_any(model, variables, shape, channel_multiple=multiple)
   x = np.random.default_rng(3).normal(size=(6, *shape)).astype(np.float32)
   want = np.asarray(model.apply(variables, x))
   np.testing.assert_allclose(np.asarray(small(x)), want, atol=1e-5, rtol=1e-5)
-  assert small.kernel_sizes[1] < small.kernel_sizes[0]
+  if multiple == 1:
+    assert small.kernel_sizes[1] < small.kernel_sizes[0]
+  else:  # every computed channel count is a multiple of 8 or the layer's full width
+    found = metrics.analyze_model(model, variables, shape)
+    for op in found.ops:
+      if op.name in small.params:
+        for axis in (op.in_axis, op.out_axis):
+          width = small.params[op.name].shape[axis]
+          assert width % multiple == 0 or width == op.kernel.shape[axis], (op.name, axis, width)
   removed = metrics.report(model, variables, shape)["neurons_removed"]
   for name, count in removed.items():
     total = {op_name: None for op_name in small.kept_units}
@@ -436,7 +445,7 @@ def test_compact_of_nnx_modules_and_export():
   cnn.conv.kernel[..., 2] = 0.0
   cnn.bn.bias[2] = -1.0
   for module, shape in ((nnx_mlp, (12,)), (cnn, (14, 14, 1))):
-    small = compaction.compact(module, input_shape=shape)
+    small = compaction.compact(module, input_shape=shape, channel_multiple=1)
     x = np.random.default_rng(4).normal(size=(3, *shape)).astype(np.float32)
     module.eval()
     np.testing.assert_allclose(np.asarray(small(x)), np.asarray(module(x)), atol=1e-5, rtol=1e-5)

@@ -46,6 +46,8 @@ FACTORIES = [
     ("sparse_group_lasso", transforms.sparse_group_lasso, (0.1, 0.2, LR), {}, True),
     ("cges", transforms.cges, (0.3, LR), {}, True),
     ("integrated_tl1", transforms.integrated_tl1, (0.3, LR), {"a": 0.5}, True),
+    ("coupled_group_lasso", transforms.coupled_group_lasso, (20.0, LR),
+     {"groups": [[("dense", "bias"), ("dense", "kernel")], [("out", "kernel")]]}, True),
     ("rvsm", transforms.rvsm, ("tl1", 0.05, 0.5), {"a": 1.0}, False),
     ("rvsm_schedules", transforms.rvsm, ("l0", optax.linear_schedule(0.01, 0.05, 4),
                                          optax.exponential_decay(0.5, 2, 2.0)), {}, False),

@@ -164,10 +164,11 @@ def test_frontier_small_config_matches_sparsity_exactly_and_resumes(small_run):
 def test_resnet_sparsity_small_config(small_run):
   out, tmp_path = small_run("resnet_sparsity")
   runs = {r["method"]: r for r in out["runs"]}
-  assert set(runs) == {"dense", "group_lasso", "integrated_tl1", "bn_slimming"}
+  assert set(runs) == {"dense", "group_lasso", "integrated_tl1", "bn_slimming", "bn_slimming_coupled"}
   assert sum(runs["dense"]["neurons_removed"].values()) == 0
   assert sum(runs["group_lasso"]["neurons_removed"].values()) > 0   # strong groups remove channels
   assert sum(runs["bn_slimming"]["neurons_removed"].values()) > 0   # zero BatchNorm scales: constant channels
+  assert runs["bn_slimming_coupled"]["neurons_removed"]["stem"] > 0   # whole stream channels
   for run in runs.values():
     assert run["compact_max_output_difference"] < 1e-4
     assert run["kernel_entries"][1] <= run["kernel_entries"][0]
