@@ -158,7 +158,7 @@ def regression_controller(model, init, train_xy, config: Config):
     def body(carry):
       p, s, step, trace = carry
       u, s = tx.update(jax.grad(loss)(p), s, p)
-      row = jnp.stack([jnp.exp(s[1].log_strength), s[1].nnz])
+      row = jnp.stack([jnp.exp(s[1].log_strength), s[1].nnz]).astype(trace.dtype)
       trace = jnp.where(step % record_every == 0, trace.at[step // record_every].set(row), trace)
       return optax.apply_updates(p, u), s, step + 1, trace
 
