@@ -282,6 +282,9 @@ def coupled_group_lasso(strength: Any, learning_rate: ScalarOrSchedule,
       (the last at init).
   """
   _check_strength_and_lr(strength, learning_rate)
+  if not callable(strength) and (isinstance(strength, (dict, list, tuple)) or jnp.ndim(strength) != 0):
+    raise ValueError("strength must be one scalar or an optax schedule (one lambda for every coupling); "
+                     f"got {strength!r}.")
   if isinstance(groups, (str, bytes)) or not isinstance(groups, Sequence) or not groups or any(
       isinstance(g, (str, bytes)) or not isinstance(g, Sequence) or not g for g in groups):
     raise ValueError("groups must be a non-empty list of non-empty lists of leaf paths (tuples of key names), "

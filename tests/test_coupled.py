@@ -86,9 +86,12 @@ def test_bad_groups_are_named(groups, match):
     tx.init(params)
 
 
-def test_negative_strength_is_rejected():
+@pytest.mark.parametrize("strength", [-0.1, {"a": 0.1}, [0.1, 0.2], np.ones(2)])
+def test_strength_must_be_one_nonnegative_scalar_or_schedule(strength):
   with pytest.raises(ValueError, match="strength"):
-    transforms.coupled_group_lasso(-0.1, 0.1, [[("a",)]])
+    transforms.coupled_group_lasso(strength, 0.1, [[("a",)]])
+  tx = transforms.coupled_group_lasso(optax.linear_schedule(0.0, 1.0, 4), 0.1, [[("a",)]])
+  assert tx.init({"a": jnp.ones(3)}).count == 0
 
 
 def test_resnet_streams_are_coupled():
