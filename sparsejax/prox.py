@@ -632,8 +632,10 @@ def _group_shrink(x, thr, axes, pre=None):
   group and NaN on a NaN group.
 
   The sum of squares is NaN exactly on the groups that hold a NaN, so it marks them at no
-  cost. It overflows only for entries above ~1e19 in float32; then (and only then, under
-  `lax.cond`) the norm is taken of v / 2^k (`_group_scale`), which does not overflow.
+  cost. It overflows only for entries above ~1e19 in float32, and underflows (then a
+  nonzero group would read as 0) only below ~1e-19, which matters only for a threshold
+  that small; then (and only then, under `lax.cond`) the norm is taken of v / 2^k, with
+  k from the exponent of the group's largest finite entry, which does neither.
   `pre` (e.g. the soft thresholding of the sparse group lasso) is applied inside each
   use, so the conditional captures only `x` and v is never materialised.
   """
@@ -646,10 +648,16 @@ def _group_shrink(x, thr, axes, pre=None):
 
   def rescaled_norm():
     v = pre(x)
-    scale = _group_scale(v, axes, max_exponent=60)
+    finite_abs = jnp.where(jnp.isfinite(v), jnp.abs(v), 0.0)
+    _, exponent = jnp.frexp(jnp.max(finite_abs, axis=axes, keepdims=True, initial=0.0))
+    # a power of two (exact): largest entries brought below 2^60, small groups up to [0.5, 1)
+    shift = jnp.where(exponent > 60, exponent - 60, jnp.minimum(exponent, 0))
+    scale = jnp.ldexp(jnp.ones((), v.dtype), shift)
     return _pen.group_norm(v / scale, axes) * scale
 
-  norm = lax.cond(jnp.any(jnp.isinf(sq)), rescaled_norm, plain_norm)
+  tiny = jnp.finfo(sq.dtype).tiny
+  underflow = (sq < tiny) & (thr < 2 * jnp.sqrt(jnp.asarray(tiny, sq.dtype)))
+  norm = lax.cond(jnp.any(jnp.isinf(sq)) | jnp.any(underflow), rescaled_norm, plain_norm)
   keep = norm > thr
   factor = 1.0 - thr / jnp.where(keep, norm, 1.0)
   out = jnp.where(keep, factor * pre(x), jnp.zeros_like(x))

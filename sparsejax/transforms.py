@@ -259,8 +259,8 @@ def coupled_group_lasso(strength: Any, learning_rate: ScalarOrSchedule,
 
   and its exact prox with tau = learning_rate * strength is the block soft
   threshold w_v[..., c] <- w_v[..., c] max(0, 1 - tau / n_kc), n_kc the norm above
-  (0 where n_kc = 0): channel c of a coupling is kept or zeroed in all its leaves at
-  once. With the BatchNorm scales of every writer of a residual stream as one
+  (`prox.group_lasso` of the stacked channels): channel c of a coupling is kept or
+  zeroed in all its leaves at once, and a channel holding a NaN is NaN. With the BatchNorm scales of every writer of a residual stream as one
   coupling (`metrics.coupled_channels`), this is network slimming (Liu et al.
   2017) that removes stream channels instead of leaving their union alive; a
   singleton coupling of a vector is plain l1 on it. Leaves in no coupling keep the
@@ -323,16 +323,16 @@ def coupled_group_lasso(strength: Any, learning_rate: ScalarOrSchedule,
     tau = step_threshold(_hyper.evaluate(learning_rate, state.count), _hyper.evaluate(strength, state.count))
     for members in positions(params):
       moved = [param_leaves[i] + new_updates[i] for i in members]
-      channels = [v.reshape(-1, jnp.shape(v)[-1] if jnp.ndim(v) else 1).astype(jnp.float32) for v in moved]
-      # the norm of each channel over the coupling, computed on the channel divided by its
-      # largest entry (no overflow or underflow of the squares)
-      largest = functools.reduce(jnp.maximum, [jnp.max(jnp.abs(c), axis=0) for c in channels])
-      unit = jnp.where(largest > 0, largest, 1.0)
-      norm = unit * jnp.sqrt(sum(jnp.sum(jnp.square(c / unit), axis=0) for c in channels))
-      # max(0, 1 - tau / norm): 0 where norm <= tau; a zero channel stays 0, NaN stays NaN
-      factor = jnp.maximum(1.0 - tau / jnp.where(norm > 0, norm, jnp.inf), 0.0)
-      for i, v in zip(members, moved):
-        new_updates[i] = (v * factor.astype(v.dtype) - param_leaves[i]).astype(jnp.result_type(new_updates[i]))
+      # channel c of every member, stacked into one column: the group lasso of the columns
+      # (prox.group_lasso: exact zeros, no overflow or underflow of the norm, NaN groups NaN)
+      rows = [v.reshape(-1, jnp.shape(v)[-1] if jnp.ndim(v) else 1) for v in moved]
+      stacked = jnp.concatenate([r.astype(jnp.result_type(*rows)) for r in rows], axis=0)
+      shrunk = _prox.group_lasso(stacked, tau, axis=0)
+      start = 0
+      for i, v, r in zip(members, moved, rows):
+        new_v = shrunk[start:start + r.shape[0]].reshape(jnp.shape(v)).astype(v.dtype)
+        new_updates[i] = (new_v - param_leaves[i]).astype(jnp.result_type(new_updates[i]))
+        start += r.shape[0]
     return jax.tree.unflatten(treedef, new_updates), ProximalState(count=optax.safe_increment(state.count))
 
   return optax.GradientTransformation(init_fn, update_fn)

@@ -491,3 +491,12 @@ def test_bad_arguments_raise_clear_errors(call, match):
 def test_traced_arguments_are_not_checked_but_work():
   out = jax.jit(lambda x, t, a: prox.tl1(x, t, a=a))(jnp.ones(3), 0.2, 1.0)
   np.testing.assert_allclose(out, prox.tl1(jnp.ones(3), 0.2, a=1.0))
+
+
+def test_group_lasso_norm_does_not_underflow_when_the_threshold_is_that_small():
+  # squares of 1e-30 underflow in float32: the group must not read as 0 (prox at tau 0 is the identity)
+  v = jnp.asarray([1e-30, 2e-30], jnp.float32)
+  np.testing.assert_array_equal(np.asarray(prox.group_lasso(v, 0.0)), np.asarray(v))
+  norm = float(np.sqrt(5.0)) * 1e-30
+  np.testing.assert_allclose(np.asarray(prox.group_lasso(v, 1e-31)), np.asarray(v) * (1 - 1e-31 / norm), rtol=1e-5)
+  np.testing.assert_array_equal(np.asarray(prox.group_lasso(v, 1e-29)), 0.0)   # norm 2.2e-30 <= tau
