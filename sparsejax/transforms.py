@@ -262,9 +262,9 @@ def coupled_group_lasso(strength: Any, learning_rate: ScalarOrSchedule,
   (`prox.group_lasso` of the stacked channels): channel c of a coupling is kept or
   zeroed in all its leaves at once, and a channel holding a NaN is NaN. With the
   BatchNorm scales of every writer of a residual stream as one coupling
-  (`metrics.coupled_channels`), this is network slimming (Liu et al. 2017) that removes stream channels instead of leaving their union alive; a
-  singleton coupling of a vector is plain l1 on it. Leaves in no coupling keep the
-  inner updates.
+  (`metrics.coupled_channels`), this is network slimming (Liu et al. 2017) that
+  removes stream channels instead of leaving their union alive; a singleton coupling
+  of a vector is plain l1 on it. Leaves in no coupling keep the inner updates.
 
   Args:
     strength: lambda >= 0 (scalar or optax schedule).
