@@ -65,7 +65,11 @@ def _safe_abs_power(x: jax.Array, power: float) -> jax.Array:
 
 def group_norm(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
   """Euclidean norm over `axes` (keepdims) with a finite gradient at 0."""
-  sq = jnp.sum(x * x, axis=axes, keepdims=True)
+  return group_norm_from_squares(jnp.sum(x * x, axis=axes, keepdims=True))
+
+
+def group_norm_from_squares(sq: jax.Array) -> jax.Array:
+  """sqrt(sq) with a finite gradient at 0 (and 0, not NaN, where sq is 0 or NaN)."""
   nonzero = sq > 0
   return jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, sq, 1.0)), 0.0)
 
