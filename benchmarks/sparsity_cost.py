@@ -14,7 +14,7 @@ step of the same model and batch, measured in the same run:
                     0 means the sparsification adds no parameter-sized buffer
 
 Families: l1 (soft threshold), tl1, log_sum, mcp, l_half (non-convex, closed forms),
-group_lasso over each input unit's outgoing weights, integrated TL1 (group then TL1),
+group_lasso and the sparse group lasso over each input unit's outgoing weights, integrated TL1 (group then TL1),
 the NNZ controller with the schedule of a run of known length (interval 10), GMP (mask
 every 100 steps). On CPU the step runs on 2 cores; on a GPU the same script gives the
 GPU table.
@@ -53,6 +53,7 @@ def sparsifiers(num_kernel_weights: int) -> dict:
       "mcp": transforms.proximal("mcp", 1e-5, LR, lam=0.02, gamma=3.0),
       "l_half": transforms.proximal("l_half", 1e-6, LR),
       "group_lasso": transforms.proximal("group_lasso", 1e-5, LR, axis="input_units"),
+      "sparse_group_lasso": transforms.proximal("sparse_group_lasso", 1e-5, LR, l1=0.5, axis="input_units"),
       "integrated_tl1": transforms.integrated_tl1(1e-5, LR, a=0.02),
       "nnz_controller": selection.nnz_controller("l1", target, LR, total_steps=10**7),
       "gmp": pruning.gradual_magnitude_pruning(0.95, 0, 10**7, 100),

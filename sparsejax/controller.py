@@ -226,31 +226,62 @@ def nnz_controller(
     return {**prox_kwargs, **{name: value * scale for name, value in relative.items()}}
 
   def log_strength_for(keep, lr, count, leaves_p, leaves_u, masks, treedef, scale):
-    # p + u is formed again inside the branch: capturing the sums would make XLA
-    # materialise them every step just to pass them to the conditional.
-    proposal = [p + u for p, u, m in zip(leaves_p, leaves_u, masks) if m]
+    # The proposal p + u as (p, u) pairs: the selection forms the sums one block at a
+    # time inside each count, so the branch stores nothing weight-sized for them.
+    proposal = [(p, u) for p, u, m in zip(leaves_p, leaves_u, masks) if m]
     quantile = pruning.kth_largest_magnitude(proposal, keep + 1)
     if relative:  # the mean kept magnitude: the cut itself falls to the size of u once the support is set
-      kept = _mean_of_largest([jnp.abs(v) for v in proposal], keep, quantile)
+      kept = _mean_of_largest(proposal, keep, quantile)
       scale = jnp.where(kept > 0, kept, scale).astype(scale.dtype)
     return _invert_threshold(threshold, quantile, lr, shape_at(scale)), scale
 
+  def step_fn_at(scale):
+    return functools.partial(fn, **shape_at(scale)) if relative else fn
+
   def step_with(log_strength, scale, lr, count, leaves_p, leaves_u, masks, treedef):
     tau = transforms.step_threshold(lr, jnp.exp(log_strength))
-    step_fn = functools.partial(fn, **shape_at(scale)) if relative else fn
-    return transforms.proximal_step_leaves(step_fn, leaves_p, leaves_u, [tau if m else None for m in masks])
+    return transforms.proximal_step_leaves(step_fn_at(scale), leaves_p, leaves_u, [tau if m else None for m in masks])
+
+  scalar_shape = all(np.ndim(v) == 0 for v in prox_kwargs.values())
+
+  def nonzeros_after(log_strength, scale, lr, count, leaves_p, leaves_u, masks, treedef):
+    # The elementwise step again, block by block inside the count (`pruning.blocked_sum`),
+    # exactly as the update forms it: p + (prox(p + u) - p) in u's dtype, cast to p's.
+    tau = transforms.step_threshold(lr, jnp.exp(log_strength))
+    step_fn = step_fn_at(scale)
+
+    def nonzero(p, u):
+      step = transforms.proximal_step_leaves(step_fn, [p], [u], [tau])[0]
+      return (p + step).astype(p.dtype) != 0
+    return sum((pruning.blocked_sum(nonzero, p, u).astype(jnp.float32)
+                for p, u, m in zip(leaves_p, leaves_u, masks) if m), jnp.zeros([], jnp.float32))
 
   return _controller(log_strength_for, step_with, None, target_nnz, learning_rate, initial_strength, rate, interval,
-                     mask, total_steps, exact_final_steps, ramp, debias_steps)
+                     mask, total_steps, exact_final_steps, ramp, debias_steps,
+                     nonzeros_after=nonzeros_after if scalar_shape else None)
 
 
-def _mean_of_largest(magnitudes: list, keep: Any, cut: Any) -> jax.Array:
-  """The mean of the `keep` largest entries of `magnitudes` (>= 0), given the (keep+1)-th largest `cut`.
+def _mean_of_largest(leaves: list, keep: Any, cut: Any) -> jax.Array:
+  """The mean of the `keep` largest ``|w|`` over `leaves`, given the (keep+1)-th largest `cut`.
 
-  Entries above the cut are summed; ties at the cut fill the rest of the `keep`.
+  A leaf is an array or a tuple of arrays standing for their sum (as in
+  `pruning.kth_largest_magnitude`), summed block by block. Entries above the cut are
+  summed; ties at the cut fill the rest of the `keep`.
   """
-  above = sum((jnp.sum(jnp.where(v > cut, v, 0).astype(jnp.float32)) for v in magnitudes), jnp.zeros([], jnp.float32))
-  count = sum((jnp.sum(v > cut, dtype=jnp.int32) for v in magnitudes), jnp.zeros([], jnp.int32))
+  def terms(leaf):
+    return tuple(leaf) if isinstance(leaf, tuple) else (leaf,)
+
+  def magnitude(*parts):
+    return jnp.abs(functools.reduce(jnp.add, parts))
+
+  def above_cut(*parts):
+    v = magnitude(*parts)
+    return jnp.where(v > cut, v, 0).astype(jnp.float32)
+
+  above = sum((pruning.blocked_sum(above_cut, *terms(leaf), dtype=jnp.float32) for leaf in leaves),
+              jnp.zeros([], jnp.float32))
+  count = sum((pruning.blocked_sum(lambda *parts: magnitude(*parts) > cut, *terms(leaf)) for leaf in leaves),
+              jnp.zeros([], jnp.int32))
   keep = jnp.maximum(jnp.asarray(keep, jnp.float32), 1.0)
   return (above + (keep - count.astype(jnp.float32)) * cut.astype(jnp.float32)) / keep
 
@@ -272,8 +303,13 @@ def _relative_shape(prox_fn: Any, record: Any, prox_kwargs: dict[str, Any]) -> d
 
 
 def _controller(log_strength_for, step_with, check_params, target_nnz, learning_rate, initial_strength, rate,
-                interval, mask, total_steps, exact_final_steps, ramp, debias_steps) -> optax.GradientTransformation:
-  """The controller's schedule around `log_strength_for` (lambda* for a count) and `step_with` (the step at lambda)."""
+                interval, mask, total_steps, exact_final_steps, ramp, debias_steps,
+                nonzeros_after=None) -> optax.GradientTransformation:
+  """The controller's schedule around `log_strength_for` (lambda* for a count) and `step_with` (the step at lambda).
+
+  `nonzeros_after` (same arguments as `step_with`) counts the regularised nonzeros after
+  the step without forming it; by default they are counted on `step_with`'s result.
+  """
   _checks.check_range("target_nnz", target_nnz, lower=0.0, lower_inclusive=False)
   _checks.check_range("initial_strength", initial_strength, lower=0.0, lower_inclusive=False)
   if total_steps is not None:
@@ -351,6 +387,9 @@ def _controller(log_strength_for, step_with, check_params, target_nnz, learning_
       log_strength = jnp.where(step_rate == 1.0, log_target, moved).astype(state.log_strength.dtype)
       # the count after this step, in the branch: a count on every step costs 0.1-0.2x a
       # training step on XLA:CPU (benchmarks/sparsity_steps.py)
+      if nonzeros_after is not None:
+        return log_strength, nonzeros_after(log_strength, scale, lr, state.count, leaves_p, leaves_u, masks,
+                                            treedef), scale
       new_u = step_with(log_strength, scale, lr, state.count, leaves_p, leaves_u, masks, treedef)
       return log_strength, nonzeros(new_u), scale
 

@@ -281,3 +281,35 @@ def test_controller_scheduled_defaults_beat_a_target_from_step_zero(tmp_path):
   assert counts["scheduled"] == target, counts
   assert accuracy["scheduled"] > accuracy["from_step_0"] + 0.03, accuracy  # 4 points measured (92.4 vs 88.4)
   assert accuracy["scheduled"] > 0.85, accuracy
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_blocked_sum_counts_and_sums_every_element_once(dtype, monkeypatch):
+  # blocks of 16 over 1000 elements: 62 full blocks and a remainder of 8
+  monkeypatch.setattr(pruning, "_SUM_BLOCK", 16)
+  rng = np.random.default_rng(7)
+  p, u = (jnp.asarray(rng.normal(size=(40, 25)), dtype) for _ in range(2))
+  v = np.asarray(p, np.float64) + np.asarray(u, np.float64)
+  count = jax.jit(lambda p, u, t: pruning.blocked_sum(lambda a, b: jnp.abs(a + b) >= t, p, u))(p, u, 0.7)
+  assert int(count) == int(np.count_nonzero(np.abs(np.asarray(p + u)) >= 0.7))
+  total = pruning.blocked_sum(lambda a, b: a + b, p, u, dtype=dtype)
+  np.testing.assert_allclose(float(total), v.sum(), rtol=1e-5 if dtype == jnp.float32 else 1e-12, atol=1e-4)
+  small = jnp.arange(20.0)  # under two blocks: one plain sum
+  assert int(pruning.blocked_sum(lambda a: a > 4.5, small)) == 15
+  with pytest.raises(ValueError, match="one shape"):
+    pruning.blocked_sum(lambda a, b: a > b, p, u[:3])
+
+
+@pytest.mark.parametrize("rolled", [True, False], ids=["rolled", "unrolled"])
+def test_kth_largest_magnitude_of_pairs_is_that_of_their_sums(rolled, monkeypatch):
+  # (p, u) leaves stand for p + u; the unrolled passes count them in blocks of 8
+  monkeypatch.setattr(pruning, "_ROLLED_MAX_ELEMENTS", 1 << 30 if rolled else 0)
+  monkeypatch.setattr(pruning, "_SUM_BLOCK", 8)
+  rng = np.random.default_rng(2)
+  ps = [jnp.asarray(rng.normal(size=(13, 7)), jnp.float32), jnp.asarray(rng.normal(size=45), jnp.float32)]
+  us = [jnp.asarray(rng.normal(size=(13, 7)), jnp.float32), jnp.asarray(np.round(rng.normal(size=45)), jnp.float32)]
+  sums = [p + u for p, u in zip(ps, us)]
+  values = np.sort(np.abs(np.concatenate([np.asarray(s).ravel() for s in sums])))[::-1]
+  f = jax.jit(pruning.kth_largest_magnitude)
+  for k in [1, 5, 60, 135, values.size]:
+    assert float(f(list(zip(ps, us)), k)) == float(f(sums, k)) == values[k - 1], k
