@@ -285,8 +285,10 @@ def test_controller_scheduled_defaults_beat_a_target_from_step_zero(tmp_path):
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 def test_blocked_sum_counts_and_sums_every_element_once(dtype, monkeypatch):
-  # blocks of 16 over 1000 elements: 62 full blocks and a remainder of 8
+  # blocks of 16 over 1000 elements: 62 full blocks and a remainder of 8 (the loop is
+  # forced on: the suite runs 2 CPU devices, where it is off)
   monkeypatch.setattr(pruning, "_SUM_BLOCK", 16)
+  monkeypatch.setattr(pruning, "_blocks_help", lambda: True)
   rng = np.random.default_rng(7)
   p, u = (jnp.asarray(rng.normal(size=(40, 25)), dtype) for _ in range(2))
   v = np.asarray(p, np.float64) + np.asarray(u, np.float64)
@@ -305,6 +307,7 @@ def test_kth_largest_magnitude_of_pairs_is_that_of_their_sums(rolled, monkeypatc
   # (p, u) leaves stand for p + u; the unrolled passes count them in blocks of 8
   monkeypatch.setattr(pruning, "_ROLLED_MAX_ELEMENTS", 1 << 30 if rolled else 0)
   monkeypatch.setattr(pruning, "_SUM_BLOCK", 8)
+  monkeypatch.setattr(pruning, "_blocks_help", lambda: True)
   rng = np.random.default_rng(2)
   ps = [jnp.asarray(rng.normal(size=(13, 7)), jnp.float32), jnp.asarray(rng.normal(size=45), jnp.float32)]
   us = [jnp.asarray(rng.normal(size=(13, 7)), jnp.float32), jnp.asarray(np.round(rng.normal(size=45)), jnp.float32)]
@@ -313,3 +316,20 @@ def test_kth_largest_magnitude_of_pairs_is_that_of_their_sums(rolled, monkeypatc
   f = jax.jit(pruning.kth_largest_magnitude)
   for k in [1, 5, 60, 135, values.size]:
     assert float(f(list(zip(ps, us)), k)) == float(f(sums, k)) == values[k - 1], k
+
+
+def test_selection_on_sharded_weights_sums_each_shard_in_place():
+  """With several devices the counts are single reductions: XLA sums each shard where it
+  lies and all-reduces the counts; a blocked loop over the flattened weights would
+  gather them onto every device."""
+  if jax.device_count() < 2:
+    pytest.skip("needs 2 devices (the suite's conftest sets 2 CPU devices)")
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:2]), ("fsdp",))
+  for spec in (jax.sharding.PartitionSpec("fsdp", None), jax.sharding.PartitionSpec(None, "fsdp")):
+    sharding = jax.sharding.NamedSharding(mesh, spec)
+    p = jax.device_put(jnp.asarray(np.random.default_rng(0).normal(size=(1024, 1100)), jnp.float32), sharding)
+    u = jax.device_put(jnp.full((1024, 1100), 0.01, jnp.float32), sharding)  # 1.1M weights: the unrolled passes
+    select = jax.jit(lambda p, u: pruning.kth_largest_magnitude([(p, u)], 5000))
+    assert "all-gather" not in select.lower(p, u).compile().as_text()
+    expected = np.sort(np.abs(np.asarray(p) + np.asarray(u)).ravel())[::-1][4999]
+    assert float(select(p, u)) == expected
