@@ -621,18 +621,22 @@ def _check_group_param(name, value, v, axes):
   _checks.check_broadcast(name, jnp.shape(value), reduced, what="the group-reduced shape")
 
 
-def _group_scale(v, axes, max_exponent: int = 100):
+def _group_scale(v, axes, max_exponent: int = 100, scale_up: bool = False):
   """A power of two per group (keepdims) that brings its largest finite ``|v_i|`` below 2^max_exponent.
 
   The l1-type group maps are positively homogeneous (prox(c v) = c prox(v), c > 0), so
   they work on v / scale: sums of ``|v|`` then never overflow, even at the dtype's max.
   Sums of squares (group norms) use max_exponent = 60. The scale is 1 unless the
   group holds an entry above 2^max_exponent, and a power of two, so
-  the division is exact and ordinary inputs give bit-identical results.
+  the division is exact and ordinary inputs give bit-identical results. With
+  `scale_up`, a group whose largest entry is below 0.5 is also brought up into
+  [0.5, 1), so the squares of tiny groups do not underflow either.
   """
   finite_abs = jnp.where(jnp.isfinite(v), jnp.abs(v), 0.0)
   _, exponent = jnp.frexp(jnp.max(finite_abs, axis=axes, keepdims=True, initial=0.0))
-  return jnp.ldexp(jnp.ones((), v.dtype), jnp.maximum(exponent - max_exponent, 0))
+  shift = exponent - max_exponent
+  shift = jnp.where(shift > 0, shift, jnp.minimum(exponent, 0)) if scale_up else jnp.maximum(shift, 0)
+  return jnp.ldexp(jnp.ones((), v.dtype), shift)
 
 
 def _group_shrink(x, thr, axes, pre=None):
@@ -657,11 +661,8 @@ def _group_shrink(x, thr, axes, pre=None):
 
   def rescaled_sq_and_scale():
     v = x if pre is None else pre(x)
-    finite_abs = jnp.where(jnp.isfinite(v), jnp.abs(v), 0.0)
-    _, exponent = jnp.frexp(jnp.max(finite_abs, axis=axes, keepdims=True, initial=0.0))
     # a power of two (exact): largest entries brought below 2^60, small groups up to [0.5, 1)
-    shift = jnp.where(exponent > 60, exponent - 60, jnp.minimum(exponent, 0))
-    scale = jnp.ldexp(jnp.ones((), v.dtype), shift)
+    scale = _group_scale(v, axes, max_exponent=60, scale_up=True)
     return jnp.sum((v * (1.0 / scale)) ** 2, axis=axes, keepdims=True), scale
 
   def rescaled_norm():
