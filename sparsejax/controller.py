@@ -261,16 +261,13 @@ def nnz_controller(
                      nonzeros_after=nonzeros_after if scalar_shape else None)
 
 
-def _mean_of_largest(leaves: list, keep: Any, cut: Any) -> jax.Array:
+def _mean_of_largest(leaves: list[tuple], keep: Any, cut: Any) -> jax.Array:
   """The mean of the `keep` largest ``|w|`` over `leaves`, given the (keep+1)-th largest `cut`.
 
-  A leaf is an array or a tuple of arrays standing for their sum (as in
+  Each leaf is a tuple of arrays standing for their sum (as in
   `pruning.kth_largest_magnitude`), summed block by block. Entries above the cut are
   summed; ties at the cut fill the rest of the `keep`.
   """
-  def terms(leaf):
-    return tuple(leaf) if isinstance(leaf, tuple) else (leaf,)
-
   def magnitude(*parts):
     return jnp.abs(functools.reduce(jnp.add, parts))
 
@@ -278,9 +275,9 @@ def _mean_of_largest(leaves: list, keep: Any, cut: Any) -> jax.Array:
     v = magnitude(*parts)
     return jnp.where(v > cut, v, 0).astype(jnp.float32)
 
-  above = sum((pruning.blocked_sum(above_cut, *terms(leaf), dtype=jnp.float32) for leaf in leaves),
+  above = sum((pruning.blocked_sum(above_cut, *leaf, dtype=jnp.float32) for leaf in leaves),
               jnp.zeros([], jnp.float32))
-  count = sum((pruning.blocked_sum(lambda *parts: magnitude(*parts) > cut, *terms(leaf)) for leaf in leaves),
+  count = sum((pruning.blocked_sum(lambda *parts: magnitude(*parts) > cut, *leaf) for leaf in leaves),
               jnp.zeros([], jnp.int32))
   keep = jnp.maximum(jnp.asarray(keep, jnp.float32), 1.0)
   return (above + (keep - count.astype(jnp.float32)) * cut.astype(jnp.float32)) / keep
@@ -347,7 +344,7 @@ def _controller(log_strength_for, step_with, check_params, target_nnz, learning_
     if check_params is not None:
       check_params(params)
     # the scale of the weights the target keeps, until the first update measures it
-    kernels = [jnp.abs(p) for p, m in zip(jax.tree.leaves(params), masks) if m]
+    kernels = [(p,) for p, m in zip(jax.tree.leaves(params), masks) if m]
     kept = _mean_of_largest(kernels, target_nnz, pruning.kth_largest_magnitude(kernels, target_nnz + 1))
     scale = jnp.where(kept > 0, kept, 1.0).astype(_state_dtype())
     return ControllerState(jnp.zeros([], jnp.int32), jnp.asarray(math.log(initial_strength), _state_dtype()),
