@@ -621,63 +621,61 @@ def _check_group_param(name, value, v, axes):
   _checks.check_broadcast(name, jnp.shape(value), reduced, what="the group-reduced shape")
 
 
-def _group_scale(v, axes, max_exponent: int = 100, scale_up: bool = False):
+def _group_scale(v, axes, max_exponent: int = 100):
   """A power of two per group (keepdims) that brings its largest finite ``|v_i|`` below 2^max_exponent.
 
   The l1-type group maps are positively homogeneous (prox(c v) = c prox(v), c > 0), so
   they work on v / scale: sums of ``|v|`` then never overflow, even at the dtype's max.
-  Sums of squares (group norms) use max_exponent = 60. The scale is 1 unless the
-  group holds an entry above 2^max_exponent, and a power of two, so
-  the division is exact and ordinary inputs give bit-identical results. With
-  `scale_up`, a group whose largest entry is below 0.5 is also brought up into
-  [0.5, 1), so the squares of tiny groups do not underflow either.
+  The scale is 1 unless the group holds an entry above 2^max_exponent, and a power of
+  two, so the division is exact and ordinary inputs give bit-identical results. An
+  infinite entry counts as the dtype's largest finite value (``minimum``, not a select
+  on ``isfinite``: XLA:CPU stores the operand of a reduction whose producer selects,
+  one weight-sized buffer per use inside a training step).
   """
-  finite_abs = jnp.where(jnp.isfinite(v), jnp.abs(v), 0.0)
-  _, exponent = jnp.frexp(jnp.max(finite_abs, axis=axes, keepdims=True, initial=0.0))
-  shift = exponent - max_exponent
-  shift = jnp.where(shift > 0, shift, jnp.minimum(exponent, 0)) if scale_up else jnp.maximum(shift, 0)
-  return jnp.ldexp(jnp.ones((), v.dtype), shift)
+  largest = jnp.max(jnp.minimum(jnp.abs(v), jnp.finfo(v.dtype).max), axis=axes, keepdims=True, initial=0.0)
+  _, exponent = jnp.frexp(largest)
+  return jnp.ldexp(jnp.ones((), v.dtype), jnp.maximum(exponent - max_exponent, 0))
+
+
+def _group_norm(v, axes):
+  """(||v_g||_2, sum of squares) per group (keepdims), exact where the plain sum of squares overflows or underflows.
+
+  Three sums of squares in one pass over v, with no conditional (a ``lax.cond`` whose
+  branch reads v makes XLA store v): of v, of v * 2^-d and of min(|v|, c) * 2^u, where
+  E is the dtype's maximum exponent (128 in float32), d = 5E/8, u = 25E/32 and
+  c = 2^-(E/2 - 1). Where the plain sum is infinite (entries above ~2^(E/2)) the
+  scaled-down one gives the norm; where it is below the smallest normal number every
+  entry is below c and the scaled-up one gives it, subnormal entries included;
+  elsewhere (every ordinary group) the plain sum does, so those norms are
+  bit-identical to ``sqrt(sum(v**2))``. The scales are powers of two, so scaling is
+  exact. The sum of squares is NaN exactly on the groups that hold a NaN.
+  """
+  info = jnp.finfo(v.dtype)
+  e = int(info.maxexp)
+  down = jnp.asarray(2.0 ** -(5 * e // 8), v.dtype)
+  up = jnp.asarray(2.0 ** (25 * e // 32), v.dtype)
+  cap = jnp.asarray(2.0 ** -(e // 2 - 1), v.dtype)
+  sq = jnp.sum(v * v, axis=axes, keepdims=True)
+  sq_down = jnp.sum(jnp.square(v * down), axis=axes, keepdims=True)
+  sq_up = jnp.sum(jnp.square(jnp.minimum(jnp.abs(v), cap) * up), axis=axes, keepdims=True)
+  from_squares = _pen.group_norm_from_squares
+  norm = jnp.where(jnp.isinf(sq), from_squares(sq_down) * (1.0 / down),
+                   jnp.where(sq < info.tiny, from_squares(sq_up) * (1.0 / up), from_squares(sq)))
+  return norm, sq
 
 
 def _group_shrink(x, thr, axes, pre=None):
   """max(0, 1 - thr/||v_g||) v_g for v = pre(x) (default x), with 0 (not NaN) on an all-zero
   group and NaN on a NaN group.
 
-  The sum of squares is NaN exactly on the groups that hold a NaN, so it marks them at no
-  cost. It overflows only for entries above ~1e19 in float32, and underflows (then a
-  nonzero group would read as 0) only below ~1e-19, which matters only for a threshold
-  that small; then (and only then, under `lax.cond`) the norm is taken of v / 2^k, with
-  k from the exponent of the group's largest finite entry, which does neither.
+  The norms come from `_group_norm` (exact for any finite entries, no conditional).
   `pre` (e.g. the soft thresholding of the sparse group lasso) is applied inside each
-  use, so v is never materialised. With `pre` the norm is always taken of the rescaled
-  groups (one more reduction pass, the max): a conditional there stored two
-  weight-sized buffers for its branch (XLA's memory analysis, 2.4 parameter-sizes
-  of temporaries in a training step, against 0.68 without it, at the same time). The
-  scale is a power of two and 1 on ordinary groups, so both paths give bit-identical
-  norms wherever the plain sum of squares neither overflows nor underflows.
+  use, so v is never materialised: in a jitted training step XLA fuses the optimizer's
+  update, `pre`, the sums of squares and the shrinkage into passes over the
+  parameters without a weight-sized temporary (`tests/test_prox.py` checks it).
   """
-  def plain_norm():
-    return _pen.group_norm_from_squares(sq)
-
-  def rescaled_sq_and_scale():
-    v = x if pre is None else pre(x)
-    # a power of two (exact): largest entries brought below 2^60, small groups up to [0.5, 1)
-    scale = _group_scale(v, axes, max_exponent=60, scale_up=True)
-    return jnp.sum((v * (1.0 / scale)) ** 2, axis=axes, keepdims=True), scale
-
-  def rescaled_norm():
-    scaled_sq, scale = rescaled_sq_and_scale()
-    return _pen.group_norm_from_squares(scaled_sq) * scale
-
-  if pre is None:
-    sq = jnp.sum(x * x, axis=axes, keepdims=True)
-    tiny = jnp.finfo(sq.dtype).tiny
-    underflow = (sq < tiny) & (thr < 2 * jnp.sqrt(jnp.asarray(tiny, sq.dtype)))
-    norm = lax.cond(jnp.any(jnp.isinf(sq)) | jnp.any(underflow), rescaled_norm, plain_norm)
-  else:
-    sq, scale = rescaled_sq_and_scale()  # NaN exactly on the groups that hold a NaN
-    norm = _pen.group_norm_from_squares(sq) * scale
   pre = pre or (lambda a: a)
+  norm, sq = _group_norm(pre(x), axes)
   keep = norm > thr
   factor = 1.0 - thr / jnp.where(keep, norm, 1.0)
   out = jnp.where(keep, factor * pre(x), jnp.zeros_like(x))

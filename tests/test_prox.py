@@ -213,6 +213,33 @@ def test_prox_fuses_into_the_update_without_temporary_buffers(case):
   assert extra < 1024 * 512 * 4 // 100, extra  # under 1 % of one weight-sized buffer
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU fusion property")
+@pytest.mark.parametrize("name,kw", [("group_lasso", {}), ("sparse_group_lasso", {"l1": 0.5})])
+@pytest.mark.parametrize("axis", [0, 1, (0, 1)])
+def test_group_prox_fuses_into_the_update_without_weight_sized_buffers(name, kw, axis):
+  """The group norms (three sums of squares, no conditional) need no stored copy of v = p + u.
+
+  A conditional whose branch read v, and a select on ``isfinite`` feeding the rescaling
+  max, each made XLA:CPU store v (0.68 parameter-sizes of temporaries in a training
+  step of an 11.6M-weight MLP, 1.21x / 1.29x its time). What is left is a few
+  group-sized arrays (the three sums and the norms).
+  """
+  fn = prox.get(name)
+  shape = (1024, 512)
+
+  def temp_bytes(prox_fn):
+    def step(w, m, g):
+      m = 0.9 * m + g
+      return prox_fn(w - 0.05 * m), m
+    x = jnp.zeros(shape, jnp.float32)
+    return jax.jit(step, donate_argnums=(0, 1)).lower(x, x, x).compile().memory_analysis().temp_size_in_bytes
+
+  axes = (axis,) if isinstance(axis, int) else axis
+  groups = int(np.prod([n for ax, n in enumerate(shape) if ax not in axes]))
+  extra = temp_bytes(lambda v: fn(v, 0.1, axis=axis, **kw)) - temp_bytes(lambda v: v)
+  assert extra <= 8 * 4 * groups + 4096, (extra, groups)
+
+
 # ---------------------------------------------------------------- closed forms
 
 
