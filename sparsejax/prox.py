@@ -638,17 +638,18 @@ def _group_scale(v, axes, max_exponent: int = 100):
 
 
 def _group_norm(v, axes):
-  """(||v_g||_2, sum of squares) per group (keepdims), exact where the plain sum of squares overflows or underflows.
+  """(n, s, sq) per group (keepdims): ||v_g||_2 = n * s with s a power of two, and the plain sum of squares sq.
 
   Three sums of squares in one pass over v, with no conditional (a ``lax.cond`` whose
   branch reads v makes XLA store v): of v, of v * 2^-d and of min(|v|, c) * 2^u, where
   E is the dtype's maximum exponent (128 in float32), d = 5E/8, u = 25E/32 and
   c = 2^-(E/2 - 1). Where the plain sum is infinite (entries above ~2^(E/2)) the
-  scaled-down one gives the norm; where it is below the smallest normal number every
-  entry is below c and the scaled-up one gives it, subnormal entries included;
-  elsewhere (every ordinary group) the plain sum does, so those norms are
-  bit-identical to ``sqrt(sum(v**2))``. The scales are powers of two, so scaling is
-  exact. The sum of squares is NaN exactly on the groups that hold a NaN.
+  scaled-down one gives n (s = 2^d; n stays finite even where the norm itself
+  exceeds the dtype's maximum); where it is below the smallest normal number every
+  entry is below c and the scaled-up one gives n (s = 2^-u), subnormal entries
+  included; elsewhere (every ordinary group) the plain sum does with s = 1, so those
+  norms are bit-identical to ``sqrt(sum(v**2))``. The scales are powers of two, so
+  scaling is exact. sq is NaN exactly on the groups that hold a NaN.
   """
   info = jnp.finfo(v.dtype)
   e = int(info.maxexp)
@@ -658,26 +659,30 @@ def _group_norm(v, axes):
   sq = jnp.sum(v * v, axis=axes, keepdims=True)
   sq_down = jnp.sum(jnp.square(v * down), axis=axes, keepdims=True)
   sq_up = jnp.sum(jnp.square(jnp.minimum(jnp.abs(v), cap) * up), axis=axes, keepdims=True)
+  overflow, underflow = jnp.isinf(sq), sq < info.tiny
   from_squares = _pen.group_norm_from_squares
-  norm = jnp.where(jnp.isinf(sq), from_squares(sq_down) * (1.0 / down),
-                   jnp.where(sq < info.tiny, from_squares(sq_up) * (1.0 / up), from_squares(sq)))
-  return norm, sq
+  norm = jnp.where(overflow, from_squares(sq_down), jnp.where(underflow, from_squares(sq_up), from_squares(sq)))
+  scale = jnp.where(overflow, 1.0 / down, jnp.where(underflow, 1.0 / up, jnp.ones((), v.dtype)))
+  return norm, scale, sq
 
 
 def _group_shrink(x, thr, axes, pre=None):
   """max(0, 1 - thr/||v_g||) v_g for v = pre(x) (default x), with 0 (not NaN) on an all-zero
   group and NaN on a NaN group.
 
-  The norms come from `_group_norm` (exact for any finite entries, no conditional).
-  `pre` (e.g. the soft thresholding of the sparse group lasso) is applied inside each
-  use, so v is never materialised: in a jitted training step XLA fuses the optimizer's
-  update, `pre`, the sums of squares and the shrinkage into passes over the
-  parameters without a weight-sized temporary (`tests/test_prox.py` checks it).
+  The norms come from `_group_norm` as n * s (exact for any finite entries, no
+  conditional), and the factor is formed as 1 - (thr/s)/n, so it stays right where
+  the norm itself exceeds the dtype's maximum. `pre` (e.g. the soft thresholding of
+  the sparse group lasso) is applied inside each use, so v is never materialised: in
+  a jitted training step XLA fuses the optimizer's update, `pre`, the sums of squares
+  and the shrinkage into passes over the parameters without a weight-sized temporary
+  (`tests/test_prox.py` checks it).
   """
   pre = pre or (lambda a: a)
-  norm, sq = _group_norm(pre(x), axes)
-  keep = norm > thr
-  factor = 1.0 - thr / jnp.where(keep, norm, 1.0)
+  norm, scale, sq = _group_norm(pre(x), axes)
+  thr_scaled = thr / scale
+  keep = norm > thr_scaled
+  factor = 1.0 - thr_scaled / jnp.where(keep, norm, 1.0)
   out = jnp.where(keep, factor * pre(x), jnp.zeros_like(x))
   return jnp.where(jnp.isnan(sq), jnp.asarray(jnp.nan, x.dtype), out)
 

@@ -81,6 +81,26 @@ def test_group_maps_at_float32_max_are_homogeneous(name):
   np.testing.assert_allclose(big, small * c, rtol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["group_lasso", "sparse_group_lasso"])
+@pytest.mark.parametrize("c", [1e38, 1e30, 1e-25, 1e-33])
+@pytest.mark.parametrize("axis", [0, 1])
+def test_group_norm_maps_beyond_the_float32_sum_of_squares_are_homogeneous(name, c, axis):
+  """prox_{c tau}(c v) = c prox_tau(v) in float32 where the sum of squares overflows (a group norm
+  above the float32 maximum included: 3 * 3e38 per entry squared) or underflows; ordinary rows
+  beside them keep their plain result."""
+  kw = {"l1": 0.5} if name == "sparse_group_lasso" else {}  # the l1 part's threshold is tau * l1
+  fn = prox.get(name)
+  base = np.array([[3.0, 3.0, -3.0, 0.5], [1.0, 0.0, -2.0, 0.25], [0.1, 0.2, 0.0, 0.0]])
+  if axis == 0:
+    base = base.T
+  for tau in (0.5, 2.0, 6.0, 20.0):
+    small = np.asarray(fn(jnp.asarray(base, jnp.float64), tau, axis=axis, **kw))
+    big = np.asarray(fn(jnp.asarray(base * c, jnp.float32), jnp.float32(tau * c), axis=axis, **kw), np.float64)
+    assert np.all(np.isfinite(big)), big
+    np.testing.assert_allclose(big, small * c, rtol=2e-6, atol=0.0)
+    np.testing.assert_array_equal(big == 0, small == 0)
+
+
 def test_group_infinite_entry_keeps_inf_and_zeros_the_rest():
   for name in ("exclusive", "cges_exclusive"):
     z = np.asarray(prox.get(name)(jnp.asarray([[np.inf, 1.0, -2.0], [1.0, 2.0, 3.0]]), 0.1))
