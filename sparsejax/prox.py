@@ -866,17 +866,23 @@ def _cges_leaf(v, tau, axis):
   _check_group_param("tau", tau, v, axes)
   if v.size == 0:
     return v
-  l1 = jnp.sum(jnp.abs(v), axis=axes, keepdims=True)  # NaN on NaN groups, inf on inf or overflowing groups
-
-  def plain():
-    return jnp.where(jnp.isnan(l1), jnp.asarray(jnp.nan, v.dtype), _soft(v, tau * l1))
-
-  def careful():
-    scale = _group_scale(v, axes)
-    alpha = tau * jnp.sum(jnp.abs(v / scale), axis=axes, keepdims=True)
-    return _l1_group_finish(v, _soft(v / scale, alpha) * scale, tau, axes)
-
-  return lax.cond(jnp.any(jnp.isinf(l1)), careful, plain)
+  # Plain l1 norms, and scaled down by 2^-d (d = 5E/8, E the maximum exponent) for the
+  # groups where the plain sum overflows, in one pass and without a conditional (a
+  # `lax.cond` reading v made XLA store it). s = 1 on ordinary groups: the same bits.
+  # |v| as max(v, -v): XLA:CPU stores v for a sum over `abs` (one weight-sized buffer
+  # in a training step), not for this form; the sums are the same.
+  down = jnp.asarray(2.0 ** -(5 * int(jnp.finfo(v.dtype).maxexp) // 8), v.dtype)
+  # (Both sums take their own product, max(w, -w) of v and of v * 2^-d: one shared
+  # |v| feeding two sums was stored too.)
+  l1 = jnp.sum(jnp.maximum(v, -v), axis=axes, keepdims=True)  # NaN on NaN groups, inf on inf or overflow
+  v_down = v * down
+  l1_down = jnp.sum(jnp.maximum(v_down, -v_down), axis=axes, keepdims=True)
+  overflow = jnp.isinf(l1)
+  norm = jnp.where(overflow, l1_down, l1)
+  scale = jnp.where(overflow, 1.0 / down, jnp.ones((), v.dtype))
+  out = _soft(v * (1.0 / scale), tau * norm) * scale
+  out = jnp.where(jnp.isinf(l1_down) & (tau > 0), jnp.where(jnp.isinf(v), v, jnp.zeros_like(v)), out)
+  return jnp.where(jnp.isnan(l1), jnp.asarray(jnp.nan, v.dtype), out)
 
 
 def cges_exclusive(x: Any, tau: Any, axis: Axis = -1) -> Any:
