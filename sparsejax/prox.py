@@ -637,6 +637,12 @@ def _group_scale(v, axes, max_exponent: int = 100):
   return jnp.ldexp(jnp.ones((), v.dtype), jnp.maximum(exponent - max_exponent, 0))
 
 
+def _overflow_scale_down(dtype) -> jax.Array:
+  """2^-(5E/8), E the dtype's maximum exponent (2^-80 in float32): a sum of entries up to the
+  dtype's maximum, or of their squares below ~2^(E/2) each, multiplied by it stays finite."""
+  return jnp.asarray(2.0 ** -(5 * int(jnp.finfo(dtype).maxexp) // 8), dtype)
+
+
 def _group_norm(v, axes):
   """(n, s, sq) per group (keepdims): ||v_g||_2 = n * s with s a power of two, and the plain sum of squares sq.
 
@@ -653,7 +659,7 @@ def _group_norm(v, axes):
   """
   info = jnp.finfo(v.dtype)
   e = int(info.maxexp)
-  down = jnp.asarray(2.0 ** -(5 * e // 8), v.dtype)
+  down = _overflow_scale_down(v.dtype)
   up = jnp.asarray(2.0 ** (25 * e // 32), v.dtype)
   cap = jnp.asarray(2.0 ** -(e // 2 - 1), v.dtype)
   sq = jnp.sum(v * v, axis=axes, keepdims=True)
@@ -871,7 +877,7 @@ def _cges_leaf(v, tau, axis):
   # `lax.cond` reading v made XLA store it). s = 1 on ordinary groups: the same bits.
   # |v| as max(v, -v): XLA:CPU stores v for a sum over `abs` (one weight-sized buffer
   # in a training step), not for this form; the sums are the same.
-  down = jnp.asarray(2.0 ** -(5 * int(jnp.finfo(v.dtype).maxexp) // 8), v.dtype)
+  down = _overflow_scale_down(v.dtype)
   # (Both sums take their own product, max(w, -w) of v and of v * 2^-d: one shared
   # |v| feeding two sums was stored too.)
   l1 = jnp.sum(jnp.maximum(v, -v), axis=axes, keepdims=True)  # NaN on NaN groups, inf on inf or overflow

@@ -188,6 +188,15 @@ def test_gradients_finite_at_zero_threshold_and_tau_zero(name):
   np.testing.assert_allclose(np.asarray(fn(v[:4], 0.0, **p)), np.asarray(v[:4]), rtol=1e-12)
 
 
+def _temp_bytes_after_momentum_step(prox_fn, shape=(1024, 512)):
+  """XLA's compiled temporary bytes of `(prox_fn(w - lr (0.9 m + g)), 0.9 m + g)` (w and m donated)."""
+  def step(w, m, g):
+    m = 0.9 * m + g
+    return prox_fn(w - 0.05 * m), m
+  x = jnp.zeros(shape, jnp.float32)
+  return jax.jit(step, donate_argnums=(0, 1)).lower(x, x, x).compile().memory_analysis().temp_size_in_bytes
+
+
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU fusion property")
 @pytest.mark.parametrize("case", ELEMENTWISE_CASES, ids=case_id)
 def test_prox_fuses_into_the_update_without_temporary_buffers(case):
@@ -201,15 +210,7 @@ def test_prox_fuses_into_the_update_without_temporary_buffers(case):
   """
   name, tau, p = case
   fn = prox.get(name)
-
-  def temp_bytes(prox_fn):
-    def step(w, m, g):
-      m = 0.9 * m + g
-      return prox_fn(w - 0.05 * m), m
-    x = jnp.zeros((1024, 512), jnp.float32)
-    return jax.jit(step, donate_argnums=(0, 1)).lower(x, x, x).compile().memory_analysis().temp_size_in_bytes
-
-  extra = temp_bytes(lambda v: fn(v, tau, **p)) - temp_bytes(lambda v: v)
+  extra = _temp_bytes_after_momentum_step(lambda v: fn(v, tau, **p)) - _temp_bytes_after_momentum_step(lambda v: v)
   assert extra < 1024 * 512 * 4 // 100, extra  # under 1 % of one weight-sized buffer
 
 
@@ -226,17 +227,10 @@ def test_group_prox_fuses_into_the_update_without_weight_sized_buffers(name, kw,
   """
   fn = prox.get(name)
   shape = (1024, 512)
-
-  def temp_bytes(prox_fn):
-    def step(w, m, g):
-      m = 0.9 * m + g
-      return prox_fn(w - 0.05 * m), m
-    x = jnp.zeros(shape, jnp.float32)
-    return jax.jit(step, donate_argnums=(0, 1)).lower(x, x, x).compile().memory_analysis().temp_size_in_bytes
-
   axes = (axis,) if isinstance(axis, int) else axis
   groups = int(np.prod([n for ax, n in enumerate(shape) if ax not in axes]))
-  extra = temp_bytes(lambda v: fn(v, 0.1, axis=axis, **kw)) - temp_bytes(lambda v: v)
+  extra = (_temp_bytes_after_momentum_step(lambda v: fn(v, 0.1, axis=axis, **kw), shape)
+           - _temp_bytes_after_momentum_step(lambda v: v, shape))
   assert extra <= 8 * 4 * groups + 4096, (extra, groups)
 
 
