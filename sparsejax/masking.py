@@ -9,13 +9,14 @@ are regularised, biases and normalisation scales are not.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any, TypeAlias
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Mask", "NAMED_MASKS", "weights_only", "mask_leaves", "layer_index"]
+__all__ = ["Mask", "NAMED_MASKS", "weights_only", "mask_leaves", "layer_index", "path_names"]
 
 Mask: TypeAlias = Any  # pytree of bools (or a prefix), callable params -> such a pytree, a name, or None
 
@@ -62,6 +63,25 @@ def mask_leaves(mask: Mask, params: Any) -> list[bool]:
         "evaluated as a schedule (mask(step_count)); pass static_args=('mask',) to inject_hyperparams, or a "
         "mask name such as 'weights_only'.")
   return [bool(m) for m in leaves]
+
+
+def path_names(path: Sequence[Any]) -> tuple[str, ...]:
+  """A pytree key path as a tuple of names: dict keys, sequence indices, attribute names.
+
+  Examples:
+    >>> path, _ = jax.tree_util.tree_flatten_with_path({"Dense_0": {"kernel": 1}})[0][0]
+    >>> path_names(path)
+    ('Dense_0', 'kernel')
+  """
+  names = []
+  for key in path:
+    for attribute in ("key", "idx", "name"):
+      if hasattr(key, attribute):
+        names.append(str(getattr(key, attribute)))
+        break
+    else:
+      names.append(str(key))
+  return tuple(names)
 
 
 def _natural_key(path) -> list:

@@ -22,7 +22,9 @@ Half-precision inputs are computed in float32 and cast back.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -36,7 +38,7 @@ from sparsejax import registry as _registry
 __all__ = [
     "l1", "l0", "elastic_net", "tl1", "log_sum", "l_half", "l_two_thirds",
     "scad", "mcp", "capped_l1", "group_lasso", "sparse_group_lasso",
-    "exclusive", "cges_exclusive", "PROX", "get", "from_leaf_function",
+    "exclusive", "cges_exclusive", "PROX", "get", "from_leaf_function", "fused_with_update",
 ]
 
 Axis = _pen.Axis  # int or sequence of ints: the axes reduced into one group
@@ -643,49 +645,86 @@ def _overflow_scale_down(dtype) -> jax.Array:
   return jnp.asarray(2.0 ** -(5 * int(jnp.finfo(dtype).maxexp) // 8), dtype)
 
 
-def _group_norm(v, axes):
+_FUSED_WITH_UPDATE: contextvars.ContextVar[bool] = contextvars.ContextVar("fused_with_update", default=False)
+
+
+@contextlib.contextmanager
+def fused_with_update() -> Iterator[None]:
+  """Traces the group maps for an input that XLA computes inside the same fusion.
+
+  Inside an optimizer step the prox input is an expression, v = p + u, that XLA
+  recomputes wherever it is read rather than storing it, as long as nothing forces it
+  into a buffer. A `lax.cond` whose branch reads v does force it (one weight-sized
+  buffer), so inside this context the group norms take their overflow/underflow
+  fallback sum unconditionally (two passes over v, no conditional); outside it they
+  take it under `lax.cond` only when some group's sum of squares overflows or
+  underflows (one pass on ordinary inputs). Both give the same numbers.
+  `transforms.proximal_step_leaves`, which every proximal transform of the library
+  uses, traces its prox calls inside it. It changes only how the computation is
+  traced, never its result, and is a no-op for the elementwise maps.
+  """
+  token = _FUSED_WITH_UPDATE.set(True)
+  try:
+    yield
+  finally:
+    _FUSED_WITH_UPDATE.reset(token)
+
+
+def _group_norm(v, axes, thr=None):
   """(n, s, sq) per group (keepdims): ||v_g||_2 = n * s with s a power of two, and the plain sum of squares sq.
 
-  Three sums of squares in one pass over v, with no conditional (a ``lax.cond`` whose
-  branch reads v makes XLA store v): of v, of v * 2^-d and of min(|v|, c) * 2^u, where
-  E is the dtype's maximum exponent (128 in float32), d = 5E/8, u = 25E/32 and
-  c = 2^-(E/2 - 1). Where the plain sum is infinite (entries above ~2^(E/2)) the
-  scaled-down one gives n (s = 2^d; n stays finite even where the norm itself
-  exceeds the dtype's maximum); where it is below the smallest normal number every
-  entry is below c and the scaled-up one gives n (s = 2^-u), subnormal entries
-  included; elsewhere (every ordinary group) the plain sum does with s = 1, so those
-  norms are bit-identical to ``sqrt(sum(v**2))``. The scales are powers of two, so
-  scaling is exact. sq is NaN exactly on the groups that hold a NaN.
+  The plain sum of squares sq gives every ordinary group (s = 1, bit-identical to
+  ``sqrt(sum(v**2))``). Where it is infinite (entries above ~2^(E/2), E the dtype's
+  maximum exponent, 128 in float32) the group is summed again as v * 2^-d, d = 5E/8,
+  and n = the norm of that (s = 2^d; n stays finite even where the norm itself exceeds
+  the dtype's maximum); where it is below the smallest normal number (every entry
+  below ~2^(E/2 - 1), subnormals included) it is summed again as v * 2^u, u = 25E/32
+  (s = 2^-u). The scales are powers of two, so scaling is exact; the second sum uses
+  one scale per group, chosen from the first. sq is NaN exactly on the groups that
+  hold a NaN.
+
+  The second sum is taken unconditionally inside `fused_with_update` (a conditional
+  would make XLA store v), and otherwise under `lax.cond` only when a group needs it:
+  one that overflows, or one that underflows while its threshold `thr` is below
+  2^(m/2 + 4) (m the minimum normal exponent), since such a group's true norm is
+  below that bound (for groups of up to 2^26 entries) and is zeroed whatever it is.
   """
   info = jnp.finfo(v.dtype)
   e = int(info.maxexp)
   down = _overflow_scale_down(v.dtype)
   up = jnp.asarray(2.0 ** (25 * e // 32), v.dtype)
-  cap = jnp.asarray(2.0 ** -(e // 2 - 1), v.dtype)
   sq = jnp.sum(v * v, axis=axes, keepdims=True)
-  sq_down = jnp.sum(jnp.square(v * down), axis=axes, keepdims=True)
-  sq_up = jnp.sum(jnp.square(jnp.minimum(jnp.abs(v), cap) * up), axis=axes, keepdims=True)
   overflow, underflow = jnp.isinf(sq), sq < info.tiny
-  from_squares = _pen.group_norm_from_squares
-  norm = jnp.where(overflow, from_squares(sq_down), jnp.where(underflow, from_squares(sq_up), from_squares(sq)))
-  scale = jnp.where(overflow, 1.0 / down, jnp.where(underflow, 1.0 / up, jnp.ones((), v.dtype)))
-  return norm, scale, sq
+  group_scale = jnp.where(overflow, down, jnp.where(underflow, up, jnp.ones((), v.dtype)))
+
+  def rescaled_squares(v):
+    return jnp.sum(jnp.square(v * group_scale), axis=axes, keepdims=True)
+
+  group_size = v.size // max(sq.size, 1)
+  if _FUSED_WITH_UPDATE.get() or thr is None or group_size > 2 ** 26:
+    sq_scaled = rescaled_squares(v)
+  else:
+    bound = jnp.asarray(2.0 ** (int(info.minexp) // 2 + 4), v.dtype)
+    needed = jnp.any(overflow | (underflow & (jnp.broadcast_to(thr, sq.shape) < bound)))
+    sq_scaled = lax.cond(needed, rescaled_squares, lambda v: sq, v)
+  norm = _pen.group_norm_from_squares(sq_scaled)
+  return norm, 1.0 / group_scale, sq
 
 
 def _group_shrink(x, thr, axes, pre=None):
   """max(0, 1 - thr/||v_g||) v_g for v = pre(x) (default x), with 0 (not NaN) on an all-zero
   group and NaN on a NaN group.
 
-  The norms come from `_group_norm` as n * s (exact for any finite entries, no
-  conditional), and the factor is formed as 1 - (thr/s)/n, so it stays right where
-  the norm itself exceeds the dtype's maximum. `pre` (e.g. the soft thresholding of
-  the sparse group lasso) is applied inside each use, so v is never materialised: in
-  a jitted training step XLA fuses the optimizer's update, `pre`, the sums of squares
+  The norms come from `_group_norm` as n * s (exact for any finite entries), and the
+  factor is formed as 1 - (thr/s)/n, so it stays right where the norm itself exceeds
+  the dtype's maximum. `pre` (e.g. the soft thresholding of the sparse group lasso) is
+  applied inside each use, so v is never materialised: in a jitted training step
+  (`fused_with_update`) XLA fuses the optimizer's update, `pre`, the sums of squares
   and the shrinkage into passes over the parameters without a weight-sized temporary
   (`tests/test_prox.py` checks it).
   """
   pre = pre or (lambda a: a)
-  norm, scale, sq = _group_norm(pre(x), axes)
+  norm, scale, sq = _group_norm(pre(x), axes, thr)
   thr_scaled = thr / scale
   keep = norm > thr_scaled
   factor = 1.0 - thr_scaled / jnp.where(keep, norm, 1.0)
@@ -801,15 +840,16 @@ def _group_tau(tau, v, axes):
   return flat
 
 
-def _l1_group_finish(v, out, tau, axes):
+def _l1_group_finish(v, out, tau, has_inf, has_nan):
   """NaN groups -> NaN; a group holding +-inf (tau > 0) -> the inf entries, every finite entry 0.
 
   The second is the limit of both maps as one entry grows without bound: the group's
-  threshold grows with it, so every finite entry is zeroed.
+  threshold grows with it, so every finite entry is zeroed. `has_inf` and `has_nan`
+  are the per-group flags (keepdims shape), taken by the caller from whatever group
+  reductions it already computes.
   """
-  has_inf = jnp.any(jnp.isinf(v), axis=axes, keepdims=True) & (tau > 0)
-  out = jnp.where(has_inf, jnp.where(jnp.isinf(v), v, jnp.zeros_like(v)), out)
-  return jnp.where(_group_nan(v, axes), jnp.asarray(jnp.nan, v.dtype), out)
+  out = jnp.where(has_inf & (tau > 0), jnp.where(jnp.isinf(v), v, jnp.zeros_like(v)), out)
+  return jnp.where(has_nan, jnp.asarray(jnp.nan, v.dtype), out)
 
 
 def _exclusive_leaf(v, tau, axis):
@@ -828,7 +868,7 @@ def _exclusive_leaf(v, tau, axis):
   alpha = jnp.max(jnp.cumsum(s, axis=-1) / (inv_t + k), axis=-1, keepdims=True)
   alpha = jnp.where(t > 0, alpha, 0.0)
   out = undo(_soft(flat, alpha)) * scale
-  return _l1_group_finish(v, out, tau, axes)
+  return _l1_group_finish(v, out, tau, jnp.any(jnp.isinf(v), axis=axes, keepdims=True), _group_nan(v, axes))
 
 
 def exclusive(x: Any, tau: Any, axis: Axis = -1) -> Any:
@@ -887,8 +927,9 @@ def _cges_leaf(v, tau, axis):
   norm = jnp.where(overflow, l1_down, l1)
   scale = jnp.where(overflow, 1.0 / down, jnp.ones((), v.dtype))
   out = _soft(v * (1.0 / scale), tau * norm) * scale
-  out = jnp.where(jnp.isinf(l1_down) & (tau > 0), jnp.where(jnp.isinf(v), v, jnp.zeros_like(v)), out)
-  return jnp.where(jnp.isnan(l1), jnp.asarray(jnp.nan, v.dtype), out)
+  # l1_down is inf only when the group holds an inf (n * max * 2^-d is finite); l1 is NaN
+  # only when it holds a NaN (max(v, -v) of +-inf is +inf, so no inf - inf).
+  return _l1_group_finish(v, out, tau, jnp.isinf(l1_down), jnp.isnan(l1))
 
 
 def cges_exclusive(x: Any, tau: Any, axis: Axis = -1) -> Any:

@@ -46,6 +46,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jex_core
 
+from sparsejax.masking import path_names
+
 __all__ = ["ParamOp", "Structure", "analyze", "compile_compact", "coupled_channel_vectors"]
 
 _INLINE = {"pjit", "jit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr",
@@ -373,7 +375,7 @@ def analyze(fn: Callable[[Any, jax.Array], Any], variables: Any, input_shape: Se
     else:
       params_used += int(np.size(leaf))
   trace = _Trace(eqns, outs, val, unk, used, op_of_eqn, in_ids[len(var_leaves):], flat_jaxpr,
-                 {tuple(_key_name(k) for k in var_leaves[leaf][0]): var for leaf, (var, _) in tied.items()})
+                 {path_names(var_leaves[leaf][0]): var for leaf, (var, _) in tied.items()})
   return Structure(ops, int(flops_dense), int(flops_sparse), int(params_dense), int(params_used), trace)
 
 
@@ -389,14 +391,6 @@ class _Trace:
   input_ids: list
   flat_jaxpr: Callable[[int], tuple] | None = None  # batch -> the same jaxpr traced for that batch size
   channel_vectors: dict = dataclasses.field(default_factory=dict)  # leaf path -> the value it scales/shifts
-
-
-def _key_name(key: Any) -> str:
-  """The name of one step of a pytree path (a dict key, a sequence index or an attribute)."""
-  for attribute in ("key", "idx", "name"):
-    if hasattr(key, attribute):
-      return str(getattr(key, attribute))
-  return str(key)
 
 
 def coupled_channel_vectors(found: Structure, select: Callable[[tuple], bool] | None = None) -> list[list[tuple]]:

@@ -42,7 +42,7 @@ from optax import ScalarOrSchedule
 from sparsejax import _checks, _hyper
 from sparsejax import prox as _prox
 from sparsejax import registry as _registry
-from sparsejax.masking import NAMED_MASKS, layer_index, mask_leaves, weights_only  # noqa: F401  (re-export)
+from sparsejax.masking import NAMED_MASKS, layer_index, mask_leaves, path_names, weights_only  # noqa: F401  (re-export)
 from sparsejax.rvsm import RVSMState, rvsm  # noqa: F401  (re-export)
 from sparsejax.rvsm import sparse_params as rvsm_sparse_params
 
@@ -95,8 +95,9 @@ def proximal_step_leaves(prox_fn: Callable[..., Any], param_leaves: list, update
   output (exact zeros included).
   """
   out = []
-  for p, u, tau in zip(param_leaves, update_leaves, taus):
-    out.append(u if tau is None else (prox_fn(p + u, tau) - p).astype(jnp.result_type(u)))
+  with _prox.fused_with_update():
+    for p, u, tau in zip(param_leaves, update_leaves, taus):
+      out.append(u if tau is None else (prox_fn(p + u, tau) - p).astype(jnp.result_type(u)))
   return out
 
 
@@ -233,19 +234,6 @@ def _layer_strengths(strength, m, weight_of_mu, layer_scale, mask, scale_name: s
   return strengths_for
 
 
-def _path_names(path) -> tuple[str, ...]:
-  """A pytree path as a tuple of key names (dict keys, sequence indices, attribute names)."""
-  names = []
-  for key in path:
-    for attribute in ("key", "idx", "name"):
-      if hasattr(key, attribute):
-        names.append(str(getattr(key, attribute)))
-        break
-    else:
-      names.append(str(key))
-  return tuple(names)
-
-
 def coupled_group_lasso(strength: Any, learning_rate: ScalarOrSchedule,
                         groups: Sequence[Sequence[Sequence[str]]]) -> optax.GradientTransformation:
   r"""Group lasso whose groups span several leaves: channel c of every leaf of one coupling.
@@ -295,7 +283,7 @@ def coupled_group_lasso(strength: Any, learning_rate: ScalarOrSchedule,
     raise ValueError(f"groups names a leaf more than once: {sorted(p for p in set(flat) if flat.count(p) > 1)}.")
 
   def positions(params) -> list[list[int]]:
-    paths = [_path_names(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    paths = [path_names(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
     leaves = jax.tree.leaves(params)
     index = {path: i for i, path in enumerate(paths)}
     # nnx.State leaves end in a "value" step (nnx.Optimizer): their paths match without it
