@@ -670,7 +670,7 @@ def fused_with_update() -> Iterator[None]:
     _FUSED_WITH_UPDATE.reset(token)
 
 
-def _group_norm(v, axes, thr=None):
+def _group_norm(v, axes, thr):
   """(n, s, sq) per group (keepdims): ||v_g||_2 = n * s with s a power of two, and the plain sum of squares sq.
 
   The plain sum of squares sq gives every ordinary group (s = 1, bit-identical to
@@ -701,12 +701,14 @@ def _group_norm(v, axes, thr=None):
     return jnp.sum(jnp.square(v * group_scale), axis=axes, keepdims=True)
 
   group_size = v.size // max(sq.size, 1)
-  if _FUSED_WITH_UPDATE.get() or thr is None or group_size > 2 ** 26:
+  if _FUSED_WITH_UPDATE.get() or group_size > 2 ** 26:
     sq_scaled = rescaled_squares(v)
   else:
     bound = jnp.asarray(2.0 ** (int(info.minexp) // 2 + 4), v.dtype)
     needed = jnp.any(overflow | (underflow & (jnp.broadcast_to(thr, sq.shape) < bound)))
-    sq_scaled = lax.cond(needed, rescaled_squares, lambda v: sq, v)
+    # Without the second sum every group keeps scale 1, so (n, s) stays a true norm.
+    sq_scaled, group_scale = lax.cond(needed, lambda v: (rescaled_squares(v), group_scale),
+                                      lambda v: (sq, jnp.ones_like(group_scale)), v)
   norm = _pen.group_norm_from_squares(sq_scaled)
   return norm, 1.0 / group_scale, sq
 
