@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -648,8 +649,11 @@ def _overflow_scale_down(dtype) -> jax.Array:
 _FUSED_WITH_UPDATE: contextvars.ContextVar[bool] = contextvars.ContextVar("fused_with_update", default=False)
 
 
+_TAU_RANGE: contextvars.ContextVar[tuple[float, float] | None] = contextvars.ContextVar("tau_range", default=None)
+
+
 @contextlib.contextmanager
-def fused_with_update() -> Iterator[None]:
+def fused_with_update(tau_range: tuple[float, float] | None = None) -> Iterator[None]:
   """Traces the group maps for an input that XLA computes inside the same fusion.
 
   Inside an optimizer step the prox input is an expression, v = p + u, that XLA
@@ -662,15 +666,60 @@ def fused_with_update() -> Iterator[None]:
   `transforms.proximal_step_leaves`, which every proximal transform of the library
   uses, traces its prox calls inside it. It changes only how the computation is
   traced, never its result, and is a no-op for the elementwise maps.
+
+  Args:
+    tau_range: optional static bounds (lo, hi) known to hold every tau passed to a
+      group map inside the context (e.g. a constant learning rate times a constant
+      strength). Where every group threshold then lies in the range in which the
+      fallback sum cannot change an output (at least sqrt(|g|) 2^(m/2 + 1) and at
+      most 2^(E/2 - p - 4), |g| the group size, m and E the dtype's minimum and
+      maximum exponents, p its mantissa bits: from 2^-62 sqrt(|g|) to 2^37 in
+      float32), the fallback pass is left out.
+      A tau outside the given range is a caller's error that this cannot detect;
+      leave it None when tau is traced (schedules, `optax.inject_hyperparams`).
   """
+  if tau_range is not None:
+    lo, hi = (float(t) for t in tau_range)
+    if not 0.0 <= lo <= hi:
+      raise ValueError(f"tau_range must be (lo, hi) with 0 <= lo <= hi; got {tau_range!r}.")
+    tau_range = (lo, hi)
   token = _FUSED_WITH_UPDATE.set(True)
+  range_token = _TAU_RANGE.set(tau_range)
   try:
     yield
   finally:
+    _TAU_RANGE.reset(range_token)
     _FUSED_WITH_UPDATE.reset(token)
 
 
-def _group_norm(v, axes, thr):
+def _underflow_zeroing_threshold(dtype, group_size: int) -> float:
+  """A threshold at or above which every group whose sum of squares underflows is zeroed.
+
+  A plain sum of squares below the smallest normal number 2^m (m the minimum normal
+  exponent) means every square is below 2^m (partial sums of non-negative terms never
+  decrease), so every entry is below 2^(m/2) and the group's norm below
+  sqrt(|g|) 2^(m/2); the norm formed from that sum is below 2^(m/2) too. The bound
+  returned carries a factor-2 margin.
+  """
+  m = int(jnp.finfo(dtype).minexp)
+  return 2.0 ** (-((-m) // 2) + 1) * max(group_size, 1) ** 0.5
+
+
+def _fallback_sum_unneeded(dtype, group_size: int, thr_lo: float, thr_hi: float) -> bool:
+  """Whether group thresholds in [thr_lo, thr_hi] make the rescaled second sum of `_group_norm` idle.
+
+  Underflowing groups are zeroed at any threshold from `_underflow_zeroing_threshold`
+  on, whatever their exact norm. An overflowing group has norm at least about
+  2^(E/2 - 1.2) (E the maximum exponent; the sum's rounding, groups of up to 2^26
+  entries), so a threshold of at most 2^(E/2 - p - 4) (p the mantissa bits) makes
+  thr/norm < 2^-(p + 2): the shrink factor 1 - thr/norm rounds to exactly 1, which is
+  also what the plain sum's infinite norm gives.
+  """
+  hi_bound = 2.0 ** (int(jnp.finfo(dtype).maxexp) // 2 - int(jnp.finfo(dtype).nmant) - 4)
+  return _underflow_zeroing_threshold(dtype, group_size) <= thr_lo and thr_hi <= hi_bound
+
+
+def _group_norm(v, axes, thr, thr_range=None):
   """(n, s, sq) per group (keepdims): ||v_g||_2 = n * s with s a power of two, and the plain sum of squares sq.
 
   The plain sum of squares sq gives every ordinary group (s = 1, bit-identical to
@@ -686,8 +735,10 @@ def _group_norm(v, axes, thr):
   The second sum is taken unconditionally inside `fused_with_update` (a conditional
   would make XLA store v), and otherwise under `lax.cond` only when a group needs it:
   one that overflows, or one that underflows while its threshold `thr` is below
-  2^(m/2 + 4) (m the minimum normal exponent), since such a group's true norm is
-  below that bound (for groups of up to 2^26 entries) and is zeroed whatever it is.
+  `_underflow_zeroing_threshold` (sqrt(|g|) 2^(m/2 + 1), m the minimum normal
+  exponent), since such a group's true norm is below that bound and it is zeroed
+  whatever its norm. `thr_range`, static bounds (lo, hi) on every threshold, leaves the
+  second sum out where `_fallback_sum_unneeded` shows that it cannot change an output.
   """
   info = jnp.finfo(v.dtype)
   e = int(info.maxexp)
@@ -701,10 +752,12 @@ def _group_norm(v, axes, thr):
     return jnp.sum(jnp.square(v * group_scale), axis=axes, keepdims=True)
 
   group_size = v.size // max(sq.size, 1)
+  if thr_range is not None and group_size <= 2 ** 26 and _fallback_sum_unneeded(v.dtype, group_size, *thr_range):
+    return _pen.group_norm_from_squares(sq), jnp.ones((), v.dtype), sq
   if _FUSED_WITH_UPDATE.get() or group_size > 2 ** 26:
     sq_scaled = rescaled_squares(v)
   else:
-    bound = jnp.asarray(2.0 ** (int(info.minexp) // 2 + 4), v.dtype)
+    bound = jnp.asarray(_underflow_zeroing_threshold(v.dtype, group_size), v.dtype)
     needed = jnp.any(overflow | (underflow & (jnp.broadcast_to(thr, sq.shape) < bound)))
     # Without the second sum every group keeps scale 1, so (n, s) stays a true norm.
     sq_scaled, group_scale = lax.cond(needed, lambda v: (rescaled_squares(v), group_scale),
@@ -713,7 +766,7 @@ def _group_norm(v, axes, thr):
   return norm, 1.0 / group_scale, sq
 
 
-def _group_shrink(x, thr, axes, pre=None):
+def _group_shrink(x, thr, axes, pre=None, thr_range=None):
   """max(0, 1 - thr/||v_g||) v_g for v = pre(x) (default x), with 0 (not NaN) on an all-zero
   group and NaN on a NaN group.
 
@@ -726,7 +779,7 @@ def _group_shrink(x, thr, axes, pre=None):
   (`tests/test_prox.py` checks it).
   """
   pre = pre or (lambda a: a)
-  norm, scale, sq = _group_norm(pre(x), axes, thr)
+  norm, scale, sq = _group_norm(pre(x), axes, thr, thr_range)
   thr_scaled = thr / scale
   keep = norm > thr_scaled
   factor = 1.0 - thr_scaled / jnp.where(keep, norm, 1.0)
@@ -738,7 +791,12 @@ def _group_lasso_leaf(v, tau, axis, scale_by_group_size, pre=None):
   axes = _checks.normalize_axes(axis, v.ndim)
   _check_group_param("tau", tau, v, axes)
   thr = tau * _pen.group_weight(v, axes, scale_by_group_size)
-  return _group_shrink(v, thr, axes, pre)
+  tau_range = _TAU_RANGE.get()
+  thr_range = None
+  if tau_range is not None:
+    w = float(math.prod(v.shape[a] for a in axes)) ** 0.5 if scale_by_group_size else 1.0
+    thr_range = (tau_range[0] * w, tau_range[1] * w)
+  return _group_shrink(v, thr, axes, pre, thr_range)
 
 
 def group_lasso(x: Any, tau: Any, axis: Axis = -1, scale_by_group_size: bool = False) -> Any:

@@ -36,6 +36,7 @@ from typing import Any, NamedTuple, TypeAlias
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from optax import ScalarOrSchedule
 
@@ -47,7 +48,8 @@ from sparsejax.rvsm import RVSMState, rvsm  # noqa: F401  (re-export)
 from sparsejax.rvsm import sparse_params as rvsm_sparse_params
 
 __all__ = [
-    "ProximalState", "proximal", "proximal_step_leaves", "step_threshold", "weights_only", "mask_leaves", "layer_balance", "layer_index",
+    "ProximalState", "proximal", "proximal_step_leaves", "step_threshold", "static_threshold", "weights_only",
+    "mask_leaves", "layer_balance", "layer_index",
     "l1", "sparse_group_lasso", "cges", "integrated_tl1", "rvsm", "RVSMState", "rvsm_sparse_params",
     "coupled_group_lasso",
 ]
@@ -86,17 +88,36 @@ def step_threshold(learning_rate: chex.Numeric, strength: chex.Numeric) -> chex.
   return jnp.where(valid, learning_rate * strength, jnp.nan)
 
 
+def static_threshold(learning_rate: Any, strength: Any) -> float | None:
+  """learning_rate * strength as a Python float when both are plain numbers, else None.
+
+  Plain Python or NumPy scalars are known when the step is traced (arrays, tracers,
+  schedules and `optax.inject_hyperparams` values are not); the value lets
+  `proximal_step_leaves` tell the group maps their threshold statically.
+  """
+  numbers = (int, float, np.integer, np.floating)
+  if isinstance(learning_rate, numbers) and isinstance(strength, numbers):
+    return float(learning_rate) * float(strength)
+  return None
+
+
 def proximal_step_leaves(prox_fn: Callable[..., Any], param_leaves: list, update_leaves: list,
-                         taus: list) -> list:
+                         taus: list, static_taus: list | None = None) -> list:
   """The proximal step on flat leaves: prox_fn(p + u, tau) - p where tau is not None, u elsewhere.
 
   The one implementation of the step that `proximal`, the ready-made chains and
   `selection.nnz_controller` apply; `optax.apply_updates` then lands on the prox
-  output (exact zeros included).
+  output (exact zeros included). `static_taus` (optional, one per leaf) holds each
+  leaf's tau as a Python float where it is known when the step is traced
+  (`static_threshold`), else None; the group maps then skip a pass over the weights
+  that cannot change their output (`prox.fused_with_update`).
   """
   out = []
-  with _prox.fused_with_update():
-    for p, u, tau in zip(param_leaves, update_leaves, taus):
+  static_taus = static_taus or [None] * len(param_leaves)
+  for p, u, tau, static_tau in zip(param_leaves, update_leaves, taus, static_taus):
+    # The static value is the float32 product within a rounding: a factor-2 range holds it.
+    tau_range = None if static_tau is None or not static_tau >= 0 else (0.5 * static_tau, 2.0 * static_tau)
+    with _prox.fused_with_update(tau_range):
       out.append(u if tau is None else (prox_fn(p + u, tau) - p).astype(jnp.result_type(u)))
   return out
 
@@ -137,7 +158,8 @@ def _proximal_from_leaf_strengths(
     lr = _hyper.evaluate(learning_rate, state.count)
     taus = [step_threshold(lr, _hyper.evaluate(s, state.count)) if m and s is not None else None
             for s, m in zip(strengths, masks)]
-    new_updates = proximal_step_leaves(prox_fn, param_leaves, update_leaves, taus)
+    static_taus = [static_threshold(learning_rate, s) for s in strengths]
+    new_updates = proximal_step_leaves(prox_fn, param_leaves, update_leaves, taus, static_taus)
     return (jax.tree.unflatten(treedef, new_updates),
             ProximalState(count=optax.safe_increment(state.count)))
 

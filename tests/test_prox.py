@@ -10,11 +10,12 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from absl.testing import parameterized
 from scipy import optimize
 
-from sparsejax import penalties, prox, registry
+from sparsejax import penalties, prox, registry, transforms
 from tests import reference
 
 # (name, tau, shape params): every regime and boundary of every elementwise map.
@@ -236,11 +237,13 @@ def test_group_prox_fuses_into_the_update_without_weight_sized_buffers(name, kw,
   assert extra <= 8 * 4 * groups + 4096, (extra, groups)
 
 
-@pytest.mark.parametrize("name,kw", [("group_lasso", {}), ("sparse_group_lasso", {"l1": 0.5})])
-@pytest.mark.parametrize("tau", [0.0, 1e-30, 0.1, 3.0])
+@pytest.mark.parametrize("name,kw", [("group_lasso", {}), ("sparse_group_lasso", {"l1": 0.5}),
+                                     ("group_lasso", {"scale_by_group_size": True})])
+@pytest.mark.parametrize("tau", [0.0, 1e-30, 1e-17, 0.1, 3.0, 1e11])
 def test_group_maps_give_the_same_bits_traced_fused_or_standalone(name, kw, tau):
   """The fallback sum (overflow, underflow) is unconditional inside `fused_with_update`, under
-  `lax.cond` outside it: the same numbers either way, on ordinary, huge, tiny, subnormal,
+  `lax.cond` outside it, and left out inside `fused_with_update(tau_range)` where the static
+  range shows it idle: the same numbers every way, on ordinary, huge, tiny, subnormal,
   zero, inf and NaN groups."""
   big, tiny, sub = 3e30, 1e-25, 1e-42
   v = jnp.array([[1.0, -2.0, 0.5], [big, -big, 1.0], [tiny, -tiny, 2 * tiny], [sub, -sub, 0.0],
@@ -254,11 +257,51 @@ def test_group_maps_give_the_same_bits_traced_fused_or_standalone(name, kw, tau)
 
   fused = jax.jit(traced_fused)(v)
   np.testing.assert_array_equal(np.asarray(standalone), np.asarray(fused))
+
+  def traced_fused_with_range(v):
+    with prox.fused_with_update(tau_range=(0.5 * tau, 2.0 * tau)):
+      return fn(v, tau, axis=-1, **kw)
+
+  np.testing.assert_array_equal(np.asarray(standalone), np.asarray(jax.jit(traced_fused_with_range)(v)))
   normal_rows = [0, 1, 2, 4, 5]  # (XLA:CPU flushes subnormals, so row 3 may read as zeros)
   if tau == 0.0:
     np.testing.assert_array_equal(np.asarray(standalone)[normal_rows], np.asarray(v)[normal_rows])  # identity
   if tau <= 1e-30 and name == "group_lasso":
     assert np.all(np.asarray(standalone)[2] != 0)  # a group of norm ~1e-25 survives a 1e-30 threshold
+
+
+@pytest.mark.parametrize("scale_by_group_size", [False, True])
+@pytest.mark.parametrize("log2_thr", [-60.0, -59.0, -58.5, -56.0])
+def test_group_lasso_on_large_groups_of_underflowing_squares_matches_float64(log2_thr, scale_by_group_size):
+  """A group of 4096 entries of 2^-64 has a sum of squares that underflows in float32 (each
+  square is subnormal and XLA:CPU flushes it), yet its norm is 2^-58: a threshold between
+  2^-63 and that norm must shrink it, not zero it, standalone and in a training step."""
+  v = jnp.full((3, 4096), 2.0 ** -64, jnp.float32).at[1].multiply(0.75).at[2].set(0.0)
+  tau = 2.0 ** log2_thr / (64.0 if scale_by_group_size else 1.0)
+  v64 = np.asarray(v, np.float64)
+  w = 64.0 if scale_by_group_size else 1.0
+  norm = np.linalg.norm(v64, axis=-1, keepdims=True)
+  want = v64 * np.maximum(0.0, 1.0 - tau * w / np.where(norm > 0, norm, 1.0))
+  got = [prox.group_lasso(v, tau, axis=-1, scale_by_group_size=scale_by_group_size)]
+
+  def fused(v, tau_range):
+    with prox.fused_with_update(tau_range):
+      return prox.group_lasso(v, tau, axis=-1, scale_by_group_size=scale_by_group_size)
+
+  got += [jax.jit(lambda v: fused(v, None))(v), jax.jit(lambda v: fused(v, (tau, tau)))(v)]
+  for out in got:
+    np.testing.assert_allclose(np.asarray(out, np.float64), want, rtol=1e-6, atol=0)
+  assert np.any(want != 0) == (log2_thr < -58.0)
+
+
+def test_static_threshold_is_known_only_for_plain_numbers():
+  assert transforms.static_threshold(0.1, 3) == pytest.approx(0.3)
+  assert transforms.static_threshold(np.float32(0.5), 2.0) == 1.0
+  assert transforms.static_threshold(jnp.asarray(0.1), 3.0) is None
+  assert transforms.static_threshold(optax.constant_schedule(0.1), 3.0) is None
+  with pytest.raises(ValueError, match="tau_range"):
+    with prox.fused_with_update((1.0, 0.5)):
+      pass
 
 
 # ---------------------------------------------------------------- closed forms
@@ -573,3 +616,23 @@ def test_group_lasso_norm_does_not_underflow_when_the_threshold_is_that_small():
   norm = float(np.sqrt(5.0)) * 1e-30
   np.testing.assert_allclose(np.asarray(prox.group_lasso(v, 1e-31)), np.asarray(v) * (1 - 1e-31 / norm), rtol=1e-5)
   np.testing.assert_array_equal(np.asarray(prox.group_lasso(v, 1e-29)), 0.0)   # norm 2.2e-30 <= tau
+
+
+@pytest.mark.parametrize("name", ["group_lasso", "sparse_group_lasso"])
+def test_constant_step_takes_one_norm_pass_and_the_same_bits_as_a_traced_one(name):
+  """With a constant learning rate and strength the group maps know their threshold when the
+  step is traced and leave the idle fallback sum out (one sum of squares per leaf, not
+  two); `optax.inject_hyperparams` (traced values) keeps both sums. Same outputs."""
+  params = {"dense": {"kernel": jax.random.normal(jax.random.PRNGKey(0), (64, 32)), "bias": jnp.zeros(32)}}
+  grads = jax.tree.map(lambda p: 0.1 * jnp.cos(p), params)
+  constant = transforms.proximal(name, 0.02, 0.1, "weights_only", axis=-1)
+  injected = optax.inject_hyperparams(transforms.proximal, static_args=("prox_fn", "mask"))(
+      prox_fn=name, strength=0.02, learning_rate=0.1, mask="weights_only", axis=-1)
+  outs, reductions = [], []
+  for tx in (constant, injected):
+    step = jax.jit(lambda g, s, p, tx=tx: tx.update(g, s, p)[0])
+    outs.append(step(grads, tx.init(params), params))
+    hlo = step.lower(grads, tx.init(params), params).as_text()
+    reductions.append(hlo.count("stablehlo.reduce"))
+  chex.assert_trees_all_equal(outs[0], outs[1])
+  assert reductions[0] + 1 == reductions[1], reductions
