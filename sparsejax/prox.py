@@ -671,9 +671,9 @@ def fused_with_update(tau_range: tuple[float, float] | None = None) -> Iterator[
     tau_range: optional static bounds (lo, hi) known to hold every tau passed to a
       group map inside the context (e.g. a constant learning rate times a constant
       strength). Where every group threshold then lies in the range in which the
-      fallback sum cannot change an output (at least sqrt(|g|) 2^(m/2 + 1) and at
-      most 2^(E/2 - p - 4), |g| the group size, m and E the dtype's minimum and
-      maximum exponents, p its mantissa bits: from 2^-62 sqrt(|g|) to 2^37 in
+      fallback sum cannot change an output (at least sqrt(n) 2^(m/2 + 1) and at
+      most 2^(E/2 - p - 4), n the group size, m and E the dtype's minimum and
+      maximum exponents, p its mantissa bits: from 2^-62 sqrt(n) to 2^37 in
       float32), the fallback pass is left out.
       A tau outside the given range is a caller's error that this cannot detect;
       leave it None when tau is traced (schedules, `optax.inject_hyperparams`).
