@@ -715,7 +715,8 @@ def _fallback_sum_unneeded(dtype, group_size: int, thr_lo: float, thr_hi: float)
   thr/norm < 2^-(p + 2): the shrink factor 1 - thr/norm rounds to exactly 1, which is
   also what the plain sum's infinite norm gives.
   """
-  hi_bound = 2.0 ** (int(jnp.finfo(dtype).maxexp) // 2 - int(jnp.finfo(dtype).nmant) - 4)
+  info = jnp.finfo(dtype)
+  hi_bound = 2.0 ** (int(info.maxexp) // 2 - int(info.nmant) - 4)
   return _underflow_zeroing_threshold(dtype, group_size) <= thr_lo and thr_hi <= hi_bound
 
 
@@ -745,16 +746,17 @@ def _group_norm(v, axes, thr, thr_range=None):
   down = _overflow_scale_down(v.dtype)
   up = jnp.asarray(2.0 ** (25 * e // 32), v.dtype)
   sq = jnp.sum(v * v, axis=axes, keepdims=True)
+  group_size = v.size // max(sq.size, 1)
+  huge_groups = group_size > 2 ** 26  # beyond the bounds' proofs: always take the second sum
+  if thr_range is not None and not huge_groups and _fallback_sum_unneeded(v.dtype, group_size, *thr_range):
+    return _pen.group_norm_from_squares(sq), jnp.ones((), v.dtype), sq
   overflow, underflow = jnp.isinf(sq), sq < info.tiny
   group_scale = jnp.where(overflow, down, jnp.where(underflow, up, jnp.ones((), v.dtype)))
 
   def rescaled_squares(v):
     return jnp.sum(jnp.square(v * group_scale), axis=axes, keepdims=True)
 
-  group_size = v.size // max(sq.size, 1)
-  if thr_range is not None and group_size <= 2 ** 26 and _fallback_sum_unneeded(v.dtype, group_size, *thr_range):
-    return _pen.group_norm_from_squares(sq), jnp.ones((), v.dtype), sq
-  if _FUSED_WITH_UPDATE.get() or group_size > 2 ** 26:
+  if _FUSED_WITH_UPDATE.get() or huge_groups:
     sq_scaled = rescaled_squares(v)
   else:
     bound = jnp.asarray(_underflow_zeroing_threshold(v.dtype, group_size), v.dtype)

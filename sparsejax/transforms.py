@@ -122,6 +122,17 @@ def proximal_step_leaves(prox_fn: Callable[..., Any], param_leaves: list, update
   return out
 
 
+def _takes_tau_as_given(prox_fn: Callable[..., Any]) -> bool:
+  """Whether prox_fn is a library group map (shape parameters bound or not), which hands tau
+  to its group norms unchanged, so a static learning_rate * strength bounds their threshold.
+
+  Any other callable may scale tau before a group map sees it, so it gets no static range.
+  """
+  while isinstance(prox_fn, functools.partial):
+    prox_fn = prox_fn.func
+  return prox_fn in (_prox.group_lasso, _prox.sparse_group_lasso)
+
+
 def _proximal_from_leaf_strengths(
     prox_fn: Callable[..., Any],
     strengths_for: Callable[[Any, Any], list],
@@ -129,6 +140,7 @@ def _proximal_from_leaf_strengths(
     mask: Mask,
 ) -> optax.GradientTransformation:
   """The proximal step with per-leaf strengths computed from the params' structure."""
+  static_taus_apply = _takes_tau_as_given(prox_fn)
 
   def init_fn(params):
     leaves, treedef = jax.tree.flatten(params)
@@ -158,7 +170,7 @@ def _proximal_from_leaf_strengths(
     lr = _hyper.evaluate(learning_rate, state.count)
     taus = [step_threshold(lr, _hyper.evaluate(s, state.count)) if m and s is not None else None
             for s, m in zip(strengths, masks)]
-    static_taus = [static_threshold(learning_rate, s) for s in strengths]
+    static_taus = [static_threshold(learning_rate, s) for s in strengths] if static_taus_apply else None
     new_updates = proximal_step_leaves(prox_fn, param_leaves, update_leaves, taus, static_taus)
     return (jax.tree.unflatten(treedef, new_updates),
             ProximalState(count=optax.safe_increment(state.count)))

@@ -636,3 +636,18 @@ def test_constant_step_takes_one_norm_pass_and_the_same_bits_as_a_traced_one(nam
     reductions.append(hlo.count("stablehlo.reduce"))
   chex.assert_trees_all_equal(outs[0], outs[1])
   assert reductions[0] + 1 == reductions[1], reductions
+
+
+def test_a_custom_prox_that_scales_tau_gets_no_static_threshold():
+  """Only the library's group maps take the static range: a user's prox may scale tau on its
+  way to a group map, past the range's bounds, and must still get exact numbers. Here the
+  threshold reaches 1e14 on groups whose sum of squares overflows (norm 8e19), where the
+  shrink factor is 1 - 1.25e-6, not 1."""
+  scaled = lambda x, tau: prox.group_lasso(x, tau * 1e15, axis=-1)  # noqa: E731
+  params = {"kernel": jnp.full((3, 16), 2e19, jnp.float32).at[2].set(1.0)}
+  grads = jax.tree.map(jnp.zeros_like, params)
+  tx = transforms.proximal(scaled, 0.1, 1.0)
+  new = optax.apply_updates(params, jax.jit(tx.update)(grads, tx.init(params), params)[0])
+  want = prox.group_lasso(params["kernel"], 1e14, axis=-1)
+  np.testing.assert_array_equal(np.asarray(new["kernel"]), np.asarray(want))
+  assert float(new["kernel"][0, 0]) < 2e19
