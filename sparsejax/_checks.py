@@ -64,6 +64,8 @@ def check_range(
       raise ValueError(f"{name} must be numeric, got {leaf!r}.") from None
     if not (np.issubdtype(host.dtype, np.number) or host.dtype == np.bool_):
       raise ValueError(f"{name} must be numeric, got {leaf!r}.")
+    if np.iscomplexobj(host):
+      raise ValueError(f"{name} must be real, got a complex value {leaf!r}.")
     host = host.astype(np.float64)
     bad = host != host  # NaN
     if lower is not None:
@@ -154,9 +156,16 @@ def check_broadcast(name: str, shape: Sequence[int], target: Sequence[int],
                      f"element or group).")
 
 
-def as_float_array(x: Any) -> jax.Array:
-  """`x` as a jax array with a floating dtype (ints promote to the default float)."""
+def as_float_array(x: Any, name: str = "x") -> jax.Array:
+  """`x` as a jax array with a floating dtype (ints promote to the default float).
+
+  Raises:
+    ValueError: if `x` is complex (casting would drop the imaginary part silently).
+  """
   x = jnp.asarray(x)
+  if jnp.issubdtype(x.dtype, jnp.complexfloating):
+    raise ValueError(f"{name} must be real-valued; got an array of dtype {x.dtype} (the penalties and "
+                     "their proxes are defined for real arrays only).")
   if not jnp.issubdtype(x.dtype, jnp.floating):
     x = x.astype(jnp.result_type(float))
   return x

@@ -19,14 +19,15 @@ def evaluate(value: Any, count: chex.Array) -> Any:
 
 
 def check_nonnegative(name: str, value: Any) -> None:
-  """Range check of a scalar-or-schedule hyperparameter (schedules are checked when they run)."""
+  """Range check of a scalar-or-schedule hyperparameter, 0 <= value < inf (schedules are checked when they run)."""
   if not callable(value):
-    _checks.check_range(name, value, lower=0.0)
+    _checks.check_range(name, value, lower=0.0, upper=float("inf"), upper_inclusive=False)
 
 
 def check_positive(name: str, value: Any) -> None:
+  """Range check of a scalar-or-schedule hyperparameter, 0 < value < inf."""
   if not callable(value):
-    _checks.check_range(name, value, lower=0.0, lower_inclusive=False)
+    _checks.check_range(name, value, lower=0.0, lower_inclusive=False, upper=float("inf"), upper_inclusive=False)
 
 
 def shape_kwargs(kwargs: dict[str, Any], name: str = "prox_kwargs") -> dict[str, Any]:

@@ -54,7 +54,7 @@ def from_intermediates(penalty: Callable[[jax.Array], jax.Array], strength: floa
     strength: its weight (alpha of LSES-DNN).
     select: which sown names to include (default: all).
   """
-  _checks.check_range("strength", strength, lower=0.0)
+  _checks.check_range("strength", strength, lower=0.0, upper=float("inf"), upper_inclusive=False)
 
   def penalty_fn(params, intermediates):
     del params

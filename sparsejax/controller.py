@@ -308,7 +308,9 @@ def _controller(log_strength_for, step_with, check_params, target_nnz, learning_
   the step without forming it; by default they are counted on `step_with`'s result.
   """
   _checks.check_range("target_nnz", target_nnz, lower=0.0, lower_inclusive=False)
-  _checks.check_range("initial_strength", initial_strength, lower=0.0, lower_inclusive=False)
+  _checks.check_range("initial_strength", initial_strength, lower=0.0, lower_inclusive=False,
+                      upper=float("inf"), upper_inclusive=False)
+  _hyper.check_positive("learning_rate", learning_rate)
   if total_steps is not None:
     _checks.check_int("total_steps", total_steps, 1)
   window: Any  # the ramp's (begin_step, end_step) or None, once "auto" is resolved

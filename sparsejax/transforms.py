@@ -179,7 +179,7 @@ def _proximal_from_leaf_strengths(
 
 
 def _check_strength_and_lr(strength: Any, learning_rate: ScalarOrSchedule) -> None:
-  _checks.check_range("strength", strength, lower=0.0)
+  _checks.check_range("strength", strength, lower=0.0, upper=float("inf"), upper_inclusive=False)
   _hyper.check_nonnegative("learning_rate", learning_rate)
 
 

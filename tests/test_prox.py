@@ -598,6 +598,11 @@ def test_exact_zeros_are_exact():
     (lambda: prox.l1({"a": jnp.ones(2), "b": jnp.ones(2)}, {"a": 0.1}), r"tau is a pytree whose structure does not match"),
     (lambda: prox.l1(jnp.ones(3), float("nan")), r"tau must satisfy"),
     (lambda: prox.l1({"w": jnp.ones(3)}, {"w": jnp.asarray([0.1, -0.2, 0.3])}), r"got tau=-0.2"),
+    # Complex input: a cast to float would drop the imaginary part and return a wrong number.
+    (lambda: prox.l1(jnp.array([1 + 1j, 0.05 + 2j]), 0.1), r"x must be real-valued; got an array of dtype complex"),
+    (lambda: prox.group_lasso(jnp.ones((2, 2), jnp.complex64), 0.1), r"x must be real-valued"),
+    (lambda: penalties.tl1(jnp.ones(3, jnp.complex64)), r"x must be real-valued"),
+    (lambda: prox.l1(jnp.ones(3), 0.1 + 0.1j), r"tau must be real"),
 ])
 def test_bad_arguments_raise_clear_errors(call, match):
   with pytest.raises(ValueError, match=match):

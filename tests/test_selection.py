@@ -367,6 +367,19 @@ def test_bisection_controller_bad_inputs():
     selection.nnz_controller_for("l1", -1, 0.1)
 
 
+@pytest.mark.parametrize("learning_rate", [-0.1, 0.0, float("nan"), float("inf")])
+def test_controllers_reject_a_learning_rate_that_is_not_positive_and_finite(learning_rate):
+  # The controller inverts the threshold at tau = lr * strength: lr <= 0 or NaN made it
+  # run with a meaningless strength and no error.
+  match = r"learning_rate must satisfy 0.0 < learning_rate < inf"
+  with pytest.raises(ValueError, match=match):
+    selection.nnz_controller("l1", 10, learning_rate, total_steps=100)
+  with pytest.raises(ValueError, match=match):
+    selection.nnz_controller_for("group_lasso", 10, learning_rate, total_steps=100)
+  with pytest.raises(ValueError, match=r"initial_strength must satisfy 0.0 < initial_strength < inf"):
+    selection.nnz_controller("l1", 10, 0.1, initial_strength=float("inf"), total_steps=100)
+
+
 @pytest.mark.parametrize("name", ["l1", "scad"])
 def test_controller_holds_no_weight_sized_buffer_but_the_update(name, monkeypatch):
   """Above 2^20 weights the selection counts p + u block by block (on one CPU device; the

@@ -9,7 +9,7 @@ import optax
 import pytest
 from flax import nnx
 
-from sparsejax import prox, registry, transforms
+from sparsejax import optimizers, prox, registry, transforms
 
 
 def _params(seed=0):
@@ -75,10 +75,17 @@ def test_per_layer_strength_pytree_and_none_leaves():
 
 
 def test_errors():
-  with pytest.raises(ValueError, match=r"strength must satisfy 0.0 <= strength; got strength=-1.0"):
+  with pytest.raises(ValueError, match=r"strength must satisfy 0.0 <= strength < inf; got strength=-1.0"):
     transforms.l1(-1.0, 0.1)
   with pytest.raises(ValueError, match=r"learning_rate must satisfy"):
     transforms.l1(1.0, -0.1)
+  # An infinite strength or learning rate would zero (or blow up) every weight without an error.
+  with pytest.raises(ValueError, match=r"strength must satisfy 0.0 <= strength < inf; got strength=inf"):
+    transforms.proximal("tl1", float("inf"), 0.1)
+  with pytest.raises(ValueError, match=r"learning_rate must satisfy 0.0 <= learning_rate < inf; got learning_rate=inf"):
+    transforms.l1(1e-3, float("inf"))
+  with pytest.raises(ValueError, match=r"strength must satisfy .* < inf; got strength=inf"):
+    optimizers.sgd(0.1, penalty="l1", strength=float("inf"))
   with pytest.raises(ValueError, match=r"a must satisfy 0.0 < a"):
     transforms.proximal("tl1", 1.0, 0.1, a=0.0)
   with pytest.raises(ValueError, match=r"a must satisfy 0.0 < a"):
