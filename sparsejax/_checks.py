@@ -21,6 +21,7 @@ __all__ = [
     "as_float_array",
     "check_broadcast",
     "check_int",
+    "check_count",
 ]
 
 
@@ -98,6 +99,28 @@ def check_int(name: str, value: Any, lower: int, allowed: str | None = None) -> 
     value = int(value)  # optax.inject_hyperparams turns int hyperparameters into arrays
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lower:
     raise ValueError(f"{name} must be {allowed or f'an int >= {lower}'}; got {name}={value!r}.")
+
+
+def check_count(name: str, value: Any, what: str = "weights") -> None:
+  """Raises ValueError unless a concrete `value` is a whole number >= 1 (an int or an integral float).
+
+  A count of weights, not a fraction: 0.95 (a sparsity) or 851.2 (0.05 * n) would be
+  truncated or taken literally without a word. Traced values are skipped.
+  """
+  leaves = _concrete_values(value)
+  if leaves is None:
+    return
+  for leaf in leaves:
+    host = np.asarray(leaf)
+    if isinstance(leaf, bool) or host.dtype == np.bool_ or not np.issubdtype(host.dtype, np.number) \
+        or np.iscomplexobj(host):
+      raise ValueError(f"{name} must be a whole number of {what} >= 1; got {name}={leaf!r}.")
+    host = host.astype(np.float64)
+    bad = ~np.isfinite(host) | (host < 1) | (host != np.round(host))
+    if bad.any():
+      shown = float(host[bad].ravel()[0])
+      raise ValueError(f"{name} must be a whole number of {what} >= 1 (a count, not a fraction); "
+                       f"got {name}={shown!r}.")
 
 
 NAMED_AXES = ("input_units",)

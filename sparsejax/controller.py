@@ -307,7 +307,7 @@ def _controller(log_strength_for, step_with, check_params, target_nnz, learning_
   `nonzeros_after` (same arguments as `step_with`) counts the regularised nonzeros after
   the step without forming it; by default they are counted on `step_with`'s result.
   """
-  _checks.check_range("target_nnz", target_nnz, lower=0.0, lower_inclusive=False)
+  _checks.check_count("target_nnz", target_nnz)
   _checks.check_range("initial_strength", initial_strength, lower=0.0, lower_inclusive=False,
                       upper=float("inf"), upper_inclusive=False)
   _hyper.check_positive("learning_rate", learning_rate)

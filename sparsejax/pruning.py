@@ -85,6 +85,7 @@ def kth_largest_magnitude(leaves: Sequence[jax.Array], k: chex.Numeric) -> jax.A
   ``(p, u)`` for the proposal p + u of an optimizer step): above 2^20 weights the sum
   is then formed one block at a time inside each count and never stored.
   """
+  _checks.check_count("k", k)
   terms = [_leaf_terms(leaf) for leaf in leaves]
   float64 = any(jnp.result_type(t) == jnp.float64 for leaf in terms for t in leaf)
   utype = jnp.uint64 if float64 else jnp.uint32
@@ -278,7 +279,15 @@ def _interpolated_kth_bits(leaves: list[jax.Array], k: jax.Array, total: int, ut
 
 def cubic_sparsity(step: chex.Numeric, target_sparsity: float, begin_step: int, end_step: int,
                    initial_sparsity: float = 0.0) -> jax.Array:
-  """Zhu & Gupta's schedule: s_f + (s_i - s_f)(1 - (t - t_0)/(t_1 - t_0))^3, clipped to [t_0, t_1]."""
+  """Zhu & Gupta's schedule: s_f + (s_i - s_f)(1 - (t - t_0)/(t_1 - t_0))^3, clipped to [t_0, t_1].
+
+  Sparsities lie in [0, 1] and 0 <= begin_step <= end_step (checked where concrete).
+  """
+  _checks.check_range("target_sparsity", target_sparsity, lower=0.0, upper=1.0)
+  _checks.check_range("initial_sparsity", initial_sparsity, lower=0.0, upper=1.0)
+  if _checks.is_concrete(begin_step) and _checks.is_concrete(end_step):
+    _checks.check_int("begin_step", begin_step, 0)
+    _checks.check_int("end_step", end_step, int(begin_step), f"an int >= begin_step={int(begin_step)}")
   span = jnp.maximum(jnp.asarray(end_step - begin_step, jnp.float32), 1.0)
   progress = jnp.clip((jnp.asarray(step, jnp.float32) - begin_step) / span, 0.0, 1.0)
   return target_sparsity + (initial_sparsity - target_sparsity) * (1.0 - progress) ** 3
@@ -358,7 +367,8 @@ def mask_density(binary_mask: Any) -> Any:
 
 
 def apply_mask(params: Any, binary_mask: Any) -> Any:
-  """params * mask (exact zeros where the mask is False)."""
+  """params * mask (exact zeros where the mask is False); the mask has params' leaves and shapes."""
+  _check_mask_structure(binary_mask, params)
   return jax.tree.map(lambda p, m: jnp.where(m, p, jnp.zeros_like(p)), params, binary_mask)
 
 
@@ -410,11 +420,12 @@ def _check_mask_structure(binary_mask: Any, params: Any) -> None:
   # Leaves in flatten order: the same nesting may come wrapped differently (plain dicts,
   # or flax.nnx State with Variable nodes).
   if len(jax.tree.leaves(binary_mask)) != len(jax.tree.leaves(params)):
-    raise ValueError("the mask must have the structure of params (one boolean array per leaf); got "
+    raise ValueError("binary_mask must have the structure of params (one boolean array per leaf); got "
                      f"{jax.tree.structure(binary_mask)} for params {jax.tree.structure(params)}.")
   for m, p in zip(jax.tree.leaves(binary_mask), jax.tree.leaves(params)):
     if np.shape(m) != np.shape(p):
-      raise ValueError(f"mask leaf of shape {np.shape(m)} does not match the parameter of shape {np.shape(p)}.")
+      raise ValueError(f"binary_mask has a leaf of shape {np.shape(m)} where params has shape {np.shape(p)}; "
+                       "allowed: the same shape as each parameter.")
 
 
 def gradual_magnitude_pruning(
@@ -493,7 +504,9 @@ def gradual_magnitude_pruning(
 
 
 def schedule_total_steps(epochs: int, num_examples: int, batch_size: int) -> int:
-  """Optimizer steps of `train.fit` for a run: epochs x ceil(num_examples / batch_size)."""
+  """Optimizer steps of `train.fit` for a run: epochs x ceil(num_examples / batch_size) (each an int >= 1)."""
+  for name, value in (("epochs", epochs), ("num_examples", num_examples), ("batch_size", batch_size)):
+    _checks.check_int(name, value, 1)
   return int(epochs) * -(-int(num_examples) // int(batch_size))
 
 

@@ -152,7 +152,7 @@ def threshold_inverse(prox_fn: Callable[..., Any] | str, learning_rate: float, *
 
 
 def _check_target(target: float, r: float) -> None:
-  _checks.check_range("target_nnz", target, lower=0.0, lower_inclusive=False)
+  _checks.check_count("target_nnz", target)
   _checks.check_range("r", r, lower=0.0, upper=1.0, lower_inclusive=False, upper_inclusive=False)
 
 

@@ -333,3 +333,27 @@ def test_selection_on_sharded_weights_sums_each_shard_in_place():
     assert "all-gather" not in select.lower(p, u).compile().as_text()
     expected = np.sort(np.abs(np.asarray(p) + np.asarray(u)).ravel())[::-1][4999]
     assert float(select(p, u)) == expected
+
+
+def test_schedule_and_mask_helpers_reject_bad_arguments():
+  params = {"a": {"kernel": jnp.arange(12.0).reshape(3, 4) - 5.0, "bias": jnp.ones(4)}}
+  with pytest.raises(ValueError, match=r"end_step must be an int >= begin_step=10; got end_step=5"):
+    pruning.cubic_sparsity(5, 0.9, 10, 5)
+  with pytest.raises(ValueError, match=r"target_sparsity must satisfy 0.0 <= target_sparsity <= 1.0"):
+    pruning.cubic_sparsity(5, 1.5, 0, 10)
+  with pytest.raises(ValueError, match=r"batch_size must be an int >= 1; got batch_size=0"):
+    pruning.schedule_total_steps(2, 100, 0)
+  with pytest.raises(ValueError, match=r"epochs must be an int >= 1"):
+    pruning.schedule_total_steps(0.5, 100, 10)
+  with pytest.raises(ValueError, match=r"k must be a whole number of weights >= 1"):
+    pruning.kth_largest_magnitude([params["a"]["kernel"]], 0)   # used to return the largest |w|
+  with pytest.raises(ValueError, match=r"k must be a whole number"):
+    pruning.kth_largest_magnitude([params["a"]["kernel"]], 2.5)  # used to be truncated to 2
+  transposed = {"a": {"kernel": jnp.ones((4, 3), bool), "bias": jnp.ones(4, bool)}}
+  with pytest.raises(ValueError, match=r"binary_mask has a leaf of shape \(4, 3\) where params has shape \(3, 4\)"):
+    pruning.apply_mask(params, transposed)
+  # the helpers still work where the arguments are right (and k may be traced under jit)
+  assert float(pruning.kth_largest_magnitude([params["a"]["kernel"]], 2)) == 5.0
+  assert float(jax.jit(lambda k: pruning.kth_largest_magnitude([params["a"]["kernel"]], k))(2)) == 5.0
+  assert pruning.schedule_total_steps(2, 100, 32) == 8
+  assert float(pruning.cubic_sparsity(10, 0.9, 0, 10)) == pytest.approx(0.9)

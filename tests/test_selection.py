@@ -157,8 +157,10 @@ def test_bad_input_and_nan_keep_history(tmp_path):
     selection.select_strength(train_fn, 10, r=1.5)
   with pytest.raises(ValueError, match=r"target_nnz=500 exceeds the 60 regularised weights"):
     selection.select_strength(train_fn, 500, r=0.1)
-  with pytest.raises(ValueError, match=r"target_nnz must satisfy 0.0 < target_nnz"):
+  with pytest.raises(ValueError, match=r"target_nnz must be a whole number of weights >= 1"):
     selection.select_strength(train_fn, 0, r=0.1)
+  with pytest.raises(ValueError, match=r"a count, not a fraction\); got target_nnz=0.95"):
+    selection.select_strength(train_fn, 0.95, r=0.1)   # a sparsity passed as the count
   calls = []
 
   def flaky(strength):
@@ -400,3 +402,13 @@ def test_controller_holds_no_weight_sized_buffer_but_the_update(name, monkeypatc
   controlled = temp_bytes(optax.chain(optax.sgd(0.1, momentum=0.9),
                                       selection.nnz_controller(name, 50_000, 0.1, total_steps=1000)))
   assert (controlled - plain) / (1100 * 1000 * 4) < 1.5
+
+
+@pytest.mark.parametrize("target", [0.95, 851.2, 0, -3, float("nan"), float("inf"), True])
+def test_controllers_take_a_whole_count_not_a_fraction(target):
+  """0.95 (a sparsity) or 0.05 * n used to be taken as a count: a target of 0.95 weights, no error."""
+  for make in (lambda: selection.nnz_controller("l1", target, 0.1),
+               lambda: selection.nnz_controller_for("group_lasso", target, 0.1)):
+    with pytest.raises(ValueError, match=r"target_nnz must be a whole number of weights >= 1"):
+      make()
+  assert selection.nnz_controller("l1", 851.0, 0.1) is not None   # an integral float is a count
