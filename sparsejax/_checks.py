@@ -101,7 +101,7 @@ def check_int(name: str, value: Any, lower: int, allowed: str | None = None) -> 
     raise ValueError(f"{name} must be {allowed or f'an int >= {lower}'}; got {name}={value!r}.")
 
 
-def check_count(name: str, value: Any, what: str = "weights") -> None:
+def check_count(name: str, value: Any) -> None:
   """Raises ValueError unless a concrete `value` is a whole number >= 1 (an int or an integral float).
 
   A count of weights, not a fraction: 0.95 (a sparsity) or 851.2 (0.05 * n) would be
@@ -112,14 +112,13 @@ def check_count(name: str, value: Any, what: str = "weights") -> None:
     return
   for leaf in leaves:
     host = np.asarray(leaf)
-    if isinstance(leaf, bool) or host.dtype == np.bool_ or not np.issubdtype(host.dtype, np.number) \
-        or np.iscomplexobj(host):
-      raise ValueError(f"{name} must be a whole number of {what} >= 1; got {name}={leaf!r}.")
+    if host.dtype == np.bool_ or not np.issubdtype(host.dtype, np.number) or np.iscomplexobj(host):
+      raise ValueError(f"{name} must be a whole number of weights >= 1; got {name}={leaf!r}.")
     host = host.astype(np.float64)
     bad = ~np.isfinite(host) | (host < 1) | (host != np.round(host))
     if bad.any():
       shown = float(host[bad].ravel()[0])
-      raise ValueError(f"{name} must be a whole number of {what} >= 1 (a count, not a fraction); "
+      raise ValueError(f"{name} must be a whole number of weights >= 1 (a count, not a fraction); "
                        f"got {name}={shown!r}.")
 
 
