@@ -90,12 +90,9 @@ def main(argv=None):
       x = np.random.default_rng(1).normal(size=(args.batch, *shape)).astype(np.float32)
       report = metrics.report(model, variables, shape)
       dense = jax.jit(lambda v, b, m=model: m.apply(v, b))
-      if name.startswith("resnet"):
-        small = compaction.compact(model, variables, shape, channel_multiple=args.channel_multiple)
-        run_small, small_args = small.apply, (small.params, x)
-      else:
-        small_model, small_params, _ = compaction.compact(model, variables["params"], shape)
-        run_small, small_args = jax.jit(lambda v, b, m=small_model: m.apply(v, b)), ({"params": small_params}, x)
+      small = compaction.compact(model, variables if name.startswith("resnet") else variables["params"], shape,
+                                 channel_multiple=args.channel_multiple)
+      run_small, small_args = small.apply, (small.params, x)
       difference = float(np.max(np.abs(np.asarray(run_small(*small_args)) - np.asarray(dense(variables, x)))))
       times = common.interleaved_times({"sparse": (dense, variables, x), "compact": (run_small, *small_args)},
                                        args.repeats)

@@ -116,7 +116,8 @@ def main():
   params = jax.tree.map(np.array, params)
   params["Dense_0"]["kernel"][:, ~keep] = 0.0
   params["Dense_1"]["kernel"] = np.asarray(prox.l1(params["Dense_1"]["kernel"], 0.02))
-  small, small_params, _ = compaction.compact(model, params, (28, 28, 1))
+  cm = compaction.compact(model, params, (28, 28, 1))
+  small, small_params = cm.module, cm.params
   xb = jnp.asarray(x[:1024])
   full_fn = jax.jit(lambda p, v: model.apply({"params": p}, v))
   small_fn = jax.jit(lambda p, v: small.apply({"params": p}, v))

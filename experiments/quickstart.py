@@ -58,13 +58,14 @@ def train_and_evaluate(config: Config, workdir: str, progress: bool = True) -> d
   shape = x_train.shape[1:]
   report = metrics.report(model, params, shape)
 
-  small_model, small_params, _ = compaction.compact(model, params, shape)
+  small = compaction.compact(model, params, shape)
   dense_out = model.apply({"params": params}, x_test)
-  small_out = small_model.apply({"params": small_params}, x_test)
+  small_out = small(x_test)
+  small.save(os.path.join(workdir, "compact_model.npz"))  # compaction.load(path) in any process
   results = {"config": dataclasses.asdict(config), "wall_time_s": wall,
              "test_accuracy": result.history[-1]["eval_accuracy"],
              "train_accuracy": result.history[-1]["train_accuracy"], **report,
-             "compact_hidden_widths": list(small_model.features[:-1]),
+             "compact_hidden_widths": list(small.module.features[:-1]),
              "compact_max_abs_output_difference": float(np.max(np.abs(np.asarray(dense_out - small_out))))}
   common.write_json(os.path.join(workdir, "results.json"), results)
   plotting.training_curves(result.history, os.path.join(workdir, "training_curves.png"),

@@ -33,6 +33,10 @@ with `jax.export`. How that computation is laid out decides whether it is faster
 from __future__ import annotations
 
 import dataclasses
+import errno
+import json
+import os
+import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -43,27 +47,195 @@ import numpy as np
 from sparsejax import metrics, structure
 from sparsejax.models.mlp import MLP
 
-__all__ = ["compact", "compact_any", "CompactModel"]
+__all__ = ["compact", "compact_any", "CompactModel", "load"]
+
+FORMAT = "sparsejax.CompactModel/1"  # the `format` entry of a saved file's metadata
 
 
 @dataclasses.dataclass
 class CompactModel:
-  """The compacted computation of any model.
+  """The compacted computation of a model: `compaction.compact` returns one for every model.
+
+  Call it on a batch (`cm(x)`), read what was kept, and `save` it: `compaction.load`
+  gives back a `CompactModel` in any process, without the model's class, with
+  outputs equal to this one's at any batch size.
 
   Attributes:
-    params: {kernel path: sliced kernel} (the only arrays that change size).
-    apply: `apply(params, x) -> outputs` for a batch `x`, jitted.
+    params: the arrays `apply` takes: for the built-in MLP/ConvNet the smaller
+      module's parameters ({layer: {"kernel", "bias"}}); for any other model
+      {kernel path: sliced kernel} (the only arrays that change size; biases and
+      normalisation statistics are constants of `apply`).
+    apply: `apply(params, x) -> outputs` for a batch `x`.
     kept_units: {layer: indices of the units kept}.
     kernel_sizes: (original, compacted) number of kernel entries; the compacted
       kernels include the zero rows and columns that align channel counts.
+    input_shape: one example's shape (no batch axis).
+    input_dtype: the input's dtype name (e.g. "float32", "int32").
+    module: the smaller flax module where one exists (the built-in MLP/ConvNet),
+      else None; `module.apply(variables, x)` equals `cm(x)`.
+    variables: `{"params": params}` for `module`, else None.
   """
   params: dict
   apply: Callable[[dict, Any], Any]
   kept_units: dict
   kernel_sizes: tuple[int, int]
+  input_shape: tuple[int, ...] | None = None
+  input_dtype: str = "float32"
+  module: Any = None
+  variables: dict | None = None
 
   def __call__(self, x: Any) -> Any:
     return self.apply(self.params, x)
+
+  def save(self, path: str | os.PathLike) -> int:
+    """Writes the model to one file (an `.npz` archive) that `compaction.load` reads in any process.
+
+    The computation is stored as a `jax.export` artifact with a symbolic batch size,
+    so the loaded model takes any batch; no Python class is needed to load it. Each
+    parameter array is stored as its nonzero values and their flat indices where that
+    is smaller than the dense array (unstructured zeros cost nothing), else dense.
+    The file is written next to `path` and renamed into place, so a failed write
+    (e.g. a full disk) leaves no partial file at `path`.
+
+    Args:
+      path: the file to write (any name; `.npz` is a good suffix).
+
+    Returns:
+      The number of bytes written.
+
+    Raises:
+      ValueError: the model has no `input_shape`, or its computation cannot be
+        exported with a symbolic batch size.
+      OSError: the file cannot be written.
+    """
+    if self.input_shape is None:
+      raise ValueError("this CompactModel has no input_shape, which saving needs (build it with "
+                       "compaction.compact(model, params, input_shape)).")
+    arrays, leaves = _encode_params(self.params)
+    arrays["exported"] = np.frombuffer(_export(self.apply, self.params, self.input_shape, self.input_dtype), np.uint8)
+    meta = {"format": FORMAT, "input_shape": list(self.input_shape), "input_dtype": self.input_dtype,
+            "kernel_sizes": [int(n) for n in self.kernel_sizes], "leaves": leaves,
+            "kept_units": {str(k): [int(i) for i in np.asarray(v).ravel()] for k, v in self.kept_units.items()}}
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    handle, tmp = tempfile.mkstemp(prefix=".compact-", suffix=".tmp", dir=folder)
+    try:
+      with os.fdopen(handle, "wb") as f:
+        np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+      umask = os.umask(0)
+      os.umask(umask)
+      os.chmod(tmp, 0o666 & ~umask)  # as open() would create it (mkstemp makes it 0600)
+      os.replace(tmp, path)
+    except BaseException:
+      if os.path.exists(tmp):
+        os.remove(tmp)
+      raise
+    return os.path.getsize(path)
+
+
+def _export(apply: Callable, params: dict, input_shape: Sequence[int], input_dtype: str) -> bytes:
+  """`apply(params, x)` serialised by `jax.export` for x of shape (b, *input_shape), b symbolic."""
+  (batch,) = jax.export.symbolic_shape("b")
+  x_spec = jax.ShapeDtypeStruct((batch, *input_shape), jnp.dtype(input_dtype))
+  p_spec = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.asarray(a).dtype), params)
+  fn = jax.jit(apply)
+  try:
+    exported = jax.export.export(fn, platforms=("cpu", "cuda"))(p_spec, x_spec)
+  except Exception:  # pylint: disable=broad-except  # a jaxlib that cannot lower for CUDA: this platform only
+    try:
+      exported = jax.export.export(fn)(p_spec, x_spec)
+    except Exception as err:  # pylint: disable=broad-except
+      raise ValueError(f"this model's compact computation cannot be exported with a symbolic batch size: "
+                       f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
+  return bytes(exported.serialize())
+
+
+def _key_path(path: tuple) -> list[str]:
+  keys = []
+  for key in path:
+    if not isinstance(key, jax.tree_util.DictKey) or not isinstance(key.key, str):
+      raise ValueError(f"CompactModel.params must be nested dicts with string keys; got the key {key!r}.")
+    keys.append(key.key)
+  return keys
+
+
+def _encode_params(params: dict) -> tuple[dict[str, np.ndarray], list[dict]]:
+  """The arrays of `params` for an archive (sparse where smaller) and their metadata, leaf by leaf."""
+  arrays: dict[str, np.ndarray] = {}
+  leaves = []
+  for i, (path, leaf) in enumerate(jax.tree_util.tree_flatten_with_path(params)[0]):
+    value = np.asarray(leaf)
+    raw = value.reshape(-1).view(f"u{value.dtype.itemsize}")  # bit patterns: any dtype (bfloat16 too)
+    index_dtype = np.int32 if value.size < 2**31 else np.int64
+    nonzero = np.flatnonzero(value.reshape(-1) != 0)
+    sparse = nonzero.size * (value.dtype.itemsize + np.dtype(index_dtype).itemsize) < value.nbytes
+    if sparse:
+      arrays[f"leaf{i}_values"] = raw[nonzero]
+      arrays[f"leaf{i}_indices"] = nonzero.astype(index_dtype)
+    else:
+      arrays[f"leaf{i}"] = raw
+    leaves.append({"path": _key_path(path), "shape": list(value.shape), "dtype": jnp.dtype(value.dtype).name,
+                   "storage": "sparse" if sparse else "dense"})
+  return arrays, leaves
+
+
+def _decode_params(archive: Any, leaves: list[dict]) -> dict:
+  params: dict = {}
+  for i, leaf in enumerate(leaves):
+    dtype = jnp.dtype(leaf["dtype"])
+    size = int(np.prod(leaf["shape"], dtype=np.int64))
+    if leaf["storage"] == "sparse":
+      raw = np.zeros(size, f"u{dtype.itemsize}")
+      raw[archive[f"leaf{i}_indices"]] = archive[f"leaf{i}_values"]
+    else:
+      raw = archive[f"leaf{i}"]
+    node = params
+    for key in leaf["path"][:-1]:
+      node = node.setdefault(key, {})
+    node[leaf["path"][-1]] = jnp.asarray(raw.view(dtype).reshape(leaf["shape"]))
+  return params
+
+
+def load(path: str | os.PathLike) -> CompactModel:
+  """The `CompactModel` that `CompactModel.save` wrote to `path`, in any process.
+
+  The model's class is not needed: the computation comes from the file (`jax.export`).
+  The loaded model takes any batch size; inputs are cast to the saved `input_dtype`
+  and must have the saved `input_shape` after the batch axis. Its `module` and
+  `variables` are None.
+
+  Raises:
+    ValueError: the file is not a saved CompactModel, or an input of the wrong shape
+      is given to the loaded model.
+  """
+  path = os.fspath(path)
+  if not os.path.exists(path):
+    raise FileNotFoundError(errno.ENOENT, "no saved CompactModel here", path)
+  try:
+    with np.load(path, allow_pickle=False) as archive:
+      meta = json.loads(archive["meta"].tobytes().decode())
+      fmt = meta.get("format") if isinstance(meta, dict) else None
+      if fmt == FORMAT:
+        params = _decode_params(archive, meta["leaves"])
+        exported = jax.export.deserialize(bytearray(archive["exported"].tobytes()))
+  except (KeyError, ValueError, UnicodeDecodeError, OSError, EOFError) as err:  # JSONDecodeError is a ValueError
+    raise ValueError(f"{path!r} is not a saved CompactModel ({type(err).__name__}: {err}).") from err
+  if fmt != FORMAT:
+    raise ValueError(f"{path!r} is not a saved CompactModel (format {fmt!r}, expected {FORMAT!r}).")
+  input_shape = tuple(int(d) for d in meta["input_shape"])
+  input_dtype = meta["input_dtype"]
+
+  def apply(p: dict, x: Any) -> Any:
+    x = jnp.asarray(x, input_dtype)
+    if x.ndim != len(input_shape) + 1 or tuple(x.shape[1:]) != input_shape:
+      raise ValueError(f"x must have shape (batch, *{input_shape}) for this model; got {tuple(x.shape)}.")
+    return exported.call(p, x)
+
+  kept = {name: np.asarray(units, np.int64) for name, units in meta["kept_units"].items()}
+  return CompactModel(params, apply, kept, tuple(meta["kernel_sizes"]), input_shape, input_dtype)
 
 
 def _fold_constant(next_layer: metrics.Layer, next_bias: np.ndarray, unit: int, value: float) -> None:
@@ -102,29 +274,41 @@ def compact_any(model: Any, params: Any = None, input_shape: Sequence[int] | Non
           for op in found.ops if op.units_removable is not None}
   original = int(sum(op.kernel.size for op in found.ops if op.name in kernels))
   small = {name: jnp.asarray(k) for name, k in kernels.items()}
-  return CompactModel(small, jax.jit(apply_fn), kept, (original, int(sum(k.size for k in kernels.values()))))
+  return CompactModel(small, jax.jit(apply_fn), kept, (original, int(sum(k.size for k in kernels.values()))),
+                      tuple(int(d) for d in input_shape), jnp.dtype(input_dtype).name)
 
 
 def compact(model: Any, params: Any = None, input_shape: Sequence[int] | None = None,
-            input_dtype: Any = jnp.float32, channel_multiple: int = 8):
-  """Returns `(compact_model, compact_params, kept)` computing the same function as `model`.
+            input_dtype: Any = jnp.float32, channel_multiple: int = 8) -> CompactModel:
+  """The smaller network computing the same function as `model`, as a `CompactModel` (every model).
 
-  For a model other than `MLP`/`ConvNet` this returns `compact_any(...)` (a
-  `CompactModel`: smaller params and a callable), since no smaller flax module of an
-  arbitrary class can be written down.
+  For the built-in `MLP`/`ConvNet` the result also holds the smaller flax module
+  (`.module`, `.variables`): exactly the kept units, with constants of dropped units
+  folded into the next bias. Any other model (your linen or NNX module, a ResNet, a
+  transformer) goes through the jaxpr analysis (`compact_any`).
 
   Args:
-    model: an `MLP` or `ConvNet` (or any model: see above).
-    params: its (sparse) parameters.
+    model: any linen module (with its params or full variables) or NNX module.
+    params: its (sparse) parameters (None for an NNX module: taken from it).
     input_shape: one example's shape (no batch axis).
-    input_dtype: the input's dtype, for a model other than `MLP`/`ConvNet` (e.g.
-      jnp.int32 for token ids; default float32).
+    input_dtype: the input's dtype (e.g. jnp.int32 for token ids; default float32).
     channel_multiple: for a model other than `MLP`/`ConvNet`, see `compact_any`
       (the built-in models get exactly their kept units).
 
   Returns:
-    The smaller model, its parameters (numpy -> jax arrays), and per layer the
-    indices of the units kept.
+    A `CompactModel`: `cm(x)` equals the sparse model's outputs; `cm.save(path)`
+    keeps it for `compaction.load`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from sparsejax import compaction
+    >>> from sparsejax.models import MLP
+    >>> model = MLP((16, 3))
+    >>> params = model.init(jax.random.key(0), jnp.ones((1, 4)))["params"]
+    >>> params["Dense_0"]["kernel"] = params["Dense_0"]["kernel"].at[:, 8:].set(0.0)  # 8 dead units
+    >>> cm = compaction.compact(model, params, (4,))
+    >>> cm.module.features, cm(jnp.ones((5, 4))).shape
+    ((8, 3), (5, 3))
   """
   structure.check_channel_multiple(channel_multiple)
   if not isinstance(model, metrics.BUILTIN_MODELS):
@@ -160,4 +344,9 @@ def compact(model: Any, params: Any = None, input_shape: Sequence[int] | None = 
     convs = tuple(spec._replace(features=w) for spec, w in zip(model.convs, widths[:n_conv]))
     new_model = model.clone(convs=convs, dense=tuple(widths[n_conv:]))
   kept_indices = {layer.name: np.flatnonzero(m) for layer, m in zip(layer_list, keep)}
-  return new_model, new_params, kept_indices
+  sizes = (int(sum(l.kernel.size for l in layer_list)), int(sum(p["kernel"].size for p in new_params.values())))
+
+  def apply(p: dict, x: Any) -> Any:
+    return new_model.apply({"params": p}, x)
+  return CompactModel(new_params, jax.jit(apply), kept_indices, sizes, tuple(int(d) for d in input_shape),
+                      "float32", new_model, {"params": new_params})

@@ -117,8 +117,8 @@ def schedule_defaults(total_steps: Any, rate: Any = None, interval: Any = None, 
 
 def nnz_controller(
     prox_fn: Callable[..., Any] | str,
-    target_nnz: int,
-    learning_rate: Any,
+    target_nnz: int | None = None,
+    learning_rate: Any = None,
     initial_strength: float = 1e-4,
     rate: float | None = None,
     interval: int | None = None,
@@ -128,9 +128,14 @@ def nnz_controller(
     ramp: tuple[int, int] | str | None = "auto",
     debias_steps: int | None = None,
     relative_shape: bool | None = None,
+    sparsity: float | None = None,
     **prox_kwargs: Any,
 ) -> optax.GradientTransformation:
   """A proximal step whose strength tracks, during one run, the lambda that keeps `target_nnz` weights.
+
+  The target is a count (`target_nnz`) or a fraction (`sparsity`: the count is then
+  ``round((1 - sparsity) n)`` for the n regularised weights, read from the params at
+  `init`; see `masking.regularised_size`); give exactly one.
 
   Every `interval` steps, with v = params + updates over the regularised
   leaves and q the (target_nnz + 1)-th largest ``|v|``, lambda* solves
@@ -174,8 +179,8 @@ def nnz_controller(
 
   Args:
     prox_fn: a `sparsejax.prox` function with a `threshold` (l1, tl1, log_sum, mcp, ...), or its name.
-    target_nnz: the wanted number of nonzero regularised weights.
-    learning_rate: the inner optimizer's step size (scalar or schedule).
+    target_nnz: the wanted number of nonzero regularised weights (or give `sparsity`).
+    learning_rate: the inner optimizer's step size (scalar or schedule); required.
     initial_strength: lambda at step 0 (> 0).
     rate: fraction of the log-distance to lambda* moved per update, 0 < rate <= 1
       (default 1 with `total_steps`, else 0.05).
@@ -203,6 +208,8 @@ def nnz_controller(
       ``nnz_controller("tl1", ...)`` follows the weights and
       ``nnz_controller("tl1", ..., a=0.02)`` keeps a = 0.02. True for a penalty with
       no magnitude parameter (l1, l0, l_half, ...; scale-free already) is an error.
+    sparsity: the wanted fraction of zero regularised weights, 0 < sparsity < 1 (or
+      give `target_nnz`).
     **prox_kwargs: penalty shape parameters (e.g. a=0.02). Non-convex penalties
       select best when their shape sits at the scale of the surviving weights
       (e.g. tl1 a = 0.02, log_sum eps = 0.01 for an MLP whose kept weights are
@@ -212,6 +219,10 @@ def nnz_controller(
   prox_kwargs = _hyper.shape_kwargs(prox_kwargs)
   threshold = _numerics.threshold_or_raise(prox_fn, "the controller needs one to invert")
   fn, record = _registry.resolve_prox(prox_fn, prox_kwargs)
+  if record is not None and record.grouped:
+    raise ValueError(f"nnz_controller inverts an elementwise zero threshold; {record.name!r} zeroes whole groups: "
+                     f"use controller.nnz_controller_for({record.name!r}, ...) (or optimizers.*(penalty="
+                     f"{record.name!r}, sparsity=...), which picks it).")
   if relative_shape is None:  # an omitted magnitude parameter follows the weights
     magnitudes = _magnitude_params(record)
     relative_shape = bool(magnitudes) and not any(p.name in prox_kwargs for p in magnitudes)
@@ -256,8 +267,8 @@ def nnz_controller(
     return sum((pruning.blocked_sum(nonzero, p, u).astype(jnp.float32)
                 for p, u, m in zip(leaves_p, leaves_u, masks) if m), jnp.zeros([], jnp.float32))
 
-  return _controller(log_strength_for, step_with, None, target_nnz, learning_rate, initial_strength, rate, interval,
-                     mask, total_steps, exact_final_steps, ramp, debias_steps,
+  return _controller(log_strength_for, step_with, None, _Target(target_nnz, sparsity), learning_rate,
+                     initial_strength, rate, interval, mask, total_steps, exact_final_steps, ramp, debias_steps,
                      nonzeros_after=nonzeros_after if scalar_shape else None)
 
 
@@ -299,15 +310,53 @@ def _relative_shape(prox_fn: Any, record: Any, prox_kwargs: dict[str, Any]) -> d
   return {p.name: prox_kwargs.get(p.name, p.relative) for p in params}
 
 
-def _controller(log_strength_for, step_with, check_params, target_nnz, learning_rate, initial_strength, rate,
+class _Target(NamedTuple):
+  """The controller's target: a count of nonzero weights or a fraction of zeros (one of them None)."""
+  nnz: Any
+  sparsity: Any
+
+  def check(self) -> None:
+    if (self.nnz is None) == (self.sparsity is None):
+      raise ValueError(f"give exactly one of target_nnz (a count of nonzero weights) and sparsity (a fraction "
+                       f"of zeros in (0, 1)); got target_nnz={self.nnz!r}, sparsity={self.sparsity!r}.")
+    if self.nnz is not None:
+      _checks.check_count("target_nnz", self.nnz)
+    else:
+      _checks.check_range("sparsity", self.sparsity, lower=0.0, upper=1.0, lower_inclusive=False,
+                          upper_inclusive=False)
+      if _checks.is_concrete(self.sparsity) and np.ndim(self.sparsity):
+        raise ValueError(f"sparsity must be one number in (0, 1); got sparsity={self.sparsity!r}.")
+
+  def count(self, total: int) -> Any:
+    """The target count of nonzero weights among `total` regularised ones (traced when injected)."""
+    if self.nnz is not None:
+      if not _checks.is_concrete(self.nnz):  # under optax.inject_hyperparams
+        return self.nnz
+      if self.nnz >= total:
+        raise ValueError(f"target_nnz={self.nnz} must be below the {total} regularised weights.")
+      return int(self.nnz)
+    if not _checks.is_concrete(self.sparsity):
+      return jnp.clip(jnp.round((1.0 - self.sparsity) * total), 1, total - 1).astype(jnp.int32)
+    keep = int(round((1.0 - float(self.sparsity)) * total))
+    if not 1 <= keep < total:
+      raise ValueError(f"sparsity={self.sparsity!r} keeps {keep} of the {total} regularised weights; it must keep "
+                       f"between 1 and {total - 1} (sparsity in [{1 / total:.3g}, {1 - 1 / total:.6g}]).")
+    return keep
+
+
+def _controller(log_strength_for, step_with, check_params, target, learning_rate, initial_strength, rate,
                 interval, mask, total_steps, exact_final_steps, ramp, debias_steps,
                 nonzeros_after=None) -> optax.GradientTransformation:
   """The controller's schedule around `log_strength_for` (lambda* for a count) and `step_with` (the step at lambda).
 
+  `target` is a `_Target` (a count, or a fraction of the regularised weights counted from the params).
+
   `nonzeros_after` (same arguments as `step_with`) counts the regularised nonzeros after
   the step without forming it; by default they are counted on `step_with`'s result.
   """
-  _checks.check_count("target_nnz", target_nnz)
+  target.check()
+  if learning_rate is None:
+    raise ValueError("learning_rate is required: the inner optimizer's step size (a scalar or an optax schedule).")
   _checks.check_range("initial_strength", initial_strength, lower=0.0, lower_inclusive=False,
                       upper=float("inf"), upper_inclusive=False)
   _hyper.check_positive("learning_rate", learning_rate)
@@ -336,13 +385,11 @@ def _controller(log_strength_for, step_with, check_params, target_nnz, learning_
                        f"got {ramp!r}.")
   refit = not _checks.is_concrete(debias_steps) or debias_steps > 0
   mask = masking.weights_only if mask is None else mask
-  k = target_nnz
 
   def init_fn(params):
     masks = masking.mask_leaves(mask, params)
-    total = sum(int(np.size(p)) for p, m in zip(jax.tree.leaves(params), masks) if m)
-    if target_nnz >= total:
-      raise ValueError(f"target_nnz={target_nnz} must be below the {total} regularised weights.")
+    total = masking.regularised_size(params, mask)
+    target_nnz = target.count(total)
     if check_params is not None:
       check_params(params)
     # the scale of the weights the target keeps, until the first update measures it
@@ -359,6 +406,7 @@ def _controller(log_strength_for, step_with, check_params, target_nnz, learning_
     masks = masking.mask_leaves(mask, params)
     leaves_p, treedef = jax.tree.flatten(params)
     leaves_u = treedef.flatten_up_to(updates)
+    k = target.count(masking.regularised_size(params, mask))
     if total_steps is None:
       final = debiasing = jnp.asarray(False)
     else:
@@ -434,8 +482,8 @@ def _transform_factory(transform: Any, learning_rate: Any, mask: Any, kwargs: di
 
 def nnz_controller_for(
     transform: str | Callable[[Any], optax.GradientTransformation],
-    target_nnz: int,
-    learning_rate: Any,
+    target_nnz: int | None = None,
+    learning_rate: Any = None,
     initial_strength: float = 1e-4,
     rate: float | None = None,
     interval: int | None = None,
@@ -445,6 +493,7 @@ def nnz_controller_for(
     ramp: tuple[int, int] | str | None = "auto",
     debias_steps: int | None = None,
     bisection_steps: int = 48,
+    sparsity: float | None = None,
     **transform_kwargs: Any,
 ) -> optax.GradientTransformation:
   """`nnz_controller` for any proximal step of the library (group and composite ones too), by bisection.
@@ -473,8 +522,8 @@ def nnz_controller_for(
 
   Args:
     transform: the proximal step's name, or a function strength -> GradientTransformation.
-    target_nnz: the wanted number of nonzero regularised weights.
-    learning_rate: the inner optimizer's step size (scalar or schedule), also given to a named step.
+    target_nnz: the wanted number of nonzero regularised weights (or give `sparsity`).
+    learning_rate: the inner optimizer's step size (scalar or schedule), also given to a named step; required.
     initial_strength: lambda at step 0 (> 0).
     rate: as in `nnz_controller`.
     interval: as in `nnz_controller`.
@@ -484,6 +533,7 @@ def nnz_controller_for(
     debias_steps: as in `nnz_controller`.
     mask: the regularised leaves, counted and passed to a named step (default: kernels, ndim >= 2).
     bisection_steps: halvings of the log-strength bracket per update (>= 1).
+    sparsity: the wanted fraction of zero regularised weights, 0 < sparsity < 1 (or give `target_nnz`).
     **transform_kwargs: shape arguments of a named step (e.g. a=0.02, m=0.2), constants (this
       controller has no relative shape: give the magnitudes at the scale of the kept weights).
   """
@@ -516,5 +566,5 @@ def nnz_controller_for(
     return _numerics.bisect_increasing(lambda mid: -survivors(mid), -keep, jnp.asarray(-60.0, _state_dtype()),
                                        jnp.asarray(20.0, _state_dtype()), bisection_steps, upper=True), scale
 
-  return _controller(log_strength_for, step_with, check_params, target_nnz, learning_rate, initial_strength, rate,
-                     interval, mask, total_steps, exact_final_steps, ramp, debias_steps)
+  return _controller(log_strength_for, step_with, check_params, _Target(target_nnz, sparsity), learning_rate,
+                     initial_strength, rate, interval, mask, total_steps, exact_final_steps, ramp, debias_steps)

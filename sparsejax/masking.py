@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Mask", "NAMED_MASKS", "weights_only", "mask_leaves", "layer_index", "path_names"]
+__all__ = ["Mask", "NAMED_MASKS", "weights_only", "mask_leaves", "regularised_size", "layer_index", "path_names"]
 
 Mask: TypeAlias = Any  # pytree of bools (or a prefix), callable params -> such a pytree, a name, or None
 
@@ -62,7 +62,26 @@ def mask_leaves(mask: Mask, params: Any) -> list[bool]:
         "mask holds arrays, not Python bools. A callable mask passed through optax.inject_hyperparams is "
         "evaluated as a schedule (mask(step_count)); pass static_args=('mask',) to inject_hyperparams, or a "
         "mask name such as 'weights_only'.")
+  for m in leaves:
+    if not isinstance(m, (bool, np.bool_)):
+      raise ValueError(f"mask leaves must be True or False (whether a leaf is regularised); got {m!r}.")
   return [bool(m) for m in leaves]
+
+
+def regularised_size(params: Any, mask: Mask = "weights_only") -> int:
+  """The number of entries in the leaves of `params` that `mask` selects (default: kernels, ndim >= 2).
+
+  This is the count a sparsity fraction refers to: `sparsity=0.95` keeps
+  ``round(0.05 * regularised_size(params, mask))`` weights. Only shapes are read,
+  so `params` may be arrays or `jax.ShapeDtypeStruct`s (e.g. from `jax.eval_shape`).
+
+  Example:
+    >>> import numpy as np
+    >>> regularised_size({"Dense_0": {"kernel": np.zeros((784, 100)), "bias": np.zeros(100)}})
+    78400
+  """
+  return int(sum(int(np.prod(np.shape(p), dtype=np.int64)) for p, m in zip(jax.tree.leaves(params),
+                                                                             mask_leaves(mask, params)) if m))
 
 
 def path_names(path: Sequence[Any]) -> tuple[str, ...]:

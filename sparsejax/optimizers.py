@@ -15,6 +15,14 @@ one step of (stochastic) proximal gradient for SGD; for Adam/AdamW the prox is
 taken with the same step size eta_t after the adaptive update. The composable
 transforms (`sparsejax.transforms`) stay for chains of your own.
 
+Give `sparsity` instead of `strength` to hit a fraction of zero weights: the
+strength is then set during training by the NNZ controller
+(`controller.nnz_controller`, or `nnz_controller_for` for group penalties), from
+the same learning rate. With `total_steps` (the run's optimizer steps) the run ends
+exactly on the target:
+
+  >>> tx = optimizers.sgd(0.05, momentum=0.9, penalty="scad", sparsity=0.95, total_steps=300)
+
 Example:
   >>> import jax.numpy as jnp, optax
   >>> from sparsejax import optimizers
@@ -33,26 +41,59 @@ from typing import Any
 
 import optax
 
-from sparsejax import _hyper, transforms
+from sparsejax import _hyper, controller, transforms
+from sparsejax import registry as _registry
 
 __all__ = ["sgd", "adam", "adamw"]
 
 
 def _with_penalty(inner: optax.GradientTransformation, learning_rate: optax.ScalarOrSchedule,
-                  penalty: str | Callable[..., Any] | None, strength: Any, mask: Any,
-                  penalty_kwargs: dict[str, Any]) -> optax.GradientTransformation:
+                  penalty: str | Callable[..., Any] | None, strength: Any, sparsity: Any, total_steps: Any,
+                  mask: Any, penalty_kwargs: dict[str, Any]) -> optax.GradientTransformation:
+  """`inner` chained with the proximal step of `penalty`: at a fixed `strength`, or at the controller's for `sparsity`."""
+  penalty_kwargs = _hyper.shape_kwargs(penalty_kwargs, "penalty_kwargs")
   if penalty is None:
-    if penalty_kwargs:
-      raise ValueError(f"penalty shape parameters {sorted(penalty_kwargs)} given with penalty=None.")
+    if penalty_kwargs or strength is not None or sparsity is not None:
+      given = sorted(penalty_kwargs) + [n for n, v in (("strength", strength), ("sparsity", sparsity)) if v is not None]
+      raise ValueError(f"{given} given with penalty=None (the plain optimizer); name a penalty, e.g. penalty='scad'.")
     return inner
-  return optax.chain(inner, transforms.proximal(penalty, strength, learning_rate, mask, **penalty_kwargs))
+  if (strength is None) == (sparsity is None):
+    raise ValueError(f"give exactly one of strength (a fixed lambda >= 0) and sparsity (a target fraction of zero "
+                     f"weights in (0, 1), set by the NNZ controller); got strength={strength!r}, sparsity={sparsity!r}.")
+  if sparsity is None:
+    if total_steps is not None:
+      raise ValueError("total_steps is the NNZ controller's schedule: it goes with sparsity=..., not strength=.")
+    return optax.chain(inner, transforms.proximal(penalty, strength, learning_rate, mask, **penalty_kwargs))
+  if isinstance(penalty, str) and _registry.get(penalty).grouped:  # group maps: by bisection
+    step = controller.nnz_controller_for(penalty, learning_rate=learning_rate, sparsity=sparsity, mask=mask,
+                                         total_steps=total_steps, **penalty_kwargs)
+  else:
+    step = controller.nnz_controller(penalty, learning_rate=learning_rate, sparsity=sparsity, mask=mask,
+                                     total_steps=total_steps, **penalty_kwargs)
+  return optax.chain(inner, step)
+
+
+_COMMON_ARGS = """    penalty: a registered penalty name ("l1", "tl1", "scad", "group_lasso", ...; see
+      `sparsejax.registry.names()`), a prox callable, or None for the plain optimizer.
+      Under `optax.inject_hyperparams` pass a name.
+    strength: lambda >= 0: a scalar, a schedule, or a per-leaf pytree (see
+      `transforms.proximal`). Give this or `sparsity`.
+    sparsity: the target fraction of zero regularised weights, 0 < sparsity < 1: the
+      strength is set by the NNZ controller (`controller.nnz_controller`; group
+      penalties: `nnz_controller_for`), with its magnitude parameters relative to the
+      kept weights unless given. Give this or `strength`.
+    total_steps: with `sparsity`, the run's number of optimizer steps: switches on the
+      controller's schedule (target ramp, exact phase, refit), so the run ends exactly
+      on the target. Recommended; without it the count wanders around the target."""
 
 
 def sgd(
     learning_rate: optax.ScalarOrSchedule,
     *,
     penalty: str | Callable[..., Any] | None,
-    strength: Any,
+    strength: Any = None,
+    sparsity: float | None = None,
+    total_steps: int | None = None,
     momentum: float | None = None,
     nesterov: bool = False,
     mask: Any = "weights_only",
@@ -62,11 +103,7 @@ def sgd(
 
   Args:
     learning_rate: step size eta, a scalar or an optax schedule (used by both steps).
-    penalty: a registered penalty name ("l1", "tl1", "mcp", ...; see
-      `sparsejax.registry.names()`), a prox callable, or None for the plain optimizer.
-      Under `optax.inject_hyperparams` pass a name.
-    strength: lambda >= 0: a scalar, a schedule, or a per-leaf pytree (see
-      `transforms.proximal`).
+{common}
     momentum: heavy-ball momentum (None: plain SGD).
     nesterov: Nesterov momentum.
     mask: which leaves are penalised (default: kernels, ndim >= 2).
@@ -76,30 +113,47 @@ def sgd(
     An optax `GradientTransformation`; `update` needs `params`.
   """
   return _with_penalty(optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov), learning_rate, penalty,
-                       strength, mask, _hyper.shape_kwargs(penalty_kwargs, "penalty_kwargs"))
+                       strength, sparsity, total_steps, mask, penalty_kwargs)
 
 
 def adam(
     learning_rate: optax.ScalarOrSchedule,
     *,
     penalty: str | Callable[..., Any] | None,
-    strength: Any,
+    strength: Any = None,
+    sparsity: float | None = None,
+    total_steps: int | None = None,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
     mask: Any = "weights_only",
     **penalty_kwargs: Any,
 ) -> optax.GradientTransformation:
-  """Adam then the prox of `penalty` at lr * strength (arguments as `sgd`, plus Adam's b1, b2, eps)."""
-  return _with_penalty(optax.adam(learning_rate, b1=b1, b2=b2, eps=eps), learning_rate, penalty, strength, mask,
-                       _hyper.shape_kwargs(penalty_kwargs, "penalty_kwargs"))
+  """Adam then the prox of `penalty` at lr * strength (or at the controller's strength for `sparsity`).
+
+  Args:
+    learning_rate: step size eta, a scalar or an optax schedule (used by both steps).
+{common}
+    b1: Adam's first-moment decay.
+    b2: Adam's second-moment decay.
+    eps: Adam's epsilon.
+    mask: which leaves are penalised (default: kernels, ndim >= 2).
+    **penalty_kwargs: the penalty's shape parameters.
+
+  Returns:
+    An optax `GradientTransformation`; `update` needs `params`.
+  """
+  return _with_penalty(optax.adam(learning_rate, b1=b1, b2=b2, eps=eps), learning_rate, penalty, strength, sparsity,
+                       total_steps, mask, penalty_kwargs)
 
 
 def adamw(
     learning_rate: optax.ScalarOrSchedule,
     *,
     penalty: str | Callable[..., Any] | None,
-    strength: Any,
+    strength: Any = None,
+    sparsity: float | None = None,
+    total_steps: int | None = None,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
@@ -108,7 +162,26 @@ def adamw(
     mask: Any = "weights_only",
     **penalty_kwargs: Any,
 ) -> optax.GradientTransformation:
-  """AdamW (decoupled weight decay on `weight_decay_mask`, default all leaves) then the prox of `penalty`."""
+  """AdamW (decoupled weight decay) then the prox of `penalty` (or the controller's step for `sparsity`).
+
+  Args:
+    learning_rate: step size eta, a scalar or an optax schedule (used by both steps).
+{common}
+    b1: Adam's first-moment decay.
+    b2: Adam's second-moment decay.
+    eps: Adam's epsilon.
+    weight_decay: the decoupled weight decay rate.
+    weight_decay_mask: the leaves decayed (default: all).
+    mask: which leaves are penalised (default: kernels, ndim >= 2).
+    **penalty_kwargs: the penalty's shape parameters.
+
+  Returns:
+    An optax `GradientTransformation`; `update` needs `params`.
+  """
   return _with_penalty(
       optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=weight_decay_mask),
-      learning_rate, penalty, strength, mask, _hyper.shape_kwargs(penalty_kwargs, "penalty_kwargs"))
+      learning_rate, penalty, strength, sparsity, total_steps, mask, penalty_kwargs)
+
+
+for _fn in (sgd, adam, adamw):
+  _fn.__doc__ = _fn.__doc__.replace("{common}", _COMMON_ARGS)  # type: ignore[union-attr]

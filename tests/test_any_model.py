@@ -457,8 +457,9 @@ def test_compact_of_nnx_modules_and_export():
 
 def test_compact_keeps_builtin_models_on_the_flax_module_path():
   model, variables, shape = CASES["mlp"]()
-  new_model, new_params, kept = compaction.compact(model, variables["params"], shape)
-  assert isinstance(new_model, MLP)
+  cm = compaction.compact(model, variables["params"], shape)
+  new_model, new_params = cm.module, cm.variables["params"]
+  assert isinstance(new_model, MLP) and isinstance(cm, compaction.CompactModel)
   x = np.random.default_rng(5).normal(size=(4, *shape)).astype(np.float32)
   np.testing.assert_allclose(np.asarray(new_model.apply({"params": new_params}, x)),
                              np.asarray(model.apply(variables, x)), atol=1e-5)

@@ -55,7 +55,9 @@ def test_compact_model_equals_sparse_model(make):
   net, shape = make()
   params = _sparsify(init_model(net, shape), seed=1)
   x = jnp.asarray(np.random.default_rng(2).random((32, *shape)), jnp.float32)
-  small, small_params, kept = compaction.compact(net, params, shape)
+  cm = compaction.compact(net, params, shape)
+  small, small_params, kept = cm.module, cm.variables["params"], cm.kept_units
+  np.testing.assert_allclose(np.asarray(cm(x)), np.asarray(small.apply({"params": small_params}, x)), atol=1e-6)
   diff = np.max(np.abs(np.asarray(net.apply({"params": params}, x)) - np.asarray(small.apply({"params": small_params}, x))))
   assert diff <= 1e-5
   removed = metrics.neurons_removed(net, params, shape)
@@ -76,7 +78,8 @@ def test_constant_filter_before_same_conv_is_kept():
   params["Conv_0"]["bias"][0] = 0.7  # constant 0.7 map: padding makes it position-dependent downstream
   params = jax.tree.map(jnp.asarray, params)
   assert metrics.neurons_removed(net, params, (5, 5, 1))["Conv_0"]["removed"] == 0
-  small, small_params, _ = compaction.compact(net, params, (5, 5, 1))
+  cm = compaction.compact(net, params, (5, 5, 1))
+  small, small_params = cm.module, cm.params
   assert small.convs[0].features == 3
   x = jnp.ones((2, 5, 5, 1))
   np.testing.assert_allclose(net.apply({"params": params}, x), small.apply({"params": small_params}, x), atol=1e-6)
@@ -87,7 +90,8 @@ def test_all_dead_layer_keeps_one_inert_unit():
   params = jax.tree.map(np.array, params)
   params["Dense_0"]["kernel"][:] = 0.0
   params = jax.tree.map(jnp.asarray, params)
-  small, small_params, _ = compaction.compact(model, params, (5,))
+  cm = compaction.compact(model, params, (5,))
+  small, small_params = cm.module, cm.params
   assert small.features == (1, 3)
   x = jnp.ones((3, 5))
   np.testing.assert_allclose(model.apply({"params": params}, x), small.apply({"params": small_params}, x), atol=1e-6)
