@@ -142,19 +142,22 @@ def normalize_axes(axis: int | Sequence[int] | str, ndim: int, name: str = "axis
       raise ValueError(f"{name}={axis!r} is not a known axis name; allowed: {list(NAMED_AXES)}, an int or a "
                        "tuple of ints.")
     return tuple(d for d in range(ndim) if d != ndim - 2) if ndim >= 2 else tuple(range(ndim))
-  axes = (axis,) if isinstance(axis, int) else tuple(axis)
+  try:
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+  except TypeError:
+    raise ValueError(f"{name} must be an int, a tuple of ints or 'input_units'; got {name}={axis!r}.") from None
   if not axes:
     raise ValueError(f"{name} must name at least one axis; got {axis!r}.")
   out = []
   for ax in axes:
-    if not isinstance(ax, int) or isinstance(ax, bool):
+    if not isinstance(ax, (int, np.integer)) or isinstance(ax, (bool, np.bool_)):
       raise ValueError(f"{name} must be an int or a tuple of ints; got {axis!r}.")
     if not -ndim <= ax < ndim:
       raise ValueError(
           f"{name}={axis!r} is out of range for an array of ndim={ndim}; "
           f"allowed: {-ndim} <= {name} < {ndim}."
       )
-    out.append(ax % ndim)
+    out.append(int(ax) % ndim)
   if len(set(out)) != len(out):
     raise ValueError(f"{name}={axis!r} repeats an axis.")
   return tuple(sorted(out))

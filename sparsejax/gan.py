@@ -66,6 +66,11 @@ class GANState:
 
 @dataclasses.dataclass
 class GANConfig:
+  """What `fit_gan` runs: epochs, batch and latent sizes, the generator loss, devices, checkpoints.
+
+  Every field is validated before the first step (a ValueError names the field and its
+  allowed range). `parallelism` is "pmap", "sharded" or "fsdp" (see `train.TrainConfig`).
+  """
   epochs: int = 5
   batch_size: int = 64
   latent_dim: int = 64
@@ -80,7 +85,7 @@ class GANConfig:
   checkpoint_every_steps: int = 0         # 0: only at epoch ends
   keep_checkpoints: int = 2
   check_finite_inputs: bool = True
-  progress: bool = True
+  progress: bool | None = None            # tqdm bars; None: only when stderr is a terminal
 
 
 def _validate_gan_config(config: GANConfig) -> None:
@@ -125,8 +130,14 @@ def create_gan_state(generator, discriminator, g_tx: optax.GradientTransformatio
                      seed: int = 0) -> GANState:
   """Initialises both networks (batch norm in inference mode, so no mapped axis is needed) and optimizers."""
   g_key, d_key, rng = jax.random.split(jax.random.PRNGKey(seed), 3)
-  g_params, g_stats = _split_variables(generator.clone(axis_name=None).init(
-      g_key, jnp.zeros((1, latent_dim)), train=False))
+  g_variables = generator.clone(axis_name=None).init(g_key, jnp.zeros((1, latent_dim)), train=False)
+  fake = jax.eval_shape(lambda v: generator.clone(axis_name=None).apply(v, jnp.zeros((1, latent_dim)), train=False),
+                        g_variables)
+  if tuple(fake.shape[1:]) != tuple(image_shape):
+    raise ValueError(f"the generator makes images of shape {tuple(fake.shape[1:])} but the data's images have shape "
+                     f"{tuple(image_shape)}; give a generator for this image size (e.g. dcgan.dcgan_28 for 28x28, "
+                     f"dcgan.dcgan_64 for 64x64) or resize the images.")
+  g_params, g_stats = _split_variables(g_variables)
   d_params, d_stats = _split_variables(discriminator.clone(axis_name=None).init(
       d_key, jnp.zeros((1, *image_shape)), train=False))
   return GANState(step=jnp.zeros([], jnp.int32), g_params=g_params, d_params=d_params, g_batch_stats=g_stats,
@@ -225,6 +236,7 @@ def generate(generator, state: GANState, z: jax.Array, batch_statistics: bool = 
 
 @dataclasses.dataclass
 class GANResult:
+  """What `fit_gan` returns: the final state on the host, the per-epoch history and the step records."""
   state: GANState            # final state on the host (unreplicated)
   history: list[dict]        # one record per epoch (also log.jsonl / history.json)
   steps: list[dict]          # loss records every `log_every_steps` (also steps.jsonl)
@@ -265,6 +277,7 @@ def fit_gan(generator, discriminator, g_tx: optax.GradientTransformation, d_tx: 
     NonFiniteLossError: a loss became NaN/inf; the last good checkpoint is kept.
   """
   _validate_gan_config(config)
+  workdir = runloop.workdir_path(workdir)
   images = np.asarray(images, np.float32)
   if images.ndim != 4:
     raise ValueError(f"images must have shape (N, H, W, C); got {images.shape}.")
@@ -278,7 +291,7 @@ def fit_gan(generator, discriminator, g_tx: optax.GradientTransformation, d_tx: 
       raise ValueError(f"images must lie in [0, 1]; got range [{images.min():.3g}, {images.max():.3g}].")
   runloop.check_same_on_every_process("fit_gan", {
       "batch_size": config.batch_size, "seed": config.seed, "epochs": config.epochs, "num_images": len(images),
-      "resume": int(resume)})
+      "resume": int(resume), "workdir": workdir})
 
   run_config = {"trainer": "fit_gan", "batch_size": config.batch_size, "seed": config.seed,
                 "num_images": len(images), "image_shape": list(images.shape[1:]), "latent_dim": config.latent_dim}
@@ -302,7 +315,7 @@ def fit_gan(generator, discriminator, g_tx: optax.GradientTransformation, d_tx: 
   p_step = placement.step(train_step, donate_state=True)
   rstate = placement.put_state(state)
   step = start_step
-  progress = config.progress and writer
+  progress = runloop.show_progress(config.progress)
 
   def where() -> str:
     return f"at step {step} (last checkpoint: {runloop.last_checkpoint_text(workdir)})"

@@ -28,7 +28,8 @@ compaction folds constants into biases only).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -40,7 +41,7 @@ from sparsejax.models.cnn import ConvNet
 from sparsejax.models.interface import FunctionalNNX, is_nnx, mode_kwargs
 from sparsejax.models.mlp import MLP
 
-__all__ = ["nnz", "sparsity_per_leaf", "summary", "Layer", "layers", "alive_units", "neurons_removed",
+__all__ = ["nnz", "sparsity_per_leaf", "summary", "Layer", "layers", "alive_units", "neurons_removed", "SizeReport",
            "flops_and_params", "report", "check_params_match", "analyze_model", "layer_name", "BUILTIN_MODELS",
            "coupled_channels"]
 
@@ -259,23 +260,98 @@ def _flops_and_params(layer_list: list[Layer], masks: list[np.ndarray]) -> dict:
           "params_fraction": used_params / max(dense_params, 1)}
 
 
+@dataclasses.dataclass(frozen=True)
+class SizeReport(Mapping):
+  """What `report` measures about a (sparse) network, in plain Python types (JSON-ready).
+
+  It is also a read-only mapping (``r["weight_sparsity"]``, ``{**r}``); `to_dict` gives a
+  plain dict for `json.dump`.
+
+  Attributes:
+    weights_total: kernel entries (Dense/conv weights; biases and scales not counted).
+    weights_nonzero: nonzero kernel entries.
+    weight_sparsity: 1 - weights_nonzero / weights_total.
+    layer_sparsity: {layer: fraction of its kernel entries that are zero}.
+    layer_nonzero: {layer: nonzero kernel entries}.
+    neurons_removed: {layer: units (Dense outputs, conv filters) removable without changing the outputs}.
+    neurons_total: {layer: units}.
+    flops_dense: multiply-adds per example of the dense network (Dense/conv ops).
+    flops_sparse: the same with only nonzero weights between units that stay.
+    flops_fraction: flops_sparse / flops_dense.
+    params_dense: parameters of the dense network's Dense/conv ops (kernels and biases).
+    params_used: those that a compacted network keeps and that are nonzero.
+    params_fraction: params_used / params_dense.
+  """
+  weights_total: int
+  weights_nonzero: int
+  weight_sparsity: float
+  layer_sparsity: dict[str, float]
+  layer_nonzero: dict[str, int]
+  neurons_removed: dict[str, int]
+  neurons_total: dict[str, int]
+  flops_dense: int
+  flops_sparse: int
+  flops_fraction: float
+  params_dense: int
+  params_used: int
+  params_fraction: float
+
+  def __getitem__(self, key: str) -> Any:
+    if key not in _REPORT_FIELDS:
+      raise KeyError(key)
+    return getattr(self, key)
+
+  def __iter__(self) -> Iterator[str]:
+    return iter(_REPORT_FIELDS)
+
+  def __len__(self) -> int:
+    return len(_REPORT_FIELDS)
+
+  def to_dict(self) -> dict[str, Any]:
+    """A plain dict of every field (nested dicts copied)."""
+    return {k: dict(v) if isinstance(v, dict) else v for k, v in self.items()}
+
+
+_REPORT_FIELDS = tuple(f.name for f in dataclasses.fields(SizeReport))
+
+
+def _size_report(values: dict) -> SizeReport:
+  """A SizeReport of `values` with every number a Python int/float and every key a str."""
+  def plain(v, kind):
+    return {str(k): kind(x) for k, x in v.items()} if isinstance(v, dict) else kind(v)
+  kinds = {f.name: (int if "int" in str(f.type) else float) for f in dataclasses.fields(SizeReport)}
+  return SizeReport(**{k: plain(values[k], kinds[k]) for k in _REPORT_FIELDS})
+
+
 def report(model: Any, params: Any = None, input_shape: Sequence[int] | None = None,
-           input_dtype: Any = jnp.float32) -> dict:
-  """Everything an experiment reports about a (sparse) network's size (any model)."""
+           input_dtype: Any = jnp.float32) -> SizeReport:
+  """Everything an experiment reports about a (sparse) network's size, for any linen or NNX model.
+
+  Args:
+    model: the built-in MLP/ConvNet, any linen module (with params or full variables),
+      or an NNX module (params None).
+    params: its parameters (see `analyze_model`).
+    input_shape: one example's shape (no batch axis).
+    input_dtype: the input's dtype (e.g. jnp.int32 for token ids).
+
+  Returns:
+    A `SizeReport` (nonzeros, sparsity per layer, neurons removable, FLOPs and
+    parameters used); a read-only mapping too.
+  """
   if not _builtin(model):
     found = analyze_model(model, params, input_shape, input_dtype=input_dtype)
     kernels = {layer_name(op.name): op.kernel for op in found.ops}
     removed = _generic_neurons(found)
-    return {**_generic_counts(found), **_kernel_counts(kernels),
-            "neurons_removed": {k: v["removed"] for k, v in removed.items()},
-            "neurons_total": {k: v["total"] for k, v in removed.items()}}
+    return _size_report({**_generic_counts(found), **_kernel_counts(kernels),
+                         "neurons_removed": {k: v["removed"] for k, v in removed.items()},
+                         "neurons_total": {k: v["total"] for k, v in removed.items()}})
   layer_list = layers(model, params, input_shape)
   masks = alive_units(layer_list)
   removed = _neurons_removed(layer_list, masks)
   kernels = {l.name: l.kernel for l in layer_list}
-  return {**_flops_and_params(layer_list, masks), **_kernel_counts(kernels),
-          "neurons_removed": {k: v["removed"] for k, v in removed.items()},
-          "neurons_total": {k: v["total"] for k, v in removed.items()}}
+  return _size_report({**_flops_and_params(layer_list, masks), **_kernel_counts(kernels),
+                       "neurons_removed": {k: v["removed"] for k, v in removed.items()},
+                       "neurons_total": {k: v["total"] for k, v in removed.items()}})
 
 
 def _kernel_counts(kernels: dict) -> dict:

@@ -19,9 +19,8 @@ Give `sparsity` instead of `strength` to hit a fraction of zero weights: the
 strength is then set during training by the NNZ controller
 (`controller.nnz_controller`, or `nnz_controller_for` for group penalties), from
 the same learning rate. With `total_steps` (the run's optimizer steps) the run ends
-exactly on the target:
-
-  >>> tx = optimizers.sgd(0.05, momentum=0.9, penalty="scad", sparsity=0.95, total_steps=300)
+exactly on the target, e.g.
+``optimizers.sgd(0.05, momentum=0.9, penalty="scad", sparsity=0.95, total_steps=300)``.
 
 Example:
   >>> import jax.numpy as jnp, optax

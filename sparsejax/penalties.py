@@ -23,6 +23,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from sparsejax import _checks
@@ -339,6 +340,8 @@ def capped_l1(x: Any, lam=1.0, theta=1.0) -> jax.Array:
 
 def group_weight(v, axes, scale_by_group_size):
   """w_g of the group lasso: sqrt(group size) if `scale_by_group_size`, else 1."""
+  if not isinstance(scale_by_group_size, (bool, np.bool_)):
+    raise ValueError(f"scale_by_group_size must be True or False; got {scale_by_group_size!r}.")
   return jnp.sqrt(float(_group_size(v, axes))) if scale_by_group_size else 1.0
 
 

@@ -24,16 +24,20 @@ def new_figure(nrows: int = 1, ncols: int = 1, figsize=None, squeeze: bool = Tru
   return fig, fig.subplots(nrows, ncols, squeeze=squeeze)
 
 
-def save_figure(fig, path: str) -> str:
-  """Lays out `fig`, writes it to `path` as a PNG (creating folders) and returns the path."""
+def save_figure(fig, path: str, tight: bool = True) -> str:
+  """Lays out `fig` (`tight`: tight_layout), writes it to `path` as a PNG (creating folders), returns the path."""
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  fig.tight_layout()
+  if tight:
+    fig.tight_layout()
   fig.savefig(path, dpi=120)
   return path
 
 
 def training_curves(history: Sequence[dict], path: str, title: str = "") -> str:
-  """Loss, accuracy (or MSE) and weight sparsity per epoch from `train.fit`'s history."""
+  """Loss, accuracy (or MSE) and weight sparsity per epoch from `train.fit`'s history.
+
+  Losses are drawn on a log axis (when all are positive), so a few spikes do not squash the rest.
+  """
   epochs = [r["epoch"] for r in history]
   panels = [("loss", ["train_loss", "eval_loss"]),
             ("accuracy" if "eval_accuracy" in history[-1] or "train_accuracy" in history[-1] else "mse",
@@ -47,6 +51,9 @@ def training_curves(history: Sequence[dict], path: str, title: str = "") -> str:
     ax.set_xlabel("epoch")
     ax.set_ylabel(label)
     ax.grid(alpha=0.3)
+    values = [r[k] for r in history for k in keys if isinstance(r.get(k), (int, float)) and np.isfinite(r[k])]
+    if label in ("loss", "mse") and values and min(values) > 0:
+      ax.set_yscale("log")
     if ax.has_data():
       ax.legend(fontsize=8)
   if title:
@@ -81,11 +88,11 @@ def sparsity_per_layer(report: dict, path: str, title: str = "") -> str:
 
 
 def first_layer_filters(kernel: np.ndarray, path: str, image_shape: Sequence[int] | None = None,
-                        max_filters: int = 64, title: str = "") -> str:
+                        max_filters: int | None = None, title: str = "") -> str:
   """Images of first-layer weights: conv filters (kh, kw, cin, cout) or Dense columns reshaped to `image_shape`.
 
-  Zero weights show as the mid-gray of a symmetric colour scale, so removed
-  filters appear blank.
+  Every unit is drawn (or the first `max_filters`), on one symmetric colour scale with
+  a colour bar; zero weights are its white middle, so removed units appear blank.
   """
   kernel = np.asarray(kernel)
   if kernel.ndim == 4:
@@ -95,18 +102,22 @@ def first_layer_filters(kernel: np.ndarray, path: str, image_shape: Sequence[int
       side = int(round(np.sqrt(kernel.shape[0])))
       image_shape = (side, side)
     filters = [kernel[:, j].reshape(image_shape[:2]) for j in range(kernel.shape[1])]
-  filters = filters[:max_filters]
+  filters = filters[:max_filters] if max_filters else filters
   cols = int(np.ceil(np.sqrt(len(filters))))
   rows = int(np.ceil(len(filters) / cols))
   fig, axes = new_figure(rows, cols, figsize=(1.3 * cols, 1.3 * rows), squeeze=False)
   scale = float(np.max(np.abs(kernel))) or 1.0
   for ax in axes.ravel():
     ax.axis("off")
+  image = None
   for ax, f in zip(axes.ravel(), filters):
-    ax.imshow(f, cmap="RdBu_r", vmin=-scale, vmax=scale)
+    image = ax.imshow(f, cmap="RdBu_r", vmin=-scale, vmax=scale)
+  fig.subplots_adjust(left=0.02, right=0.86, bottom=0.02, top=0.92 if title else 0.98, wspace=0.08, hspace=0.08)
+  if image is not None:
+    fig.colorbar(image, cax=fig.add_axes((0.89, 0.15, 0.025, 0.7)), label="weight")
   if title:
     fig.suptitle(title)
-  return save_figure(fig, path)
+  return save_figure(fig, path, tight=False)
 
 
 def line_plot(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: str, xlabel: str, ylabel: str,

@@ -22,10 +22,8 @@ Half-precision inputs are computed in float32 and cast back.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -39,7 +37,7 @@ from sparsejax import registry as _registry
 __all__ = [
     "l1", "l0", "elastic_net", "tl1", "log_sum", "l_half", "l_two_thirds",
     "scad", "mcp", "capped_l1", "group_lasso", "sparse_group_lasso",
-    "exclusive", "cges_exclusive", "PROX", "get", "from_leaf_function", "fused_with_update",
+    "exclusive", "cges_exclusive", "PROX", "get", "from_leaf_function",
 ]
 
 Axis = _pen.Axis  # int or sequence of ints: the axes reduced into one group
@@ -69,6 +67,9 @@ def _apply(leaf_fn: Callable[..., jax.Array], x: Any, tau: Any,
   themselves. `tau` and the shape parameters must broadcast to the leaf without
   widening it (group maps: to the group-reduced shape, checked in the group map).
   """
+  if tau is None:
+    raise ValueError("tau must be a number >= 0 (a scalar, an array broadcasting per element, or a pytree with "
+                     "one value per leaf); got tau=None.")
   _checks.check_range("tau", tau, lower=0.0)
 
   def run_leaf(leaf, tau, **kwargs):
@@ -646,52 +647,6 @@ def _overflow_scale_down(dtype) -> jax.Array:
   return jnp.asarray(2.0 ** -(5 * int(jnp.finfo(dtype).maxexp) // 8), dtype)
 
 
-_FUSED_WITH_UPDATE: contextvars.ContextVar[bool] = contextvars.ContextVar("fused_with_update", default=False)
-
-
-_TAU_RANGE: contextvars.ContextVar[tuple[float, float] | None] = contextvars.ContextVar("tau_range", default=None)
-
-
-@contextlib.contextmanager
-def fused_with_update(tau_range: tuple[float, float] | None = None) -> Iterator[None]:
-  """Traces the group maps for an input that XLA computes inside the same fusion.
-
-  Inside an optimizer step the prox input is an expression, v = p + u, that XLA
-  recomputes wherever it is read rather than storing it, as long as nothing forces it
-  into a buffer. A `lax.cond` whose branch reads v does force it (one weight-sized
-  buffer), so inside this context the group norms take their overflow/underflow
-  fallback sum unconditionally (two passes over v, no conditional); outside it they
-  take it under `lax.cond` only when some group's sum of squares overflows or
-  underflows (one pass on ordinary inputs). Both give the same numbers.
-  `transforms.proximal_step_leaves`, which every proximal transform of the library
-  uses, traces its prox calls inside it. It changes only how the computation is
-  traced, never its result, and is a no-op for the elementwise maps.
-
-  Args:
-    tau_range: optional static bounds (lo, hi) known to hold every tau passed to a
-      group map inside the context (e.g. a constant learning rate times a constant
-      strength). Where every group threshold then lies in the range in which the
-      fallback sum cannot change an output (at least sqrt(n) 2^(m/2 + 1) and at
-      most 2^(E/2 - p - 4), n the group size, m and E the dtype's minimum and
-      maximum exponents, p its mantissa bits: from 2^-62 sqrt(n) to 2^37 in
-      float32), the fallback pass is left out.
-      A tau outside the given range is a caller's error that this cannot detect;
-      leave it None when tau is traced (schedules, `optax.inject_hyperparams`).
-  """
-  if tau_range is not None:
-    lo, hi = (float(t) for t in tau_range)
-    if not 0.0 <= lo <= hi:
-      raise ValueError(f"tau_range must be (lo, hi) with 0 <= lo <= hi; got {tau_range!r}.")
-    tau_range = (lo, hi)
-  token = _FUSED_WITH_UPDATE.set(True)
-  range_token = _TAU_RANGE.set(tau_range)
-  try:
-    yield
-  finally:
-    _TAU_RANGE.reset(range_token)
-    _FUSED_WITH_UPDATE.reset(token)
-
-
 def _underflow_zeroing_threshold(dtype, group_size: int) -> float:
   """A threshold at or above which every group whose sum of squares underflows is zeroed.
 
@@ -720,7 +675,7 @@ def _fallback_sum_unneeded(dtype, group_size: int, thr_lo: float, thr_hi: float)
   return _underflow_zeroing_threshold(dtype, group_size) <= thr_lo and thr_hi <= hi_bound
 
 
-def _group_norm(v, axes, thr, thr_range=None):
+def _group_norm(v, axes, thr, thr_range=None, fused=False):
   """(n, s, sq) per group (keepdims): ||v_g||_2 = n * s with s a power of two, and the plain sum of squares sq.
 
   The plain sum of squares sq gives every ordinary group (s = 1, bit-identical to
@@ -733,8 +688,9 @@ def _group_norm(v, axes, thr, thr_range=None):
   one scale per group, chosen from the first. sq is NaN exactly on the groups that
   hold a NaN.
 
-  The second sum is taken unconditionally inside `fused_with_update` (a conditional
-  would make XLA store v), and otherwise under `lax.cond` only when a group needs it:
+  With `fused` (the map traced inside an optimizer step, where v = p + u is an expression
+  XLA recomputes wherever it is read) the second sum is taken unconditionally (a
+  conditional would make XLA store v); otherwise under `lax.cond` only when a group needs it:
   one that overflows, or one that underflows while its threshold `thr` is below
   `_underflow_zeroing_threshold` (sqrt(|g|) 2^(m/2 + 1), m the minimum normal
   exponent), since such a group's true norm is below that bound and it is zeroed
@@ -756,7 +712,7 @@ def _group_norm(v, axes, thr, thr_range=None):
   def rescaled_squares(v):
     return jnp.sum(jnp.square(v * group_scale), axis=axes, keepdims=True)
 
-  if _FUSED_WITH_UPDATE.get() or huge_groups:
+  if fused or huge_groups:
     sq_scaled = rescaled_squares(v)
   else:
     bound = jnp.asarray(_underflow_zeroing_threshold(v.dtype, group_size), v.dtype)
@@ -768,7 +724,7 @@ def _group_norm(v, axes, thr, thr_range=None):
   return norm, 1.0 / group_scale, sq
 
 
-def _group_shrink(x, thr, axes, pre=None, thr_range=None):
+def _group_shrink(x, thr, axes, pre=None, thr_range=None, fused=False):
   """max(0, 1 - thr/||v_g||) v_g for v = pre(x) (default x), with 0 (not NaN) on an all-zero
   group and NaN on a NaN group.
 
@@ -776,12 +732,12 @@ def _group_shrink(x, thr, axes, pre=None, thr_range=None):
   factor is formed as 1 - (thr/s)/n, so it stays right where the norm itself exceeds
   the dtype's maximum. `pre` (e.g. the soft thresholding of the sparse group lasso) is
   applied inside each use, so v is never materialised: in a jitted training step
-  (`fused_with_update`) XLA fuses the optimizer's update, `pre`, the sums of squares
+  (`fused`) XLA fuses the optimizer's update, `pre`, the sums of squares
   and the shrinkage into passes over the parameters without a weight-sized temporary
   (`tests/test_prox.py` checks it).
   """
   pre = pre or (lambda a: a)
-  norm, scale, sq = _group_norm(pre(x), axes, thr, thr_range)
+  norm, scale, sq = _group_norm(pre(x), axes, thr, thr_range, fused)
   thr_scaled = thr / scale
   keep = norm > thr_scaled
   factor = 1.0 - thr_scaled / jnp.where(keep, norm, 1.0)
@@ -789,16 +745,43 @@ def _group_shrink(x, thr, axes, pre=None, thr_range=None):
   return jnp.where(jnp.isnan(sq), jnp.asarray(jnp.nan, x.dtype), out)
 
 
-def _group_lasso_leaf(v, tau, axis, scale_by_group_size, pre=None):
+def _group_lasso_leaf(v, tau, axis, scale_by_group_size, pre=None, fused=False, tau_range=None):
   axes = _checks.normalize_axes(axis, v.ndim)
   _check_group_param("tau", tau, v, axes)
   thr = tau * _pen.group_weight(v, axes, scale_by_group_size)
-  tau_range = _TAU_RANGE.get()
   thr_range = None
   if tau_range is not None:
     w = float(math.prod(v.shape[a] for a in axes)) ** 0.5 if scale_by_group_size else 1.0
     thr_range = (tau_range[0] * w, tau_range[1] * w)
-  return _group_shrink(v, thr, axes, pre, thr_range)
+  return _group_shrink(v, thr, axes, pre, thr_range, fused)
+
+
+def _in_step_static(tau_range: tuple[float, float] | None) -> dict[str, Any]:
+  """The static arguments of a group map traced inside an optimizer step (see `_group_lasso_in_step`)."""
+  if tau_range is not None:
+    lo, hi = (float(t) for t in tau_range)
+    if not 0.0 <= lo <= hi:
+      raise ValueError(f"tau_range must be (lo, hi) with 0 <= lo <= hi; got {tau_range!r}.")
+    tau_range = (lo, hi)
+  return {"fused": True, "tau_range": tau_range}
+
+
+def _group_lasso_in_step(x: Any, tau: Any, axis: Axis = -1, scale_by_group_size: bool = False, *,
+                         tau_range: tuple[float, float] | None = None) -> Any:
+  """`group_lasso` as the library's transforms trace it inside an optimizer step: the same numbers.
+
+  There the input is an expression, x = p + u, that XLA recomputes wherever it is read
+  unless something forces it into a buffer. A `lax.cond` whose branch reads it does (one
+  weight-sized buffer), so this form takes the norms' overflow/underflow fallback sum
+  unconditionally (the public map takes it under `lax.cond`, only when a group needs it).
+  `tau_range`: static bounds (lo, hi) known to hold every tau (a constant learning rate
+  times a constant strength); where every group threshold then lies in the range in which
+  the fallback sum cannot change an output (from 2^-62 sqrt(n) to 2^37 in float32, n the
+  group size; `_fallback_sum_unneeded`), that pass is left out. A tau outside the given
+  range is a caller's error this cannot detect: leave it None when tau is traced.
+  """
+  return _apply(_group_lasso_leaf, x, tau, None, {"axis": axis, "scale_by_group_size": scale_by_group_size,
+                                                   **_in_step_static(tau_range)}, grouped=True)
 
 
 def group_lasso(x: Any, tau: Any, axis: Axis = -1, scale_by_group_size: bool = False) -> Any:
@@ -834,10 +817,15 @@ def group_lasso(x: Any, tau: Any, axis: Axis = -1, scale_by_group_size: bool = F
                 {"axis": axis, "scale_by_group_size": scale_by_group_size}, grouped=True)
 
 
-def _sgl_leaf(v, tau, l1, axis, scale_by_group_size):
+# The form the transforms call inside an optimizer step (`transforms.proximal_step_leaves`).
+group_lasso._in_step = _group_lasso_in_step  # type: ignore[attr-defined]
+
+
+def _sgl_leaf(v, tau, l1, axis, scale_by_group_size, fused=False, tau_range=None):
   axes = _checks.normalize_axes(axis, v.ndim)
   _check_group_param("l1", l1, v, axes)
-  return _group_lasso_leaf(v, tau, axis, scale_by_group_size, pre=lambda a: _soft(a, tau * l1))
+  return _group_lasso_leaf(v, tau, axis, scale_by_group_size, pre=lambda a: _soft(a, tau * l1), fused=fused,
+                           tau_range=tau_range)
 
 
 def sparse_group_lasso(x: Any, tau: Any, l1: Any = 1.0, axis: Axis = -1,
@@ -877,6 +865,17 @@ def sparse_group_lasso(x: Any, tau: Any, l1: Any = 1.0, axis: Axis = -1,
   _registry.check_shape("sparse_group_lasso", l1=l1)
   return _apply(_sgl_leaf, x, tau, {"l1": l1},
                 {"axis": axis, "scale_by_group_size": scale_by_group_size}, grouped=True)
+
+
+def _sparse_group_lasso_in_step(x: Any, tau: Any, l1: Any = 1.0, axis: Axis = -1, scale_by_group_size: bool = False,
+                                *, tau_range: tuple[float, float] | None = None) -> Any:
+  """`sparse_group_lasso` as traced inside an optimizer step (see `_group_lasso_in_step`): the same numbers."""
+  _registry.check_shape("sparse_group_lasso", l1=l1)
+  return _apply(_sgl_leaf, x, tau, {"l1": l1}, {"axis": axis, "scale_by_group_size": scale_by_group_size,
+                                                 **_in_step_static(tau_range)}, grouped=True)
+
+
+sparse_group_lasso._in_step = _sparse_group_lasso_in_step  # type: ignore[attr-defined]
 
 
 def _groups_last(v, axes):

@@ -46,6 +46,7 @@ import os
 import shutil
 import sys
 import tempfile
+import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -64,6 +65,7 @@ __all__ = [
     "process_slice", "append_jsonl", "read_jsonl", "write_jsonl_atomic", "write_json_atomic",
     "prepare_workdir", "checkpoint_manager", "restore_latest", "save_checkpoint", "peer_loss_guard",
     "sync_processes", "latest_checkpoint_step", "last_checkpoint_text", "local_count", "check_same_on_every_process",
+    "workdir_path", "show_progress",
     "validate_loop_config", "PARALLELISMS", "DataParallel", "first_value",
 ]
 
@@ -344,17 +346,31 @@ def sync_processes(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
-def check_same_on_every_process(name: str, values: dict[str, int]) -> None:
-  """Raises ValueError naming the first field whose value differs between processes."""
+def check_same_on_every_process(name: str, values: dict[str, int | str]) -> None:
+  """Raises ValueError naming the first field whose value differs between processes.
+
+  Strings (paths) are compared by a CRC-32 of their text; the message then shows this
+  process's value.
+  """
   if jax.process_count() == 1:
     return
   keys = sorted(values)
-  gathered = np.asarray(multihost_utils.process_allgather(np.asarray([int(values[k]) for k in keys], np.int64)))
+  codes = [zlib.crc32(v.encode()) if isinstance(v, str) else int(v) for v in (values[k] for k in keys)]
+  gathered = np.asarray(multihost_utils.process_allgather(np.asarray(codes, np.int64)))
   for j, key in enumerate(keys):
     column = gathered[:, j]
     if np.any(column != column[0]):
-      raise ValueError(f"{name}: {key} differs between processes ({column.tolist()} for processes "
-                       f"0..{len(column) - 1}); every process must run the same configuration on the same data.")
+      shown = (f"this process (process {jax.process_index()}) has {values[key]!r}" if isinstance(values[key], str)
+               else f"{column.tolist()} for processes 0..{len(column) - 1}")
+      raise ValueError(f"{name}: {key} differs between processes ({shown}); every process must run the same "
+                       f"configuration on the same data, in the same workdir.")
+
+
+def workdir_path(workdir: Any) -> str:
+  """`workdir` as an absolute path string; ValueError unless it is a non-empty str or os.PathLike."""
+  if not isinstance(workdir, (str, os.PathLike)) or not os.fspath(workdir):
+    raise ValueError(f"workdir must be a directory path (a non-empty str or os.PathLike); got workdir={workdir!r}.")
+  return os.path.abspath(os.fspath(workdir))
 
 
 # ------------------------------------------------------------- workdir
@@ -390,6 +406,14 @@ def last_checkpoint_text(workdir: str) -> str:
   return f"step {latest_checkpoint_step(workdir)} in {os.path.join(workdir, 'checkpoints')}"
 
 
+def show_progress(progress: bool | None) -> bool:
+  """Whether to draw tqdm bars: `progress` if given, else only when stderr is a terminal and this
+  process writes (a log file or a pipe gets no bar redraws)."""
+  if progress is None:
+    progress = bool(getattr(sys.stderr, "isatty", lambda: False)())
+  return bool(progress) and is_writer()
+
+
 def validate_loop_config(config: Any, int_fields: list[tuple[str, int, str]]) -> None:
   """Checks the integer fields of a trainer config and its checkpoint settings.
 
@@ -406,6 +430,8 @@ def validate_loop_config(config: Any, int_fields: list[tuple[str, int, str]]) ->
     _checks.check_int(f"{name}.{field}", getattr(config, field), lower, allowed)
   if getattr(config, "parallelism", "pmap") not in PARALLELISMS:
     raise ValueError(f"{name}.parallelism must be one of {PARALLELISMS}; got {config.parallelism!r}.")
+  if getattr(config, "progress", None) not in (None, True, False):
+    raise ValueError(f"{name}.progress must be None (bars on a terminal only), True or False; got {config.progress!r}.")
   if config.checkpoint:
     _checks.check_int(f"{name}.keep_checkpoints", config.keep_checkpoints, 1,
                       "an int >= 1 when checkpoint=True (0 would keep no checkpoint to resume from)")

@@ -95,6 +95,7 @@ class ClassifierScore:
     self.real_features, self.real_probabilities = self.features_and_probabilities(self.real_images)
 
   def features_and_probabilities(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The classifier's penultimate features and class probabilities of `images`, batch by batch."""
     feats, probs = [], []
     for i in range(0, len(images), self.batch_size):
       f, p = self._apply(jnp.asarray(images[i:i + self.batch_size], jnp.float32))

@@ -71,6 +71,7 @@ class TrainOutcome(NamedTuple):
 
 @dataclasses.dataclass
 class SelectionResult:
+  """What `select_strength` / `select_layer_strengths` return: the chosen strength, its params, every training."""
   strength: float | list[float]   # the chosen lambda (or per-layer lambdas)
   params: Any                     # parameters trained with it
   nnz: int | list[int]
@@ -182,7 +183,12 @@ class _History:
     if path:
       if os.path.isdir(path):
         raise ValueError(f"history_path {path!r} is a directory; give a file path.")
-      os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+      folder = os.path.dirname(path) or "."
+      try:
+        os.makedirs(folder, exist_ok=True)
+      except (FileExistsError, NotADirectoryError):
+        raise ValueError(f"history_path {path!r}: its folder {folder!r} cannot be created (a part of it is a "
+                         f"file); give a path in a directory.") from None
       self.records = records.read_jsonl(path)
       for record in self.records:
         for key, value in identity.items():

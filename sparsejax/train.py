@@ -70,6 +70,13 @@ class TrainState:
 
 @dataclasses.dataclass
 class TrainConfig:
+  """What `fit` runs: epochs, batch sizes, the task, the devices and their layout, checkpoints, checks.
+
+  Every field is validated before the first step (a ValueError names the field and its
+  allowed range). `parallelism`: "pmap" (replicated state, `jax.pmap`), "sharded" (one
+  jit program over a device mesh, replicated state) or "fsdp" (params and optimizer state
+  also split over `fsdp_devices`). `progress`: tqdm bars (None, the default: only on a terminal).
+  """
   epochs: int = 10
   batch_size: int = 128
   eval_batch_size: int = 1000
@@ -83,7 +90,7 @@ class TrainConfig:
   checkpoint_every_steps: int = 0  # 0: only at epoch ends
   keep_checkpoints: int = 2
   check_finite_inputs: bool = True
-  progress: bool = True
+  progress: bool | None = None    # tqdm bars; None: only when stderr is a terminal
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -166,6 +173,11 @@ def make_train_step(model, tx: optax.GradientTransformation, task: str = "classi
 
 
 def make_eval_step(model, task: str = "classification", loss_fn: LossFn | None = None):
+  """`eval_step(state, x, y, w)`: the summed loss and metrics of a batch in eval mode, examples weighted by `w`.
+
+  `w` is 1 for real examples and 0 for the padding of a last partial batch, so sums over
+  batches give exact means. Classification adds the count of correct predictions.
+  """
   per_example = _per_example_loss(task, loss_fn)
   eval_mode = mode_kwargs(model, False)
 
@@ -210,6 +222,7 @@ def evaluate(model, state: TrainState | Any, x: np.ndarray, y: np.ndarray, task:
 
 @dataclasses.dataclass
 class FitResult:
+  """What `fit` returns: the final state on the host, the per-epoch history, the workdir, the trained NNX module."""
   state: TrainState          # final state on the host (unreplicated)
   history: list[dict]        # one record per epoch (also in log.jsonl)
   workdir: str
@@ -247,7 +260,13 @@ def _validate_labels(name: str, y: np.ndarray, num_examples: int, num_outputs: i
       bad = int(y.min()) if y.min() < 0 else int(y.max())
       raise ValueError(f"{name}: labels must lie in [0, {num_outputs - 1}] for a model with {num_outputs} outputs; "
                        f"got label {bad}.")
-  elif check_finite:
+  else:
+    per_example = int(np.prod(y.shape[1:], dtype=np.int64))
+    if per_example == 1 and num_outputs > 1:  # the squared error would broadcast one target over every output
+      hint = " (integer class labels: use task='classification')" if np.issubdtype(y.dtype, np.integer) else ""
+      raise ValueError(f"{name}: regression targets must have one value per model output ({num_outputs}: shape "
+                       f"(N, {num_outputs})); got shape {y.shape}{hint}.")
+  if task != "classification" and check_finite:
     if not np.issubdtype(y.dtype, np.number):
       raise ValueError(f"{name}: regression targets must be numeric; got {y.dtype}.")
     data.check_finite(np.asarray(y, np.float64).reshape(len(y), -1), f"{name} targets")
@@ -317,6 +336,7 @@ def fit(model, tx: optax.GradientTransformation, train_data: tuple[np.ndarray, n
     runloop.PeerLostError: a peer process of a multi-process run died.
   """
   validate_config(config)
+  workdir = runloop.workdir_path(workdir)
   nnx_model = is_nnx(model)
   if nnx_model and penalty_fn is not None:
     raise ValueError("penalty_fn reads activations a linen model sows into 'intermediates'; an NNX model has none. "
@@ -342,7 +362,7 @@ def fit(model, tx: optax.GradientTransformation, train_data: tuple[np.ndarray, n
   runloop.check_same_on_every_process("fit", {
       "batch_size": config.batch_size, "seed": config.seed, "epochs": config.epochs,
       "num_train_examples": len(x_train), "num_eval_examples": 0 if eval_data is None else len(eval_data[0]),
-      "resume": int(resume)})
+      "resume": int(resume), "workdir": workdir})
   def size_report(host: TrainState) -> dict:
     if report_fn is not None:
       return report_fn(host.params)
@@ -372,7 +392,7 @@ def fit(model, tx: optax.GradientTransformation, train_data: tuple[np.ndarray, n
   rstate = placement.put_state(state)
   steps_per_epoch = math.ceil(len(x_train) / config.batch_size)
   step = start_step
-  progress = config.progress and writer
+  progress = runloop.show_progress(config.progress)
 
   def where() -> str:
     return f"at step {step} (last checkpoint: {runloop.last_checkpoint_text(workdir)})"

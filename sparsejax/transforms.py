@@ -106,31 +106,55 @@ def proximal_step_leaves(prox_fn: Callable[..., Any], param_leaves: list, update
   """The proximal step on flat leaves: prox_fn(p + u, tau) - p where tau is not None, u elsewhere.
 
   The one implementation of the step that `proximal`, the ready-made chains and
-  `selection.nnz_controller` apply; `optax.apply_updates` then lands on the prox
-  output (exact zeros included). `static_taus` (optional, one per leaf) holds each
-  leaf's tau as a Python float where it is known when the step is traced
-  (`static_threshold`), else None; the group maps then skip a pass over the weights
-  that cannot change their output (`prox.fused_with_update`).
+  `controller.nnz_controller` apply; `optax.apply_updates` then lands on the prox
+  output (exact zeros included). A prox that offers an in-step form (the library's
+  group maps: `prox_fn._in_step`, see `_in_step_form`) is called in it: the same
+  numbers, traced so that XLA fuses the update into the map without storing p + u.
+  `static_taus` (optional, one per leaf) holds each leaf's tau as a Python float where
+  it is known when the step is traced (`static_threshold`), else None; an in-step form
+  then skips a pass over the weights that cannot change its output.
   """
   out = []
+  in_step = _in_step_form(prox_fn)
   static_taus = static_taus or [None] * len(param_leaves)
   for p, u, tau, static_tau in zip(param_leaves, update_leaves, taus, static_taus):
-    # The static value is the float32 product within a rounding: a factor-2 range holds it.
-    tau_range = None if static_tau is None or not static_tau >= 0 else (0.5 * static_tau, 2.0 * static_tau)
-    with _prox.fused_with_update(tau_range):
-      out.append(u if tau is None else (prox_fn(p + u, tau) - p).astype(jnp.result_type(u)))
+    if tau is not None and not jnp.issubdtype(jnp.result_type(p), jnp.floating):
+      raise ValueError(f"a proximal step needs floating-point weights; a regularised leaf of shape {jnp.shape(p)} has "
+                       f"dtype {jnp.result_type(p)} (its update would round to 0). Cast it to float, or leave it "
+                       "out with mask=.")
+    if tau is None:
+      out.append(u)
+      continue
+    if in_step is None:
+      new = prox_fn(p + u, tau)
+    else:
+      # The static value is the float32 product within a rounding: a factor-2 range holds it.
+      tau_range = None if static_tau is None or not static_tau >= 0 else (0.5 * static_tau, 2.0 * static_tau)
+      new = in_step(p + u, tau, tau_range=tau_range)
+    out.append((new - p).astype(jnp.result_type(u)))
   return out
 
 
-def _takes_tau_as_given(prox_fn: Callable[..., Any]) -> bool:
-  """Whether prox_fn is a library group map (shape parameters bound or not), which hands tau
-  to its group norms unchanged, so a static learning_rate * strength bounds their threshold.
+def _in_step_form(prox_fn: Callable[..., Any]) -> Callable[..., Any] | None:
+  """The in-step form of `prox_fn` (its `_in_step` attribute, shape parameters bound as in
+  `prox_fn`), or None for a map that has none.
 
-  Any other callable may scale tau before a group map sees it, so it gets no static range.
+  An in-step form takes the same arguments plus `tau_range` and gives the same numbers;
+  it hands tau to its group norms unchanged, so a static learning_rate * strength bounds
+  their threshold. Any other callable (a user's prox that may scale tau before a group map
+  sees it) is called as it is, and gets no static range.
   """
-  while isinstance(prox_fn, functools.partial):
-    prox_fn = prox_fn.func
-  return prox_fn in (_prox.group_lasso, _prox.sparse_group_lasso)
+  bound: list[functools.partial] = []
+  base = prox_fn
+  while isinstance(base, functools.partial):
+    bound.append(base)
+    base = base.func
+  step = getattr(base, "_in_step", None)
+  if step is None:
+    return None
+  for partial in reversed(bound):  # innermost first, as the partials were applied
+    step = functools.partial(step, *partial.args, **partial.keywords)
+  return step
 
 
 def _proximal_from_leaf_strengths(
@@ -140,7 +164,7 @@ def _proximal_from_leaf_strengths(
     mask: Mask,
 ) -> optax.GradientTransformation:
   """The proximal step with per-leaf strengths computed from the params' structure."""
-  static_taus_apply = _takes_tau_as_given(prox_fn)
+  static_taus_apply = _in_step_form(prox_fn) is not None
 
   def init_fn(params):
     leaves, treedef = jax.tree.flatten(params)

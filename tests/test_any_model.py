@@ -22,6 +22,8 @@ from sparsejax.models.interface import functional
 from sparsejax.models.resnet import ResNet, resnet20
 from sparsejax.models.transformer import TransformerClassifier
 
+pytestmark = pytest.mark.integration  # trains models: the integration tier (see README)
+
 COUNTS = ("flops_dense", "flops_sparse", "params_dense", "params_used")
 
 

@@ -20,6 +20,8 @@ import pytest
 from sparsejax import compaction, metrics, structure
 from sparsejax.models import ResNet
 
+pytestmark = pytest.mark.integration  # trains models: the integration tier (see README)
+
 
 def _slimmed_resnet(fraction: float, seed: int, stages=(1, 1, 1), widths=(16, 32, 64)):
   """A ResNet whose BatchNorm scales are zero on `fraction` of the channels of every BN (shift kept)."""

@@ -78,6 +78,7 @@ def _nnx():
   return model, compaction.compact(model, input_shape=(12,)), (12,)
 
 
+@pytest.mark.integration  # trains or compiles for many seconds: the integration tier
 @pytest.mark.parametrize("make", [_mlp, _linen_cnn, _nnx], ids=["builtin_mlp", "linen_cnn", "nnx"])
 def test_saved_model_loads_in_another_process_with_equal_outputs(make, tmp_path):
   sparse_model, cm, shape = make()

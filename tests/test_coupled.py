@@ -123,6 +123,7 @@ class _NNXResidual(nnx.Module):
     return self.head(h.mean(axis=(1, 2)))
 
 
+@pytest.mark.integration  # trains or compiles for many seconds: the integration tier
 def test_nnx_streams_are_coupled_and_nnx_optimizer_drives_the_penalty():
   module = _NNXResidual(nnx.Rngs(0))
   groups = metrics.coupled_channels(module, input_shape=(8, 8, 1))

@@ -11,6 +11,8 @@ import os
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.integration  # the integration tier: pytest -m integration (see README)
+
 
 @pytest.mark.xdist_group("quickstart")
 def test_quickstart_small_config(small_run):

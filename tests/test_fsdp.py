@@ -17,6 +17,8 @@ from sparsejax import gan, pruning, runloop, selection, train, transforms
 from sparsejax.models import MLP, dcgan
 from tests.test_sharded import _digits, _gan_images_and_penalty, _mean_activation_penalty
 
+pytestmark = pytest.mark.integration  # the integration tier: pytest -m integration (see README)
+
 LR = 0.05
 HIDDEN = 128   # the first kernel is (64, 128): split along its 128 columns, which each row group spans
 

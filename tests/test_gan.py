@@ -12,6 +12,8 @@ from sparsejax import activity, gan
 from sparsejax.models import dcgan
 from sparsejax.train import AXIS, NonFiniteLossError
 
+pytestmark = pytest.mark.integration  # the integration tier: pytest -m integration (see README)
+
 
 def _images(n=96, side=28, seed=0):
   """Blobs: bright discs at random places on a dark background, in [0, 1]."""

@@ -9,6 +9,7 @@ from sparsejax import lses
 from sparsejax.models import init_mlp
 
 
+@pytest.mark.integration  # trains or compiles for many seconds: the integration tier
 @pytest.mark.parametrize("activation", ["relu", "sigmoid"])
 def test_explicit_gradient_equals_autodiff(activation):
   rng = np.random.default_rng(0)

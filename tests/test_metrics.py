@@ -1,5 +1,8 @@
 """Tests of `sparsejax.metrics` and `sparsejax.compaction`."""
 
+import dataclasses
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -51,6 +54,7 @@ def test_flops_hand_count_on_a_tiny_convnet():
     lambda: (lenet5(), (28, 28, 1)),
     lambda: (ConvNet((ConvSpec(8, 3, "SAME"), ConvSpec(12, 3, "VALID"), ConvSpec(10, 3, "SAME")), (16, 10)), (28, 28, 1)),
 ])
+@pytest.mark.integration  # trains or compiles for many seconds: the integration tier
 def test_compact_model_equals_sparse_model(make):
   net, shape = make()
   params = _sparsify(init_model(net, shape), seed=1)
@@ -102,3 +106,24 @@ def test_unsupported_model_is_a_clear_error():
     metrics.layers(object(), {}, (3,))
   with pytest.raises(ValueError, match="cannot take inputs of shape"):
     metrics.report(object(), {"w": np.ones(3)}, (3,))
+
+
+def test_report_is_a_documented_json_ready_result():
+  model, params = init_mlp((6, 3), 5)
+  params = jax.tree.map(np.array, params)
+  params["Dense_0"]["kernel"][:, :2] = 0.0  # two dead units
+  r = metrics.report(model, jax.tree.map(jnp.asarray, params), (5,))
+  assert isinstance(r, metrics.SizeReport)
+  plain = r.to_dict()
+  assert json.loads(json.dumps(plain)) == plain  # plain Python types only (no numpy scalars)
+  assert set(plain) == {f.name for f in dataclasses.fields(metrics.SizeReport)}
+  for key, value in plain.items():
+    assert type(value) in (int, float, dict), key
+    if isinstance(value, dict):
+      assert all(type(k) is str and type(v) in (int, float) for k, v in value.items()), key
+  assert r["neurons_removed"] == r.neurons_removed == {"Dense_0": 2}  # hidden layers
+  assert dict(r) == plain and {**r}["weights_total"] == 5 * 6 + 6 * 3
+  with pytest.raises(KeyError):
+    r["nope"]
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    r.weights_total = 0

@@ -12,6 +12,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+pytestmark = pytest.mark.integration  # the integration tier: pytest -m integration (see README)
+
 EXPERIMENT_OF = {"target_sparsity": "l1_selection"}  # notebook -> experiments.<module>, where the names differ
 NOTEBOOKS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "notebooks", "*.ipynb")))
 

@@ -219,16 +219,14 @@ def test_prox_fuses_into_the_update_without_temporary_buffers(case):
 @pytest.mark.parametrize("name,kw", [("group_lasso", {}), ("sparse_group_lasso", {"l1": 0.5}), ("cges_exclusive", {})])
 @pytest.mark.parametrize("axis", [0, 1, (0, 1)])
 def test_group_prox_fuses_into_the_update_without_weight_sized_buffers(name, kw, axis):
-  """Traced as the transforms trace it (`prox.fused_with_update`), a group map needs no stored v = p + u.
+  """Traced as the transforms trace it (its in-step form), a group map needs no stored v = p + u.
 
   A conditional whose branch read v, and a select on ``isfinite`` feeding the rescaling
   max, each made XLA:CPU store v (0.68 parameter-sizes of temporaries in a training
   step of an 11.6M-weight MLP, 1.21x / 1.29x its time), and CGES's conditional and its
   sum over ``abs`` did too. What is left is a few group-sized arrays (the sums, the norms).
   """
-  def fn(v, *args, **kwargs):
-    with prox.fused_with_update():
-      return prox.get(name)(v, *args, **kwargs)
+  fn = getattr(prox.get(name), "_in_step", prox.get(name))  # CGES has one form
   shape = (1024, 512)
   axes = (axis,) if isinstance(axis, int) else axis
   groups = int(np.prod([n for ax, n in enumerate(shape) if ax not in axes]))
@@ -241,8 +239,8 @@ def test_group_prox_fuses_into_the_update_without_weight_sized_buffers(name, kw,
                                      ("group_lasso", {"scale_by_group_size": True})])
 @pytest.mark.parametrize("tau", [0.0, 1e-30, 1e-17, 0.1, 3.0, 1e11])
 def test_group_maps_give_the_same_bits_traced_fused_or_standalone(name, kw, tau):
-  """The fallback sum (overflow, underflow) is unconditional inside `fused_with_update`, under
-  `lax.cond` outside it, and left out inside `fused_with_update(tau_range)` where the static
+  """The fallback sum (overflow, underflow) is unconditional in the in-step form (`_in_step`), under
+  `lax.cond` in the public map, and left out in `_in_step(..., tau_range=)` where the static
   range shows it idle: the same numbers every way, on ordinary, huge, tiny, subnormal,
   zero, inf and NaN groups."""
   big, tiny, sub = 3e30, 1e-25, 1e-42
@@ -251,18 +249,10 @@ def test_group_maps_give_the_same_bits_traced_fused_or_standalone(name, kw, tau)
   fn = prox.get(name)
   standalone = jax.jit(lambda v: fn(v, tau, axis=-1, **kw))(v)
 
-  def traced_fused(v):
-    with prox.fused_with_update():
-      return fn(v, tau, axis=-1, **kw)
-
-  fused = jax.jit(traced_fused)(v)
+  fused = jax.jit(lambda v: fn._in_step(v, tau, axis=-1, **kw))(v)
   np.testing.assert_array_equal(np.asarray(standalone), np.asarray(fused))
-
-  def traced_fused_with_range(v):
-    with prox.fused_with_update(tau_range=(0.5 * tau, 2.0 * tau)):
-      return fn(v, tau, axis=-1, **kw)
-
-  np.testing.assert_array_equal(np.asarray(standalone), np.asarray(jax.jit(traced_fused_with_range)(v)))
+  with_range = jax.jit(lambda v: fn._in_step(v, tau, axis=-1, tau_range=(0.5 * tau, 2.0 * tau), **kw))(v)
+  np.testing.assert_array_equal(np.asarray(standalone), np.asarray(with_range))
   normal_rows = [0, 1, 2, 4, 5]  # (XLA:CPU flushes subnormals, so row 3 may read as zeros)
   if tau == 0.0:
     np.testing.assert_array_equal(np.asarray(standalone)[normal_rows], np.asarray(v)[normal_rows])  # identity
@@ -285,8 +275,7 @@ def test_group_lasso_on_large_groups_of_underflowing_squares_matches_float64(log
   got = [prox.group_lasso(v, tau, axis=-1, scale_by_group_size=scale_by_group_size)]
 
   def fused(v, tau_range):
-    with prox.fused_with_update(tau_range):
-      return prox.group_lasso(v, tau, axis=-1, scale_by_group_size=scale_by_group_size)
+    return prox.group_lasso._in_step(v, tau, axis=-1, scale_by_group_size=scale_by_group_size, tau_range=tau_range)
 
   got += [jax.jit(lambda v: fused(v, None))(v), jax.jit(lambda v: fused(v, (tau, tau)))(v)]
   for out in got:
@@ -300,8 +289,21 @@ def test_static_threshold_is_known_only_for_plain_numbers():
   assert transforms.static_threshold(jnp.asarray(0.1), 3.0) is None
   assert transforms.static_threshold(optax.constant_schedule(0.1), 3.0) is None
   with pytest.raises(ValueError, match="tau_range"):
-    with prox.fused_with_update((1.0, 0.5)):
-      pass
+    prox.group_lasso._in_step(jnp.ones((2, 2)), 1.0, tau_range=(1.0, 0.5))
+
+
+def test_prox_maps_depend_on_their_arguments_only():
+  """No hidden trace-time state: the public maps take no context, and the transforms reach the
+  in-step form through the map's own `_in_step` attribute (shape parameters carried over)."""
+  import functools
+
+  assert not [n for n in dir(prox) if "contextvar" in n.lower() or n == "fused_with_update"]
+  bound = functools.partial(prox.group_lasso, axis=0, scale_by_group_size=True)
+  step = transforms._in_step_form(bound)
+  v = jnp.arange(12.0).reshape(3, 4) - 5.0
+  np.testing.assert_array_equal(np.asarray(step(v, 0.7, tau_range=None)), np.asarray(bound(v, 0.7)))
+  assert transforms._in_step_form(prox.tl1) is None
+  assert transforms._in_step_form(lambda x, t: prox.group_lasso(x, t)) is None
 
 
 # ---------------------------------------------------------------- closed forms
@@ -436,6 +438,7 @@ GROUP_CASES = [
     for name in registry.names(grouped=True) if name != "cges_exclusive"  # not a prox (one-shot operator)
     for kw in registry.get(name).examples
 ]
+@pytest.mark.integration  # trains or compiles for many seconds: the integration tier
 @pytest.mark.parametrize("name,kw,f", GROUP_CASES, ids=[f"{c[0]}{c[1]}" for c in GROUP_CASES])
 def test_group_prox_optimal_against_powell(name, kw, f):
   rng = np.random.default_rng(9)

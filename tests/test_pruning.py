@@ -65,6 +65,7 @@ def test_cubic_schedule():
   np.testing.assert_allclose(s, [0.1, 0.1, 0.9 + (0.1 - 0.9) * 0.5 ** 3, 0.9, 0.9], rtol=1e-6)
 
 
+@pytest.mark.integration  # trains or compiles for many seconds: the integration tier
 @pytest.mark.parametrize("scope", ["global", "layer"])
 @pytest.mark.parametrize("optimizer", [optax.sgd(0.05, momentum=0.9), optax.adam(1e-2)], ids=["momentum", "adam"])
 def test_gmp_reaches_the_target_and_masked_weights_stay_zero(scope, optimizer):
@@ -155,6 +156,7 @@ def test_sparsify_then_retrain_freezes_the_support_and_removes_shrinkage():
     np.testing.assert_array_equal(np.asarray(k) != 0, s)
 
 
+@pytest.mark.integration  # trains or compiles for many seconds: the integration tier
 @pytest.mark.parametrize("optimizer_name", ["momentum", "adam"])
 def test_nnz_controller_ends_within_one_percent_of_the_target(tmp_path, optimizer_name):
   (x, y), test = data.load("digits", "train"), data.load("digits", "test")
@@ -173,6 +175,7 @@ def test_nnz_controller_ends_within_one_percent_of_the_target(tmp_path, optimize
   assert result.history[-1]["eval_accuracy"] > 0.85
 
 
+@pytest.mark.integration  # trains or compiles for many seconds: the integration tier
 def test_nnz_controller_per_layer_targets_by_chaining(tmp_path):
   (x, y), test = data.load("digits", "train"), data.load("digits", "test")
   epochs, batch, lr = 6, 64, 0.05
@@ -264,6 +267,7 @@ def test_controller_refit_phase_freezes_the_support_and_does_not_shrink():
   assert np.all(np.abs(shrunk[kept]) < np.abs(np.asarray(target_w["w"])[kept]) - 1e-3)
 
 
+@pytest.mark.integration  # trains or compiles for many seconds: the integration tier
 def test_controller_scheduled_defaults_beat_a_target_from_step_zero(tmp_path):
   """At 90 % sparsity, total_steps (ramp + exact phase + refit) beats a target held from step 0, and ends on it."""
   (x, y), test = data.load("digits", "train"), data.load("digits", "test")

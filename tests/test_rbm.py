@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from sparsejax import activity, data
 from sparsejax.models import rbm
@@ -78,6 +79,7 @@ def _train_on_digits(penalty):
   return v, params, before, float(rbm.reconstruction_error(params, v))
 
 
+@pytest.mark.integration  # trains for many seconds: the integration tier
 def test_rbm_on_digits_learns_and_sparse_variant_is_sparser():
   v, dense, before, after = _train_on_digits(None)
   assert after < 0.6 * before

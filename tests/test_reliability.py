@@ -22,6 +22,8 @@ import pytest
 from sparsejax import data, metrics, records, runloop, selection, train, transforms
 from sparsejax.models import MLP
 
+pytestmark = pytest.mark.integration  # the integration tier: pytest -m integration (see README)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -273,6 +275,7 @@ def test_one_vs_two_devices_float32_bounds():
 import tempfile, jax, numpy as np, optax
 from sparsejax import data, train, transforms
 from sparsejax.models import MLP
+
 (x, y), test = data.load("digits", "train"), data.load("digits", "test")
 def run(nd, tx):
   cfg = train.TrainConfig(epochs=10, batch_size=64, progress=False, num_devices=nd, checkpoint=False)

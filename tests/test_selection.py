@@ -205,6 +205,7 @@ def _mean_of_largest(values, k):
 @pytest.mark.parametrize("name, magnitude, relative", [("tl1", "a", 0.1), ("log_sum", "eps", 0.03),
                                                         ("mcp", "lam", 0.2), ("scad", "lam", 0.1),
                                                         ("capped_l1", "theta", 0.3)])
+@pytest.mark.integration  # trains or compiles for many seconds: the integration tier
 def test_controller_shape_follows_the_weights_when_omitted(name, magnitude, relative):
   params, grads = _random_layers()
   params = jax.tree.map(lambda p: 0.05 * p, params)  # weights far below the registry's a = eps = lam = 1
@@ -233,6 +234,7 @@ def test_controller_shape_follows_the_weights_when_omitted(name, magnitude, rela
   assert magnitudes[survivors].min() > threshold >= magnitudes[~survivors].max()
 
 
+@pytest.mark.integration  # trains or compiles for many seconds: the integration tier
 @pytest.mark.parametrize("name", ["tl1", "log_sum", "mcp"])
 def test_relative_shape_makes_the_controller_step_scale_equivariant(name):
   # With the shape tied to the weights' scale, scaling weights and updates by c scales
@@ -341,6 +343,7 @@ def test_bisection_controller_on_group_lasso_stops_on_a_group_boundary():
   assert nnz > 500 - 30, "the largest group count at or below the target"
 
 
+@pytest.mark.integration  # trains or compiles for many seconds: the integration tier
 def test_bisection_controller_run_ends_exactly_on_target_with_integrated_tl1(tmp_path):
   from sparsejax import pruning, train
   (x, y), test = data.load("digits", "train"), data.load("digits", "test")

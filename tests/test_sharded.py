@@ -18,6 +18,8 @@ import pytest
 from sparsejax import activity, data, gan, pruning, runloop, selection, train, transforms
 from sparsejax.models import MLP, dcgan
 
+pytestmark = pytest.mark.integration  # the integration tier: pytest -m integration (see README)
+
 LR = 0.05
 
 

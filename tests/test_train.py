@@ -12,6 +12,8 @@ import pytest
 from sparsejax import data, train, transforms
 from sparsejax.models import MLP
 
+pytestmark = pytest.mark.integration  # trains models: the integration tier (see README)
+
 LR = 0.1
 
 

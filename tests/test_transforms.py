@@ -182,6 +182,7 @@ def test_works_with_flax_nnx_optimizer():
   assert int(jnp.sum(model.layers[0].kernel[...] == 0)) > 0
 
 
+@pytest.mark.integration  # trains or compiles for many seconds: the integration tier
 def test_l1_proximal_gradient_matches_sklearn_saga_on_digits():
   """Full-batch prox-GD on multinomial logistic regression reaches sklearn's objective (1e-3 rel)."""
   from sklearn.datasets import load_digits
@@ -233,6 +234,7 @@ class _MixedPrecisionMLP(nn.Module):
     return nn.Dense(4, dtype=jnp.bfloat16, param_dtype=self.param_dtype)(x).astype(jnp.float32)
 
 
+@pytest.mark.integration  # trains or compiles for many seconds: the integration tier
 @pytest.mark.parametrize("param_dtype", [jnp.float32, jnp.bfloat16], ids=["bf16_compute", "bf16_params"])
 def test_mixed_precision_training_through_every_prox(param_dtype):
   """Every registered penalty, in a jitted training step with bf16 compute (float32 or bf16 params):

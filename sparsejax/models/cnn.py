@@ -54,18 +54,22 @@ class ConvNet(nn.Module):
 
 
 def cnn_2conv_mnist(num_classes: int = 10, dropout_rate: float = 0.5) -> ConvNet:
+  """conv5x5x32-pool-conv5x5x64-pool-FC1024-FC`num_classes`, dropout before the last layer (the MNIST CNN of Ma et al. 2019)."""
   return ConvNet((ConvSpec(32, 5), ConvSpec(64, 5)), (1024, num_classes), dropout_rate)
 
 
 def lenet5(num_classes: int = 10) -> ConvNet:
+  """LeNet-5: conv5x5x6 (SAME)-pool-conv5x5x16 (VALID)-pool-FC120-FC84-FC`num_classes` (61,706 weights on 28x28x1)."""
   return ConvNet((ConvSpec(6, 5, "SAME"), ConvSpec(16, 5, "VALID")), (120, 84, num_classes))
 
 
 def rvsm_cnn(num_classes: int = 2, width: int = 16) -> ConvNet:
+  """Three 3x3 conv-pool stages of `width`, 2 `width`, 2 `width` channels and a Dense output (the RVSM paper's CNN)."""
   return ConvNet((ConvSpec(width), ConvSpec(2 * width), ConvSpec(2 * width)), (num_classes,))
 
 
 def cnn8(num_classes: int = 10) -> ConvNet:
+  """conv3x3x32-pool-conv3x3x64-pool-conv3x3x128-pool-FC512-FC`num_classes` (687,392 weights on 28x28x1)."""
   return ConvNet((ConvSpec(32), ConvSpec(64), ConvSpec(128)), (512, num_classes))
 
 

@@ -42,6 +42,7 @@ def mode_kwargs(model: Any, train: bool) -> dict:
 
 
 def is_nnx(model: Any) -> bool:
+  """Whether `model` is a flax NNX module (else a linen module is assumed)."""
   return isinstance(model, nnx.Module)
 
 
@@ -59,6 +60,7 @@ class FunctionalNNX:
     raise TypeError("call apply(variables, x, train=...) on a FunctionalNNX, or the NNX module itself.")
 
   def init(self, rng: Any = None, x: Any = None) -> dict:
+    """The module's variables as {"params": ..., "nnx_state": ...} (linen-style; `rng` and `x` are ignored)."""
     del rng, x
     return {"params": self._params, "nnx_state": self._other}
 
@@ -71,6 +73,15 @@ class FunctionalNNX:
 
   def apply(self, variables: dict, x: Any, train: bool = False, rngs: dict | None = None,
             mutable: Any = False) -> Any:
+    """The module's output on `x` with `variables`, linen-style.
+
+    Args:
+      variables: {"params": ..., "nnx_state": ...} (as `init` returns).
+      x: the input batch.
+      train: run in training mode (dropout, batch statistics).
+      rngs: {"dropout": key} for dropout in training mode.
+      mutable: as linen: truthy returns (outputs, {"nnx_state": updated state}).
+    """
     module = self.to_module(variables)
     if train:
       module.train()

@@ -42,10 +42,12 @@ class RBM(nn.Module):
 
 
 def hidden_probabilities(params: Any, v: jax.Array) -> jax.Array:
+  """P(h_j = 1 | v) = sigmoid(b_j + v W[:, j]) for a batch of visibles `v` (N, visible)."""
   return jax.nn.sigmoid(v @ params["kernel"] + params["hidden_bias"])
 
 
 def visible_probabilities(params: Any, h: jax.Array) -> jax.Array:
+  """P(v_i = 1 | h) = sigmoid(a_i + W[i, :] h) for a batch of hiddens `h` (N, hidden)."""
   return jax.nn.sigmoid(h @ params["kernel"].T + params["visible_bias"])
 
 
@@ -55,6 +57,7 @@ def free_energy(params: Any, v: jax.Array) -> jax.Array:
 
 
 class CDAux(NamedTuple):
+  """What one CD-k step computed besides the gradient: the positive and negative phases."""
   h0: jax.Array          # P(h | V0)
   vk: jax.Array          # negative-phase visibles
   hk: jax.Array          # P(h | Vk)

@@ -53,4 +53,5 @@ class ResNet(nn.Module):
 
 
 def resnet20(num_classes: int = 10) -> ResNet:
+  """ResNet-20 (He et al. 2016, CIFAR): three stages of three basic blocks, 16/32/64 channels."""
   return ResNet((3, 3, 3), (16, 32, 64), num_classes)

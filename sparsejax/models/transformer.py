@@ -14,6 +14,8 @@ import jax.numpy as jnp
 
 
 class EncoderBlock(nn.Module):
+  """A pre-norm transformer block: x + attention(LayerNorm(x)), then x + MLP(LayerNorm(x)) (GELU)."""
+
   dim: int
   heads: int
   mlp_dim: int
@@ -29,6 +31,10 @@ class EncoderBlock(nn.Module):
 
 
 class TransformerClassifier(nn.Module):
+  """A sequence classifier: a Dense embedding of each position plus a learned position embedding,
+  `num_layers` blocks (`EncoderBlock`), mean pooling over positions, LayerNorm and a Dense head. Inputs are
+  (N, positions, features); images (N, H, W, 1) are read as H positions of W features."""
+
   num_layers: int = 2
   dim: int = 64
   heads: int = 4
