@@ -237,3 +237,12 @@ def map_leaves(
       for i, leaf in enumerate(leaves)
   ]
   return jax.tree.unflatten(treedef, out)
+
+
+NO_PARAMS_MSG = "{} needs params: call tx.update(updates, state, params)."
+
+
+def require_params(params: Any, transform: str) -> None:
+  """Raises ValueError (the one message, as optax's NO_PARAMS_MSG) when a transform that reads params got None."""
+  if params is None:
+    raise ValueError(NO_PARAMS_MSG.format(transform))

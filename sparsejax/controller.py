@@ -400,8 +400,7 @@ def _controller(log_strength_for, step_with, check_params, target, learning_rate
                            jnp.asarray(total, jnp.float32), scale)
 
   def update_fn(updates, state, params=None):
-    if params is None:
-      raise ValueError("nnz_controller needs params: call tx.update(updates, state, params).")
+    _checks.require_params(params, "nnz_controller")
     lr = _hyper.evaluate(learning_rate, state.count)
     masks = masking.mask_leaves(mask, params)
     leaves_p, treedef = jax.tree.flatten(params)

@@ -133,9 +133,7 @@ def adam(
   Args:
     learning_rate: step size eta, a scalar or an optax schedule (used by both steps).
 {common}
-    b1: Adam's first-moment decay.
-    b2: Adam's second-moment decay.
-    eps: Adam's epsilon.
+{adam}
     mask: which leaves are penalised (default: kernels, ndim >= 2).
     **penalty_kwargs: the penalty's shape parameters.
 
@@ -166,9 +164,7 @@ def adamw(
   Args:
     learning_rate: step size eta, a scalar or an optax schedule (used by both steps).
 {common}
-    b1: Adam's first-moment decay.
-    b2: Adam's second-moment decay.
-    eps: Adam's epsilon.
+{adam}
     weight_decay: the decoupled weight decay rate.
     weight_decay_mask: the leaves decayed (default: all).
     mask: which leaves are penalised (default: kernels, ndim >= 2).
@@ -182,5 +178,9 @@ def adamw(
       learning_rate, penalty, strength, sparsity, total_steps, mask, penalty_kwargs)
 
 
+_ADAM_ARGS = """    b1: Adam's first-moment decay.
+    b2: Adam's second-moment decay.
+    eps: Adam's epsilon."""
+
 for _fn in (sgd, adam, adamw):
-  _fn.__doc__ = _fn.__doc__.replace("{common}", _COMMON_ARGS)  # type: ignore[union-attr]
+  _fn.__doc__ = _fn.__doc__.replace("{common}", _COMMON_ARGS).replace("{adam}", _ADAM_ARGS)  # type: ignore[union-attr]

@@ -409,8 +409,7 @@ def fixed_mask(binary_mask: Any) -> optax.GradientTransformation:
         jax.tree.structure(params), [jnp.asarray(m, bool) for m in jax.tree.leaves(binary_mask)]))
 
   def update_fn(updates, state, params=None):
-    if params is None:
-      raise ValueError("fixed_mask needs params: call tx.update(updates, state, params).")
+    _checks.require_params(params, "fixed_mask")
     return _masked_updates(updates, params, state.mask), MaskState(optax.safe_increment(state.count), state.mask)
 
   return optax.GradientTransformation(init_fn, update_fn)
@@ -484,8 +483,7 @@ def gradual_magnitude_pruning(
     return [(next(kept) & m) if c else m for m, c in zip(mask_leaves_now, chosen)]
 
   def update_fn(updates, state, params=None):
-    if params is None:
-      raise ValueError("gradual_magnitude_pruning needs params: call tx.update(updates, state, params).")
+    _checks.require_params(params, "gradual_magnitude_pruning")
     leaves_p, treedef = jax.tree.flatten(params)
     leaves_u = treedef.flatten_up_to(updates)
     leaves_m = treedef.flatten_up_to(state.mask)
@@ -550,8 +548,7 @@ def sparsify_then_retrain(sparsify: optax.GradientTransformation, retrain: optax
                          jax.tree.map(lambda p: jnp.ones(jnp.shape(p), bool), params))
 
   def update_fn(updates, state, params=None):
-    if params is None:
-      raise ValueError("sparsify_then_retrain needs params: call tx.update(updates, state, params).")
+    _checks.require_params(params, "sparsify_then_retrain")
 
     def first():
       new_updates, sparsify_state = sparsify.update(updates, state.sparsify_state, params)

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sparsejax import _hyper, masking
+from sparsejax import _checks, _hyper, masking
 from sparsejax import registry as _registry
 
 __all__ = ["RVSMState", "rvsm", "sparse_copy", "sparse_params", "find_rvsm_state"]
@@ -98,8 +98,7 @@ def rvsm(
         leaf if s else None for leaf, s in zip(leaves, split)]))
 
   def update_fn(updates, state, params=None):
-    if params is None:
-      raise ValueError("rvsm needs params: call tx.update(grads, state, params).")
+    _checks.require_params(params, "rvsm")
     lam, b = _hyper.evaluate(strength, state.count), _hyper.evaluate(beta, state.count)
     u = sparse_copy(params, fn, lam, b, mask)
     split = _split_leaves(mask, params)

@@ -184,9 +184,7 @@ def _proximal_from_leaf_strengths(
     return ProximalState(count=jnp.zeros([], jnp.int32))
 
   def update_fn(updates, state, params=None):
-    if params is None:
-      raise ValueError(
-          "sparsejax.transforms.proximal needs params: call tx.update(updates, state, params).")
+    _checks.require_params(params, "sparsejax.transforms.proximal")
     param_leaves, treedef = jax.tree.flatten(params)
     update_leaves = treedef.flatten_up_to(updates)
     strengths = strengths_for(params, treedef)
@@ -362,8 +360,7 @@ def coupled_group_lasso(strength: Any, learning_rate: ScalarOrSchedule,
     return ProximalState(count=jnp.zeros([], jnp.int32))
 
   def update_fn(updates, state, params=None):
-    if params is None:
-      raise ValueError("sparsejax.transforms.coupled_group_lasso needs params: call tx.update(updates, state, params).")
+    _checks.require_params(params, "sparsejax.transforms.coupled_group_lasso")
     param_leaves, treedef = jax.tree.flatten(params)
     new_updates = treedef.flatten_up_to(updates)
     tau = step_threshold(_hyper.evaluate(learning_rate, state.count), _hyper.evaluate(strength, state.count))

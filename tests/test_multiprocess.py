@@ -60,15 +60,22 @@ def _run(tmp_path, name: str, num_processes: int, devices: int, **options) -> li
     procs.append(_start(opts, log))
     logs.append(log)
     outs.append(out)
+  for rc, log in zip(_wait_all(procs, logs, name), logs):
+    assert rc == 0, f"{name}: exit {rc}\n{_log_tail(log)}"
+  return [dict(np.load(out)) for out in outs]
+
+
+def _wait_all(procs: list, logs: list[str], name: str) -> list[int]:
+  """The exit codes of `procs`; the test fails (every process killed) if one hangs."""
+  codes = []
   for proc, log in zip(procs, logs):
     try:
-      rc = proc.wait(TIMEOUT_S)
+      codes.append(proc.wait(TIMEOUT_S))
     except subprocess.TimeoutExpired:
       for p in procs:
         p.kill()
       pytest.fail(f"{name}: a process hung:\n{_log_tail(log)}")
-    assert rc == 0, f"{name}: exit {rc}\n{_log_tail(log)}"
-  return [dict(np.load(out)) for out in outs]
+  return codes
 
 
 def _assert_params_close(a: dict, b: dict, atol: float):
@@ -179,3 +186,21 @@ def test_killed_peer_gives_clear_error_quickly_and_resume_completes(tmp_path):
   _assert_params_close(p0, p1, atol=0.0)
   _assert_params_close(p0, reference, atol=1e-5)
   assert [r["epoch"] for r in _records(log_path)] == list(range(1, epochs + 1))
+
+
+def test_processes_given_different_workdirs_are_refused_by_name(tmp_path):
+  """Each process names the argument that differs (it used to fail in a barrier with
+  'sync_global_devices name mismatch')."""
+  port = _free_port()
+  procs, logs = [], []
+  for pid in range(2):
+    log = str(tmp_path / f"p{pid}.log")
+    opts = {"devices": 1, "num_processes": 2, "process_id": pid, "port": port, "trainer": "fit", "epochs": 1,
+            "workdir": str(tmp_path / f"workdir_{pid}"), "out": str(tmp_path / f"out_{pid}.npz")}
+    procs.append(_start(opts, log))
+    logs.append(log)
+  for rc, log in zip(_wait_all(procs, logs, "different workdirs"), logs):
+    assert rc != 0
+    with open(log) as f:
+      assert "workdir differs between processes" in f.read(), _log_tail(log)
+  assert not (tmp_path / "workdir_0" / "log.jsonl").exists()

@@ -94,6 +94,7 @@ def test_gmp_reaches_the_target_and_masked_weights_stay_zero(scope, optimizer):
   assert np.all(np.asarray(params["Dense_0"]["bias"]) != 0)  # biases are not pruned
 
 
+@pytest.mark.integration  # trains or compiles for many seconds: the integration tier
 def test_one_shot_random_and_fixed_masks():
   params = _params(3)
   m = pruning.one_shot_magnitude_mask(params, 0.75)

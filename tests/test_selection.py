@@ -77,6 +77,7 @@ def test_single_strength_reaches_target_in_few_trainings(tmp_path):
   assert [h["strength"] for h in result.history[:2]] == [1e-3, 1e-7]
 
 
+@pytest.mark.integration  # trains or compiles for many seconds: the integration tier
 def test_layer_strengths_meet_every_layer_target():
   x, y = data.mackey_glass(400)
   x, y = jnp.asarray(x), jnp.asarray(y)
@@ -119,6 +120,7 @@ def test_threshold_inverse():
     selection.threshold_inverse("exclusive", 0.1)
 
 
+@pytest.mark.integration  # trains or compiles for many seconds: the integration tier
 def test_controller_meets_target_in_one_run():
   (x, y), _ = data.load("digits", "train"), None
   x = jnp.asarray(x.reshape(len(x), -1))
