@@ -12,6 +12,7 @@ its cost and the accuracy trade-offs are written up in `docs/pruning_and_control
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable
@@ -26,7 +27,7 @@ import optax
 from sparsejax import _checks, _hyper, _numerics, masking, pruning, transforms
 from sparsejax import registry as _registry
 
-__all__ = ["ControllerState", "nnz_controller", "nnz_controller_for", "schedule_defaults"]
+__all__ = ["ControllerState", "ControllerSchedule", "nnz_controller", "nnz_controller_for", "schedule_defaults"]
 
 
 
@@ -115,6 +116,117 @@ def schedule_defaults(total_steps: Any, rate: Any = None, interval: Any = None, 
   return rate, interval, exact_final_steps, ramp, debias_steps
 
 
+@dataclasses.dataclass(frozen=True)
+class ControllerSchedule:
+  """When the NNZ controllers move lambda and toward which count: one frozen object.
+
+  Every field left None takes its default from `schedule_defaults` (`resolved`): without
+  `total_steps` the target holds from step 0 and lambda follows lambda* at rate 0.05 every
+  step; with it, the cubic target ramp over [0.1 T, 0.5 T], lambda = lambda* every 10
+  steps and every step of the exact phase, then the refit phase over the last 0.4 T.
+
+  Attributes:
+    total_steps: the run's optimizer steps (None: no schedule).
+    rate: fraction of the log-distance to lambda* moved per update, in (0, 1].
+    interval: steps between updates of lambda (>= 1).
+    exact_final_steps: steps before the refit phase with lambda = lambda* every step.
+    ramp: (begin_step, end_step) of the cubic target ramp, "auto" or None.
+    debias_steps: length of the final refit phase (0: none).
+  """
+  total_steps: Any = None
+  rate: Any = None
+  interval: Any = None
+  exact_final_steps: Any = None
+  ramp: Any = "auto"
+  debias_steps: Any = None
+
+  def resolved(self) -> ControllerSchedule:
+    """This schedule with every default filled in and every field validated (ValueError names the field)."""
+    if self.total_steps is not None:
+      _checks.check_int("total_steps", self.total_steps, 1)
+    rate, interval, exact, window, debias = schedule_defaults(self.total_steps, self.rate, self.interval,
+                                                              self.exact_final_steps, self.ramp, self.debias_steps)
+    _checks.check_range("rate", rate, lower=0.0, upper=1.0, lower_inclusive=False)
+    _checks.check_int("interval", interval, 1)
+    _checks.check_int("exact_final_steps", exact, 0)
+    _checks.check_int("debias_steps", debias, 0)
+    needed = exact + debias
+    total = self.total_steps
+    if _checks.is_concrete(needed) and needed and (total is None or (_checks.is_concrete(total) and total < needed)):
+      given = " and ".join(f"{n}={v}" for n, v in (("exact_final_steps", exact), ("debias_steps", debias)) if v)
+      raise ValueError(f"{given} need{'s' if ' and ' not in given else ''} total_steps >= exact_final_steps + "
+                       f"debias_steps (the run's optimizer steps, here at least {needed}); got total_steps={total!r}.")
+    if window is not None and not (isinstance(window, tuple) and len(window) == 2 and
+                                   not all(_checks.is_concrete(v) for v in window)):
+      if len(window) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in window) \
+          or not 0 <= window[0] <= window[1]:
+        raise ValueError(f"ramp must be (begin_step, end_step) with 0 <= begin_step <= end_step, 'auto' or None; "
+                         f"got {self.ramp!r}.")
+    return dataclasses.replace(self, rate=rate, interval=interval, exact_final_steps=exact, ramp=window,
+                               debias_steps=debias)
+
+  @property
+  def refits(self) -> bool:
+    """Whether a (resolved) schedule may have a refit phase."""
+    return not _checks.is_concrete(self.debias_steps) or self.debias_steps > 0
+
+  def phases(self, count: Any) -> tuple[Any, Any]:
+    """(exact phase, refit phase) at optimizer step `count` of a resolved schedule (traced booleans)."""
+    if self.total_steps is None:
+      return jnp.asarray(False), jnp.asarray(False)
+    refit_from = self.total_steps - self.debias_steps
+    refitting = (self.debias_steps > 0) & (count >= refit_from)
+    exact = (self.exact_final_steps > 0) & (count >= refit_from - self.exact_final_steps) & ~refitting
+    return exact, refitting
+
+  def keep(self, count: Any, target: Any, total: int) -> Any:
+    """The count to keep at step `count`: `target`, or on the ramp from `total` down to it."""
+    if self.ramp is None:
+      return jnp.asarray(target)
+    remaining = 1.0 - pruning.cubic_sparsity(count, 1.0, self.ramp[0], self.ramp[1])  # 1 -> 0 along the ramp
+    return jnp.round(target + (total - target) * remaining).astype(jnp.int32)
+
+
+class _StepInputs(NamedTuple):
+  """What one controller step sees: the learning rate, the step count and the flat leaves."""
+  lr: Any
+  count: Any
+  leaves_p: list
+  leaves_u: list
+  masks: list[bool]
+  treedef: Any
+
+
+class _Rules(NamedTuple):
+  """How a controller finds lambda* and takes its step (the rest is `_controller`).
+
+  Attributes:
+    log_strength_for: (inputs, keep, scale) -> (log lambda* keeping `keep` weights, new scale).
+    step_with: (inputs, log_strength, scale) -> the new update leaves.
+    check_params: params -> None (raises) at init, or None.
+    nonzeros_after: (inputs, log_strength, scale) -> regularised nonzeros after the step,
+      without forming it; None counts them on `step_with`'s result.
+  """
+  log_strength_for: Callable[..., Any]
+  step_with: Callable[..., list]
+  check_params: Callable[[Any], None] | None = None
+  nonzeros_after: Callable[..., Any] | None = None
+
+
+def _schedule_from(schedule: ControllerSchedule | None, total_steps: Any, rate: Any, interval: Any,
+                   exact_final_steps: Any, ramp: Any, debias_steps: Any) -> ControllerSchedule:
+  """The schedule object of a controller call: `schedule`, or one made of the keyword arguments (not both)."""
+  if schedule is None:
+    return ControllerSchedule(total_steps, rate, interval, exact_final_steps, ramp, debias_steps)
+  if not isinstance(schedule, ControllerSchedule):
+    raise TypeError(f"schedule must be a controller.ControllerSchedule; got {type(schedule).__name__}.")
+  defaults = all(v is None for v in (total_steps, rate, interval, exact_final_steps, debias_steps))
+  if not (defaults and isinstance(ramp, str) and ramp == "auto"):
+    raise ValueError("give the schedule either as schedule=ControllerSchedule(...) or as keyword arguments "
+                     "(total_steps, rate, interval, exact_final_steps, ramp, debias_steps), not both.")
+  return schedule
+
+
 def nnz_controller(
     prox_fn: Callable[..., Any] | str,
     target_nnz: int | None = None,
@@ -129,6 +241,7 @@ def nnz_controller(
     debias_steps: int | None = None,
     relative_shape: bool | None = None,
     sparsity: float | None = None,
+    schedule: ControllerSchedule | None = None,
     **prox_kwargs: Any,
 ) -> optax.GradientTransformation:
   """A proximal step whose strength tracks, during one run, the lambda that keeps `target_nnz` weights.
@@ -210,6 +323,8 @@ def nnz_controller(
       no magnitude parameter (l1, l0, l_half, ...; scale-free already) is an error.
     sparsity: the wanted fraction of zero regularised weights, 0 < sparsity < 1 (or
       give `target_nnz`).
+    schedule: the schedule as one `ControllerSchedule` instead of the keyword
+      arguments total_steps, rate, interval, exact_final_steps, ramp, debias_steps.
     **prox_kwargs: penalty shape parameters (e.g. a=0.02). Non-convex penalties
       select best when their shape sits at the scale of the surviving weights
       (e.g. tl1 a = 0.02, log_sum eps = 0.01 for an MLP whose kept weights are
@@ -236,40 +351,41 @@ def nnz_controller(
   def shape_at(scale):
     return {**prox_kwargs, **{name: value * scale for name, value in relative.items()}}
 
-  def log_strength_for(keep, lr, count, leaves_p, leaves_u, masks, treedef, scale):
+  def log_strength_for(inputs: _StepInputs, keep, scale):
     # The proposal p + u as (p, u) pairs: the selection forms the sums one block at a
     # time inside each count, so the branch stores nothing weight-sized for them.
-    proposal = [(p, u) for p, u, m in zip(leaves_p, leaves_u, masks) if m]
+    proposal: list[Any] = [(p, u) for p, u, m in zip(inputs.leaves_p, inputs.leaves_u, inputs.masks) if m]
     quantile = pruning.kth_largest_magnitude(proposal, keep + 1)
     if relative:  # the mean kept magnitude: the cut itself falls to the size of u once the support is set
       kept = _mean_of_largest(proposal, keep, quantile)
       scale = jnp.where(kept > 0, kept, scale).astype(scale.dtype)
-    return _invert_threshold(threshold, quantile, lr, shape_at(scale)), scale
+    return _invert_threshold(threshold, quantile, inputs.lr, shape_at(scale)), scale
 
   def step_fn_at(scale):
     return functools.partial(fn, **shape_at(scale)) if relative else fn
 
-  def step_with(log_strength, scale, lr, count, leaves_p, leaves_u, masks, treedef):
-    tau = transforms.step_threshold(lr, jnp.exp(log_strength))
-    return transforms.proximal_step_leaves(step_fn_at(scale), leaves_p, leaves_u, [tau if m else None for m in masks])
+  def step_with(inputs: _StepInputs, log_strength, scale):
+    tau = transforms.step_threshold(inputs.lr, jnp.exp(log_strength))
+    return transforms.proximal_step_leaves(step_fn_at(scale), inputs.leaves_p, inputs.leaves_u,
+                                           [tau if m else None for m in inputs.masks])
 
   scalar_shape = all(np.ndim(v) == 0 for v in prox_kwargs.values())
 
-  def nonzeros_after(log_strength, scale, lr, count, leaves_p, leaves_u, masks, treedef):
+  def nonzeros_after(inputs: _StepInputs, log_strength, scale):
     # The elementwise step again, block by block inside the count (`pruning.blocked_sum`),
     # exactly as the update forms it: p + (prox(p + u) - p) in u's dtype, cast to p's.
-    tau = transforms.step_threshold(lr, jnp.exp(log_strength))
+    tau = transforms.step_threshold(inputs.lr, jnp.exp(log_strength))
     step_fn = step_fn_at(scale)
 
     def nonzero(p, u):
       step = transforms.proximal_step_leaves(step_fn, [p], [u], [tau])[0]
       return (p + step).astype(p.dtype) != 0
     return sum((pruning.blocked_sum(nonzero, p, u).astype(jnp.float32)
-                for p, u, m in zip(leaves_p, leaves_u, masks) if m), jnp.zeros([], jnp.float32))
+                for p, u, m in zip(inputs.leaves_p, inputs.leaves_u, inputs.masks) if m), jnp.zeros([], jnp.float32))
 
-  return _controller(log_strength_for, step_with, None, _Target(target_nnz, sparsity), learning_rate,
-                     initial_strength, rate, interval, mask, total_steps, exact_final_steps, ramp, debias_steps,
-                     nonzeros_after=nonzeros_after if scalar_shape else None)
+  rules = _Rules(log_strength_for, step_with, nonzeros_after=nonzeros_after if scalar_shape else None)
+  return _controller(rules, _Target(target_nnz, sparsity), learning_rate, initial_strength, mask,
+                     _schedule_from(schedule, total_steps, rate, interval, exact_final_steps, ramp, debias_steps))
 
 
 def _mean_of_largest(leaves: list[tuple], keep: Any, cut: Any) -> jax.Array:
@@ -344,54 +460,25 @@ class _Target(NamedTuple):
     return keep
 
 
-def _controller(log_strength_for, step_with, check_params, target, learning_rate, initial_strength, rate,
-                interval, mask, total_steps, exact_final_steps, ramp, debias_steps,
-                nonzeros_after=None) -> optax.GradientTransformation:
-  """The controller's schedule around `log_strength_for` (lambda* for a count) and `step_with` (the step at lambda).
-
-  `target` is a `_Target` (a count, or a fraction of the regularised weights counted from the params).
-
-  `nonzeros_after` (same arguments as `step_with`) counts the regularised nonzeros after
-  the step without forming it; by default they are counted on `step_with`'s result.
-  """
+def _controller(rules: _Rules, target: _Target, learning_rate: Any, initial_strength: Any, mask: Any,
+                schedule: ControllerSchedule) -> optax.GradientTransformation:
+  """The controller around `rules` (how lambda* is found and the step taken): validation, the
+  schedule's phases, the conditional update of lambda, the step, and the refit phase."""
   target.check()
   if learning_rate is None:
     raise ValueError("learning_rate is required: the inner optimizer's step size (a scalar or an optax schedule).")
   _checks.check_range("initial_strength", initial_strength, lower=0.0, lower_inclusive=False,
                       upper=float("inf"), upper_inclusive=False)
   _hyper.check_positive("learning_rate", learning_rate)
-  if total_steps is not None:
-    _checks.check_int("total_steps", total_steps, 1)
-  window: Any  # the ramp's (begin_step, end_step) or None, once "auto" is resolved
-  rate, interval, exact_final_steps, window, debias_steps = schedule_defaults(
-      total_steps, rate, interval, exact_final_steps, ramp, debias_steps)
-  _checks.check_range("rate", rate, lower=0.0, upper=1.0, lower_inclusive=False)
-  _checks.check_int("interval", interval, 1)
-  _checks.check_int("exact_final_steps", exact_final_steps, 0)
-  _checks.check_int("debias_steps", debias_steps, 0)
-  needed = exact_final_steps + debias_steps
-  if _checks.is_concrete(needed) and needed and (
-      total_steps is None or (_checks.is_concrete(total_steps) and total_steps < needed)):
-    given = " and ".join(f"{n}={v}" for n, v in (("exact_final_steps", exact_final_steps),
-                                                  ("debias_steps", debias_steps)) if v)
-    raise ValueError(f"{given} need{'s' if ' and ' not in given else ''} total_steps >= exact_final_steps + "
-                     f"debias_steps (the run's optimizer steps, here at least {needed}); got "
-                     f"total_steps={total_steps!r}.")
-  if window is not None and not (isinstance(window, tuple) and len(window) == 2 and
-                                 not all(_checks.is_concrete(v) for v in window)):
-    if len(window) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in window) \
-        or not 0 <= window[0] <= window[1]:
-      raise ValueError(f"ramp must be (begin_step, end_step) with 0 <= begin_step <= end_step, 'auto' or None; "
-                       f"got {ramp!r}.")
-  refit = not _checks.is_concrete(debias_steps) or debias_steps > 0
+  schedule = schedule.resolved()
   mask = masking.weights_only if mask is None else mask
 
   def init_fn(params):
     masks = masking.mask_leaves(mask, params)
     total = masking.regularised_size(params, mask)
     target_nnz = target.count(total)
-    if check_params is not None:
-      check_params(params)
+    if rules.check_params is not None:
+      rules.check_params(params)
     # the scale of the weights the target keeps, until the first update measures it
     kernels = [(p,) for p, m in zip(jax.tree.leaves(params), masks) if m]
     kept = _mean_of_largest(kernels, target_nnz, pruning.kth_largest_magnitude(kernels, target_nnz + 1))
@@ -401,56 +488,42 @@ def _controller(log_strength_for, step_with, check_params, target, learning_rate
 
   def update_fn(updates, state, params=None):
     _checks.require_params(params, "nnz_controller")
-    lr = _hyper.evaluate(learning_rate, state.count)
-    masks = masking.mask_leaves(mask, params)
     leaves_p, treedef = jax.tree.flatten(params)
-    leaves_u = treedef.flatten_up_to(updates)
-    k = target.count(masking.regularised_size(params, mask))
-    if total_steps is None:
-      final = debiasing = jnp.asarray(False)
-    else:
-      refit_from = total_steps - debias_steps
-      debiasing = (debias_steps > 0) & (state.count >= refit_from)
-      final = (exact_final_steps > 0) & (state.count >= refit_from - exact_final_steps) & ~debiasing
-    adjust = (state.count % interval == 0) | final
-    step_rate = jnp.where(final, 1.0, rate)
-
-    if window is None:
-      keep = jnp.asarray(k)
-    else:
-      total = sum(int(np.size(p)) for p, m in zip(leaves_p, masks) if m)
-      remaining = 1.0 - pruning.cubic_sparsity(state.count, 1.0, window[0], window[1])  # 1 -> 0 along the ramp
-      keep = jnp.round(k + (total - k) * remaining).astype(jnp.int32)
+    inputs = _StepInputs(_hyper.evaluate(learning_rate, state.count), state.count, leaves_p,
+                         treedef.flatten_up_to(updates), masking.mask_leaves(mask, params), treedef)
+    total = masking.regularised_size(params, mask)
+    keep = schedule.keep(state.count, target.count(total), total)
+    exact, refitting = schedule.phases(state.count)
+    adjust = (state.count % schedule.interval == 0) | exact
+    step_rate = jnp.where(exact, 1.0, schedule.rate)
 
     def nonzeros(new_u):
-      return sum((jnp.count_nonzero(p + u).astype(jnp.float32) for p, u, m in zip(leaves_p, new_u, masks) if m),
-                 jnp.zeros([], jnp.float32))
+      return sum((jnp.count_nonzero(p + u).astype(jnp.float32)
+                  for p, u, m in zip(inputs.leaves_p, new_u, inputs.masks) if m), jnp.zeros([], jnp.float32))
 
     def updated_strength():
-      log_target, scale = log_strength_for(keep, lr, state.count, leaves_p, leaves_u, masks, treedef, state.scale)
+      log_target, scale = rules.log_strength_for(inputs, keep, state.scale)
       moved = state.log_strength + step_rate * (log_target - state.log_strength)
       # at rate 1 land on log_target itself: old + (target - old) may round off it
       log_strength = jnp.where(step_rate == 1.0, log_target, moved).astype(state.log_strength.dtype)
       # the count after this step, in the branch: a count on every step costs 0.1-0.2x a
       # training step on XLA:CPU (benchmarks/sparsity_steps.py)
-      if nonzeros_after is not None:
-        return log_strength, nonzeros_after(log_strength, scale, lr, state.count, leaves_p, leaves_u, masks,
-                                            treedef), scale
-      new_u = step_with(log_strength, scale, lr, state.count, leaves_p, leaves_u, masks, treedef)
-      return log_strength, nonzeros(new_u), scale
+      if rules.nonzeros_after is not None:
+        return log_strength, rules.nonzeros_after(inputs, log_strength, scale), scale
+      return log_strength, nonzeros(rules.step_with(inputs, log_strength, scale)), scale
 
-    log_strength, nnz, scale = jax.lax.cond(adjust & ~debiasing, updated_strength,
+    log_strength, nnz, scale = jax.lax.cond(adjust & ~refitting, updated_strength,
                                             lambda: (state.log_strength, state.nnz, state.scale))
     # The step again outside the conditional, on update steps too: returning it from the
     # branches (weight-sized outputs) stops XLA:CPU fusing it into the update and was
     # measured slower at intervals 1, 10 and 100 (2.85x -> 3.30x, 1.28x -> 1.52x, 1.14x -> 1.34x).
-    new_u = step_with(log_strength, scale, lr, state.count, leaves_p, leaves_u, masks, treedef)
-    if refit:
+    new_u = rules.step_with(inputs, log_strength, scale)
+    if schedule.refits:
       # Refit phase: the support is frozen (zeros stay zero) and the survivors take the
       # optimizer's step unshrunk. A select, not a conditional, so the step stays one
       # fused pass over the weights.
-      new_u = [jnp.where(debiasing, jnp.where(p != 0, u, -p).astype(n.dtype), n) if m else n
-               for p, u, n, m in zip(leaves_p, leaves_u, new_u, masks)]
+      new_u = [jnp.where(refitting, jnp.where(p != 0, u, -p).astype(n.dtype), n) if m else n
+               for p, u, n, m in zip(inputs.leaves_p, inputs.leaves_u, new_u, inputs.masks)]
     return (jax.tree.unflatten(treedef, new_u),
             ControllerState(optax.safe_increment(state.count), log_strength, nnz, scale))
 
@@ -493,6 +566,7 @@ def nnz_controller_for(
     debias_steps: int | None = None,
     bisection_steps: int = 48,
     sparsity: float | None = None,
+    schedule: ControllerSchedule | None = None,
     **transform_kwargs: Any,
 ) -> optax.GradientTransformation:
   """`nnz_controller` for any proximal step of the library (group and composite ones too), by bisection.
@@ -533,6 +607,7 @@ def nnz_controller_for(
     mask: the regularised leaves, counted and passed to a named step (default: kernels, ndim >= 2).
     bisection_steps: halvings of the log-strength bracket per update (>= 1).
     sparsity: the wanted fraction of zero regularised weights, 0 < sparsity < 1 (or give `target_nnz`).
+    schedule: as in `nnz_controller`.
     **transform_kwargs: shape arguments of a named step (e.g. a=0.02, m=0.2), constants (this
       controller has no relative shape: give the magnitudes at the scale of the kept weights).
   """
@@ -550,20 +625,22 @@ def nnz_controller_for(
       raise ValueError("transform must be a stateless proximal step (a state of step counts only, as every "
                        f"sparsejax.transforms proximal step has); its state is {template!r}.")
 
-  def step_with(log_strength, scale, lr, count, leaves_p, leaves_u, masks, treedef):
-    params, updates = jax.tree.unflatten(treedef, leaves_p), jax.tree.unflatten(treedef, leaves_u)
-    new_updates, _ = make_transform(jnp.exp(log_strength)).update(updates, inner_state(params, count), params)
-    return treedef.flatten_up_to(new_updates)
+  def step_with(inputs: _StepInputs, log_strength, scale):
+    params = jax.tree.unflatten(inputs.treedef, inputs.leaves_p)
+    updates = jax.tree.unflatten(inputs.treedef, inputs.leaves_u)
+    new_updates, _ = make_transform(jnp.exp(log_strength)).update(updates, inner_state(params, inputs.count), params)
+    return inputs.treedef.flatten_up_to(new_updates)
 
-  def log_strength_for(keep, lr, count, leaves_p, leaves_u, masks, treedef, scale):
+  def log_strength_for(inputs: _StepInputs, keep, scale):
     def survivors(log_strength):
-      new_u = step_with(log_strength, scale, lr, count, leaves_p, leaves_u, masks, treedef)
-      return sum((jnp.count_nonzero(p + u) for p, u, m in zip(leaves_p, new_u, masks) if m),
+      new_u = step_with(inputs, log_strength, scale)
+      return sum((jnp.count_nonzero(p + u) for p, u, m in zip(inputs.leaves_p, new_u, inputs.masks) if m),
                  jnp.zeros([], jnp.int32))
 
     # -count is non-decreasing in log lambda: the upper end of the bracket where -count >= -keep
     return _numerics.bisect_increasing(lambda mid: -survivors(mid), -keep, jnp.asarray(-60.0, _state_dtype()),
                                        jnp.asarray(20.0, _state_dtype()), bisection_steps, upper=True), scale
 
-  return _controller(log_strength_for, step_with, check_params, _Target(target_nnz, sparsity), learning_rate,
-                     initial_strength, rate, interval, mask, total_steps, exact_final_steps, ramp, debias_steps)
+  return _controller(_Rules(log_strength_for, step_with, check_params), _Target(target_nnz, sparsity), learning_rate,
+                     initial_strength, mask,
+                     _schedule_from(schedule, total_steps, rate, interval, exact_final_steps, ramp, debias_steps))

@@ -146,3 +146,21 @@ def test_mask_leaves_must_be_bools():
     masking.mask_leaves({"k": "no"}, {"k": jnp.ones((2, 2))})
   with pytest.raises(ValueError, match="mask leaves must be True or False"):
     optimizers.sgd(0.1, penalty="l1", strength=0.1, mask={"k": 0}).init({"k": jnp.ones((2, 2))})
+
+
+def test_schedule_object_equals_the_keyword_arguments():
+  steps = 80
+  sched = controller.ControllerSchedule(total_steps=steps, interval=5, debias_steps=20)
+  a, sa = _train(optax.chain(optax.sgd(0.05), controller.nnz_controller("l1", 60, 0.05, schedule=sched)), steps)
+  b, sb = _train(optax.chain(optax.sgd(0.05), controller.nnz_controller("l1", 60, 0.05, total_steps=steps, interval=5,
+                                                                        debias_steps=20)), steps)
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+  assert _kernel_nnz(a) == 60
+  resolved = sched.resolved()
+  assert (resolved.rate, resolved.exact_final_steps, resolved.ramp) == (1.0, 4, (8, 40))
+  with pytest.raises(ValueError, match="not both"):
+    controller.nnz_controller("l1", 60, 0.05, schedule=sched, rate=0.5)
+  with pytest.raises(TypeError, match="ControllerSchedule"):
+    controller.nnz_controller_for("group_lasso", 60, 0.05, schedule={"total_steps": 10})
+  with pytest.raises(ValueError, match="interval"):
+    controller.nnz_controller("l1", 60, 0.05, schedule=controller.ControllerSchedule(interval=0))
