@@ -25,6 +25,8 @@ import jax.numpy as jnp
 
 from sparsejax.models.mlp import dense_stack
 
+__all__ = ["ConvSpec", "ConvNet", "cnn_2conv_mnist", "lenet5", "rvsm_cnn", "cnn8", "init_model"]
+
 
 class ConvSpec(NamedTuple):
   """One conv block: `features` filters of `kernel` x `kernel`, then max-pool `pool` (1 = none)."""

@@ -8,6 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+__all__ = ["MLP", "dense_stack", "init_mlp"]
+
 
 def dense_stack(module: nn.Module, x: jax.Array, features: Sequence[int], dropout_rate: float,
                 train: bool) -> jax.Array:

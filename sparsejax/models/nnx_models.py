@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import jax
 from flax import nnx
 
+__all__ = ["NNXMLP", "NNXConvNet"]
+
 
 class NNXMLP(nnx.Module):
   """Linear layers with ReLU between them (and optional dropout); the last returns logits."""

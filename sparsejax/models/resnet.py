@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 
+__all__ = ["BasicBlock", "ResNet", "resnet20"]
+
 
 class BasicBlock(nn.Module):
   """conv-BN-ReLU-conv-BN + shortcut, ReLU."""

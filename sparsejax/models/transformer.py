@@ -12,6 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+__all__ = ["EncoderBlock", "TransformerClassifier"]
+
 
 class EncoderBlock(nn.Module):
   """A pre-norm transformer block: x + attention(LayerNorm(x)), then x + MLP(LayerNorm(x)) (GELU)."""
