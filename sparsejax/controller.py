@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sparsejax import _checks, _hyper, _numerics, masking, pruning, transforms
+from sparsejax import _checks, _hyper, _numerics, magnitudes, masking, pruning, transforms
 from sparsejax import registry as _registry
 
 __all__ = ["ControllerState", "ControllerSchedule", "nnz_controller", "nnz_controller_for", "schedule_defaults"]
@@ -261,7 +261,7 @@ def nnz_controller(
   `exp(state.log_strength)`.
 
   Cost: q is found exactly by a search on the bit patterns of ``|v|``
-  (`pruning.kth_largest_magnitude`: 8-20 counting passes, no sort or top_k), and
+  (`magnitudes.kth_largest_magnitude`: 8-20 counting passes, no sort or top_k), and
   only on the steps that update lambda (under `lax.cond`), together with the count
   of nonzeros in `ControllerState.nnz`; so `interval` amortises both: the step costs
   a plain proximal step, plus writing u out for the conditional, plus about
@@ -339,8 +339,8 @@ def nnz_controller(
                      f"use controller.nnz_controller_for({record.name!r}, ...) (or optimizers.*(penalty="
                      f"{record.name!r}, sparsity=...), which picks it).")
   if relative_shape is None:  # an omitted magnitude parameter follows the weights
-    magnitudes = _magnitude_params(record)
-    relative_shape = bool(magnitudes) and not any(p.name in prox_kwargs for p in magnitudes)
+    magnitude_params = _magnitude_params(record)
+    relative_shape = bool(magnitude_params) and not any(p.name in prox_kwargs for p in magnitude_params)
   elif not isinstance(relative_shape, (bool, np.bool_)):
     raise ValueError(f"relative_shape must be True, False or None (the default: True when the penalty has a "
                      f"magnitude parameter and none is given); got {relative_shape!r}.")
@@ -355,7 +355,7 @@ def nnz_controller(
     # The proposal p + u as (p, u) pairs: the selection forms the sums one block at a
     # time inside each count, so the branch stores nothing weight-sized for them.
     proposal: list[Any] = [(p, u) for p, u, m in zip(inputs.leaves_p, inputs.leaves_u, inputs.masks) if m]
-    quantile = pruning.kth_largest_magnitude(proposal, keep + 1)
+    quantile = magnitudes.kth_largest_magnitude(proposal, keep + 1)
     if relative:  # the mean kept magnitude: the cut itself falls to the size of u once the support is set
       kept = _mean_of_largest(proposal, keep, quantile)
       scale = jnp.where(kept > 0, kept, scale).astype(scale.dtype)
@@ -372,7 +372,7 @@ def nnz_controller(
   scalar_shape = all(np.ndim(v) == 0 for v in prox_kwargs.values())
 
   def nonzeros_after(inputs: _StepInputs, log_strength, scale):
-    # The elementwise step again, block by block inside the count (`pruning.blocked_sum`),
+    # The elementwise step again, block by block inside the count (`magnitudes.blocked_sum`),
     # exactly as the update forms it: p + (prox(p + u) - p) in u's dtype, cast to p's.
     tau = transforms.step_threshold(inputs.lr, jnp.exp(log_strength))
     step_fn = step_fn_at(scale)
@@ -380,7 +380,7 @@ def nnz_controller(
     def nonzero(p, u):
       step = transforms.proximal_step_leaves(step_fn, [p], [u], [tau])[0]
       return (p + step).astype(p.dtype) != 0
-    return sum((pruning.blocked_sum(nonzero, p, u).astype(jnp.float32)
+    return sum((magnitudes.blocked_sum(nonzero, p, u).astype(jnp.float32)
                 for p, u, m in zip(inputs.leaves_p, inputs.leaves_u, inputs.masks) if m), jnp.zeros([], jnp.float32))
 
   rules = _Rules(log_strength_for, step_with, nonzeros_after=nonzeros_after if scalar_shape else None)
@@ -392,7 +392,7 @@ def _mean_of_largest(leaves: list[tuple], keep: Any, cut: Any) -> jax.Array:
   """The mean of the `keep` largest ``|w|`` over `leaves`, given the (keep+1)-th largest `cut`.
 
   Each leaf is a tuple of arrays standing for their sum (as in
-  `pruning.kth_largest_magnitude`), summed block by block. Entries above the cut are
+  `magnitudes.kth_largest_magnitude`), summed block by block. Entries above the cut are
   summed; ties at the cut fill the rest of the `keep`.
   """
   def magnitude(*parts):
@@ -402,9 +402,9 @@ def _mean_of_largest(leaves: list[tuple], keep: Any, cut: Any) -> jax.Array:
     v = magnitude(*parts)
     return jnp.where(v > cut, v, 0).astype(jnp.float32)
 
-  above = sum((pruning.blocked_sum(above_cut, *leaf, dtype=jnp.float32) for leaf in leaves),
+  above = sum((magnitudes.blocked_sum(above_cut, *leaf, dtype=jnp.float32) for leaf in leaves),
               jnp.zeros([], jnp.float32))
-  count = sum((pruning.blocked_sum(lambda *parts: magnitude(*parts) > cut, *leaf) for leaf in leaves),
+  count = sum((magnitudes.blocked_sum(lambda *parts: magnitude(*parts) > cut, *leaf) for leaf in leaves),
               jnp.zeros([], jnp.int32))
   keep = jnp.maximum(jnp.asarray(keep, jnp.float32), 1.0)
   return (above + (keep - count.astype(jnp.float32)) * cut.astype(jnp.float32)) / keep
@@ -481,7 +481,7 @@ def _controller(rules: _Rules, target: _Target, learning_rate: Any, initial_stre
       rules.check_params(params)
     # the scale of the weights the target keeps, until the first update measures it
     kernels = [(p,) for p, m in zip(jax.tree.leaves(params), masks) if m]
-    kept = _mean_of_largest(kernels, target_nnz, pruning.kth_largest_magnitude(kernels, target_nnz + 1))
+    kept = _mean_of_largest(kernels, target_nnz, magnitudes.kth_largest_magnitude(kernels, target_nnz + 1))
     scale = jnp.where(kept > 0, kept, 1.0).astype(_state_dtype())
     return ControllerState(jnp.zeros([], jnp.int32), jnp.asarray(math.log(initial_strength), _state_dtype()),
                            jnp.asarray(total, jnp.float32), scale)

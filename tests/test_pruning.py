@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from sparsejax import data, pruning, selection, train
+from sparsejax import data, magnitudes, pruning, selection, train
 from sparsejax.models import MLP
 
 
@@ -24,12 +24,12 @@ def _kernels(tree):
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 def test_kth_largest_magnitude_is_exact(dtype, rolled, monkeypatch):
   # small weight sets use a rolled loop, large ones unrolled passes: both are exact
-  monkeypatch.setattr(pruning, "_ROLLED_MAX_ELEMENTS", 1 << 30 if rolled else 0)
+  monkeypatch.setattr(magnitudes, "_ROLLED_MAX_ELEMENTS", 1 << 30 if rolled else 0)
   rng = np.random.default_rng(1)
   leaves = [jnp.asarray(rng.normal(size=(50, 7)), dtype), jnp.asarray(rng.standard_cauchy(size=33), dtype),
             jnp.asarray(np.repeat([0.5, -0.5, 0.0], 10), dtype)]  # ties and zeros
   values = np.sort(np.abs(np.concatenate([np.asarray(l, np.float64).ravel() for l in leaves])))[::-1]
-  f = jax.jit(pruning.kth_largest_magnitude)
+  f = jax.jit(magnitudes.kth_largest_magnitude)
   for k in [1, 2, 17, 100, 350, 375, 383, values.size]:
     assert float(f(leaves, k)) == values[k - 1], k
   assert float(f(leaves, values.size + 1)) == 0.0
@@ -48,7 +48,7 @@ def test_kth_largest_magnitude_matches_a_sort_where_the_search_is_hard(dtype):
   mostly_zero = np.where(rng.random(n) < 0.9, 0.0, rng.normal(size=n))
   cases = [pruned, mostly_zero, np.round(rng.normal(size=n), 1), rng.standard_cauchy(n), 1e-30 * rng.normal(size=n),
            np.full(n, -2.5)]
-  f = jax.jit(pruning.kth_largest_magnitude)
+  f = jax.jit(magnitudes.kth_largest_magnitude)
   for weights in cases:
     leaves = [jnp.asarray(weights[: weights.size // 3], dtype), jnp.asarray(weights[weights.size // 3:], dtype)]
     values = np.sort(np.abs(np.concatenate([np.asarray(l, np.float64) for l in leaves])))[::-1]
@@ -57,7 +57,7 @@ def test_kth_largest_magnitude_matches_a_sort_where_the_search_is_hard(dtype):
                      values.size, *rng.integers(1, values.size + 1, 5)}):
       if 1 <= k <= values.size:
         assert float(f(leaves, k)) == values[k - 1], (k, edge)
-  assert float(pruning.kth_largest_magnitude([jnp.zeros((0,), dtype)], 1)) == 0.0  # no weights: 0, as k > size
+  assert float(magnitudes.kth_largest_magnitude([jnp.zeros((0,), dtype)], 1)) == 0.0  # no weights: 0, as k > size
 
 
 def test_cubic_schedule():
@@ -292,33 +292,33 @@ def test_controller_scheduled_defaults_beat_a_target_from_step_zero(tmp_path):
 def test_blocked_sum_counts_and_sums_every_element_once(dtype, monkeypatch):
   # blocks of 16 over 1000 elements: 62 full blocks and a remainder of 8 (the loop is
   # forced on: the suite runs 2 CPU devices, where it is off)
-  monkeypatch.setattr(pruning, "_SUM_BLOCK", 16)
-  monkeypatch.setattr(pruning, "_blocks_help", lambda: True)
+  monkeypatch.setattr(magnitudes, "_SUM_BLOCK", 16)
+  monkeypatch.setattr(magnitudes, "_blocks_help", lambda: True)
   rng = np.random.default_rng(7)
   p, u = (jnp.asarray(rng.normal(size=(40, 25)), dtype) for _ in range(2))
   v = np.asarray(p, np.float64) + np.asarray(u, np.float64)
-  count = jax.jit(lambda p, u, t: pruning.blocked_sum(lambda a, b: jnp.abs(a + b) >= t, p, u))(p, u, 0.7)
+  count = jax.jit(lambda p, u, t: magnitudes.blocked_sum(lambda a, b: jnp.abs(a + b) >= t, p, u))(p, u, 0.7)
   assert int(count) == int(np.count_nonzero(np.abs(np.asarray(p + u)) >= 0.7))
-  total = pruning.blocked_sum(lambda a, b: a + b, p, u, dtype=dtype)
+  total = magnitudes.blocked_sum(lambda a, b: a + b, p, u, dtype=dtype)
   np.testing.assert_allclose(float(total), v.sum(), rtol=1e-5 if dtype == jnp.float32 else 1e-12, atol=1e-4)
   small = jnp.arange(20.0)  # under two blocks: one plain sum
-  assert int(pruning.blocked_sum(lambda a: a > 4.5, small)) == 15
+  assert int(magnitudes.blocked_sum(lambda a: a > 4.5, small)) == 15
   with pytest.raises(ValueError, match="one shape"):
-    pruning.blocked_sum(lambda a, b: a > b, p, u[:3])
+    magnitudes.blocked_sum(lambda a, b: a > b, p, u[:3])
 
 
 @pytest.mark.parametrize("rolled", [True, False], ids=["rolled", "unrolled"])
 def test_kth_largest_magnitude_of_pairs_is_that_of_their_sums(rolled, monkeypatch):
   # (p, u) leaves stand for p + u; the unrolled passes count them in blocks of 8
-  monkeypatch.setattr(pruning, "_ROLLED_MAX_ELEMENTS", 1 << 30 if rolled else 0)
-  monkeypatch.setattr(pruning, "_SUM_BLOCK", 8)
-  monkeypatch.setattr(pruning, "_blocks_help", lambda: True)
+  monkeypatch.setattr(magnitudes, "_ROLLED_MAX_ELEMENTS", 1 << 30 if rolled else 0)
+  monkeypatch.setattr(magnitudes, "_SUM_BLOCK", 8)
+  monkeypatch.setattr(magnitudes, "_blocks_help", lambda: True)
   rng = np.random.default_rng(2)
   ps = [jnp.asarray(rng.normal(size=(13, 7)), jnp.float32), jnp.asarray(rng.normal(size=45), jnp.float32)]
   us = [jnp.asarray(rng.normal(size=(13, 7)), jnp.float32), jnp.asarray(np.round(rng.normal(size=45)), jnp.float32)]
   sums = [p + u for p, u in zip(ps, us)]
   values = np.sort(np.abs(np.concatenate([np.asarray(s).ravel() for s in sums])))[::-1]
-  f = jax.jit(pruning.kth_largest_magnitude)
+  f = jax.jit(magnitudes.kth_largest_magnitude)
   for k in [1, 5, 60, 135, values.size]:
     assert float(f(list(zip(ps, us)), k)) == float(f(sums, k)) == values[k - 1], k
 
@@ -334,7 +334,7 @@ def test_selection_on_sharded_weights_sums_each_shard_in_place():
     sharding = jax.sharding.NamedSharding(mesh, spec)
     p = jax.device_put(jnp.asarray(np.random.default_rng(0).normal(size=(1024, 1100)), jnp.float32), sharding)
     u = jax.device_put(jnp.full((1024, 1100), 0.01, jnp.float32), sharding)  # 1.1M weights: the unrolled passes
-    select = jax.jit(lambda p, u: pruning.kth_largest_magnitude([(p, u)], 5000))
+    select = jax.jit(lambda p, u: magnitudes.kth_largest_magnitude([(p, u)], 5000))
     assert "all-gather" not in select.lower(p, u).compile().as_text()
     expected = np.sort(np.abs(np.asarray(p) + np.asarray(u)).ravel())[::-1][4999]
     assert float(select(p, u)) == expected
@@ -351,14 +351,14 @@ def test_schedule_and_mask_helpers_reject_bad_arguments():
   with pytest.raises(ValueError, match=r"epochs must be an int >= 1"):
     pruning.schedule_total_steps(0.5, 100, 10)
   with pytest.raises(ValueError, match=r"k must be a whole number of weights >= 1"):
-    pruning.kth_largest_magnitude([params["a"]["kernel"]], 0)   # used to return the largest |w|
+    magnitudes.kth_largest_magnitude([params["a"]["kernel"]], 0)   # used to return the largest |w|
   with pytest.raises(ValueError, match=r"k must be a whole number"):
-    pruning.kth_largest_magnitude([params["a"]["kernel"]], 2.5)  # used to be truncated to 2
+    magnitudes.kth_largest_magnitude([params["a"]["kernel"]], 2.5)  # used to be truncated to 2
   transposed = {"a": {"kernel": jnp.ones((4, 3), bool), "bias": jnp.ones(4, bool)}}
   with pytest.raises(ValueError, match=r"binary_mask has a leaf of shape \(4, 3\) where params has shape \(3, 4\)"):
     pruning.apply_mask(params, transposed)
   # the helpers still work where the arguments are right (and k may be traced under jit)
-  assert float(pruning.kth_largest_magnitude([params["a"]["kernel"]], 2)) == 5.0
-  assert float(jax.jit(lambda k: pruning.kth_largest_magnitude([params["a"]["kernel"]], k))(2)) == 5.0
+  assert float(magnitudes.kth_largest_magnitude([params["a"]["kernel"]], 2)) == 5.0
+  assert float(jax.jit(lambda k: magnitudes.kth_largest_magnitude([params["a"]["kernel"]], k))(2)) == 5.0
   assert pruning.schedule_total_steps(2, 100, 32) == 8
   assert float(pruning.cubic_sparsity(10, 0.9, 0, 10)) == pytest.approx(0.9)

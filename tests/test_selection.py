@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from sparsejax import data, prox, pruning, selection, transforms
+from sparsejax import data, magnitudes, prox, pruning, selection, transforms
 from sparsejax.models import MLP
 
 
@@ -347,7 +347,7 @@ def test_bisection_controller_on_group_lasso_stops_on_a_group_boundary():
 
 @pytest.mark.integration  # trains or compiles for many seconds: the integration tier
 def test_bisection_controller_run_ends_exactly_on_target_with_integrated_tl1(tmp_path):
-  from sparsejax import pruning, train
+  from sparsejax import train
   (x, y), test = data.load("digits", "train"), data.load("digits", "test")
   steps = pruning.schedule_total_steps(5, len(x), 64)
   tx = optax.chain(optax.sgd(0.05, momentum=0.9),
@@ -393,7 +393,7 @@ def test_controller_holds_no_weight_sized_buffer_but_the_update(name, monkeypatc
   suite runs 2, so the blocked loop is forced on): XLA's memory analysis of a controller
   step shows one stored update (the conditional's operand) and no other weight-sized
   temporary (before: 3.0 and 4.0 kernel-sizes above the l1 step)."""
-  monkeypatch.setattr(pruning, "_blocks_help", lambda: True)
+  monkeypatch.setattr(magnitudes, "_blocks_help", lambda: True)
   params = {"dense": {"kernel": jnp.zeros((1100, 1000), jnp.float32), "bias": jnp.zeros((1000,), jnp.float32)}}
 
   def temp_bytes(tx):
