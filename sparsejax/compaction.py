@@ -52,7 +52,7 @@ __all__ = ["compact", "compact_any", "CompactModel", "load"]
 FORMAT = "sparsejax.CompactModel/1"  # the `format` entry of a saved file's metadata
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(repr=False)
 class CompactModel:
   """The compacted computation of a model: `compaction.compact` returns one for every model.
 
@@ -86,6 +86,12 @@ class CompactModel:
 
   def __call__(self, x: Any) -> Any:
     return self.apply(self.params, x)
+
+  def __repr__(self) -> str:
+    kept = {name: int(np.size(units)) for name, units in self.kept_units.items()}
+    module = "" if self.module is None else f", module={type(self.module).__name__}"
+    return (f"CompactModel(input_shape={self.input_shape}, input_dtype={self.input_dtype!r}, "
+            f"kernel_sizes={tuple(self.kernel_sizes)}, kept_units={kept}{module})")
 
   def save(self, path: str | os.PathLike) -> int:
     """Writes the model to one file (an `.npz` archive) that `compaction.load` reads in any process.
@@ -221,8 +227,11 @@ def load(path: str | os.PathLike) -> CompactModel:
       if fmt == FORMAT:
         params = _decode_params(archive, meta["leaves"])
         exported = jax.export.deserialize(bytearray(archive["exported"].tobytes()))
-  except (KeyError, ValueError, UnicodeDecodeError, OSError, EOFError) as err:  # JSONDecodeError is a ValueError
-    raise ValueError(f"{path!r} is not a saved CompactModel ({type(err).__name__}: {err}).") from err
+  except KeyError as err:
+    raise ValueError(f"{path!r} is not a saved CompactModel (an .npz archive without the entry {err}).") from err
+  except (ValueError, UnicodeDecodeError, OSError, EOFError) as err:  # JSONDecodeError is a ValueError
+    raise ValueError(f"{path!r} is not a saved CompactModel (it cannot be read as the .npz archive that "
+                     f"CompactModel.save writes).") from err
   if fmt != FORMAT:
     raise ValueError(f"{path!r} is not a saved CompactModel (format {fmt!r}, expected {FORMAT!r}).")
   input_shape = tuple(int(d) for d in meta["input_shape"])

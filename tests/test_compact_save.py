@@ -182,3 +182,9 @@ def test_a_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
     cm.save(path)
   assert path.read_bytes() == before
   assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz"]
+
+
+def test_repr_is_a_summary_not_the_weights():
+  _, cm, _ = _mlp()
+  text = repr(cm)
+  assert text.startswith("CompactModel(input_shape=(20,)") and "module=MLP" in text and len(text) < 400
