@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
+    "ArgumentTypeError",
+    "check_callable",
     "check_range",
     "normalize_axes",
     "map_leaves",
@@ -23,6 +25,22 @@ __all__ = [
     "check_int",
     "check_count",
 ]
+
+
+class ArgumentTypeError(TypeError, ValueError):
+  """An argument of the wrong kind (e.g. a non-callable where a callable is required).
+
+  A TypeError, as Python raises for a wrong kind of argument; also a ValueError, so code
+  written against the library's earlier ValueError keeps catching it.
+  """
+
+
+def check_callable(name: str, value: Any, what: str, optional: bool = False) -> None:
+  """Raises `ArgumentTypeError` naming `name` unless `value` is callable (or None when `optional`)."""
+  if value is None and optional:
+    return
+  if not callable(value):
+    raise ArgumentTypeError(f"{name} must be {what}{' or None' if optional else ''}; got {value!r}.")
 
 
 def _concrete_values(value: Any):

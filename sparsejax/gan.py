@@ -27,8 +27,6 @@ checkpoints and bit-identical resume.
 from __future__ import annotations
 
 import dataclasses
-import os
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -38,11 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import lax
-from tqdm import tqdm
 
-from sparsejax import data, runloop
-from sparsejax.runloop import AXIS, PeerLostError  # noqa: F401  (re-export)
-from sparsejax.train import NonFiniteLossError
+from sparsejax import _checks, data, runloop
+from sparsejax.runloop import AXIS
 
 __all__ = ["GANState", "GANConfig", "GANResult", "discriminator_loss", "generator_loss", "create_gan_state",
            "make_gan_train_step", "fit_gan", "generate", "sample_latents", "GENERATOR_LOSSES"]
@@ -64,41 +60,39 @@ class GANState:
   rng: jax.Array
 
 
-@dataclasses.dataclass
-class GANConfig:
-  """What `fit_gan` runs: epochs, batch and latent sizes, the generator loss, devices, checkpoints.
+@dataclasses.dataclass(frozen=True)
+class GANConfig(runloop.LoopConfig):
+  """What `fit_gan` runs: the shared loop fields of `runloop.LoopConfig` and the GAN's.
 
   Every field is validated before the first step (a ValueError names the field and its
-  allowed range). `parallelism` is "pmap", "sharded" or "fsdp" (see `train.TrainConfig`).
+  allowed range). See `runloop.LoopConfig` for the seed, devices and parallelism
+  ("pmap", "sharded", "fsdp"), checkpoints and progress bars.
+
+  Attributes:
+    epochs: passes over the images (default 5).
+    batch_size: real images per step (default 64); the last incomplete batch of an
+      epoch is dropped.
+    latent_dim: size of z ~ U(-1, 1)^latent_dim.
+    generator_loss: "non_saturating" (-E log D(G(z)), the default) or "saturating"
+      (the paper's E log(1 - D(G(z)))).
+    g_steps: generator updates per discriminator update.
+    log_every_steps: a loss record every N steps in `steps.jsonl` (default 10).
   """
   epochs: int = 5
   batch_size: int = 64
   latent_dim: int = 64
-  generator_loss: str = "non_saturating"  # or "saturating" (the paper's E log(1 - D(G(z))))
-  g_steps: int = 1                        # generator updates per discriminator update
-  seed: int = 0
-  num_devices: int = 0                    # 0: all local devices
-  parallelism: str = "pmap"               # or "sharded", "fsdp" (runloop.DataParallel)
-  fsdp_devices: int = 0                   # with parallelism="fsdp": devices each leaf is split over (0: all)
+  generator_loss: str = "non_saturating"
+  g_steps: int = 1
   log_every_steps: int = 10
-  checkpoint: bool = True
-  checkpoint_every_steps: int = 0         # 0: only at epoch ends
-  keep_checkpoints: int = 2
-  check_finite_inputs: bool = True
-  progress: bool | None = None            # tqdm bars; None: only when stderr is a terminal
 
+  def int_fields(self) -> list[tuple[str, int, str]]:
+    return super().int_fields() + [("latent_dim", 1, "an int > 0"), ("g_steps", 1, "an int >= 1")]
 
-def _validate_gan_config(config: GANConfig) -> None:
-  """Raises ValueError naming the first `GANConfig` field outside its allowed range."""
-  runloop.validate_loop_config(config, [
-      ("epochs", 0, "an int >= 0"), ("batch_size", 1, "an int > 0"), ("latent_dim", 1, "an int > 0"),
-      ("g_steps", 1, "an int >= 1"), ("seed", 0, "an int >= 0"),
-      ("num_devices", 0, "an int >= 0 (0: all local devices)"), ("log_every_steps", 1, "an int >= 1"),
-      ("checkpoint_every_steps", 0, "an int >= 0 (0: only at epoch ends)"),
-      ("fsdp_devices", 0, "an int >= 0 dividing the device count (0: all devices)")])
-  if config.generator_loss not in ("non_saturating", "saturating"):
-    raise ValueError(f"GANConfig.generator_loss must be 'non_saturating' or 'saturating'; "
-                     f"got {config.generator_loss!r}.")
+  def validate(self) -> None:
+    super().validate()
+    if self.generator_loss not in GENERATOR_LOSSES:
+      raise ValueError(f"GANConfig.generator_loss must be one of {list(GENERATOR_LOSSES)}; "
+                       f"got {self.generator_loss!r}.")
 
 
 def discriminator_loss(real_logits: jax.Array, fake_logits: jax.Array) -> jax.Array:
@@ -252,6 +246,14 @@ def _mean_metrics(window: list[dict]) -> dict:
   return {k: float(v.mean()) for k, v in _metric_arrays(window).items()}
 
 
+def _mean_and_std(window: list[dict]) -> dict:
+  out = {}
+  for k, v in _metric_arrays(window).items():
+    out[k] = float(v.mean())
+    out[f"{k}_std"] = float(v.std())
+  return out
+
+
 def fit_gan(generator, discriminator, g_tx: optax.GradientTransformation, d_tx: optax.GradientTransformation,
             images: np.ndarray, config: GANConfig, workdir: str, d_penalty: ActivityPenalty | None = None,
             g_penalty: ActivityPenalty | None = None, resume: bool = False,
@@ -274,9 +276,14 @@ def fit_gan(generator, discriminator, g_tx: optax.GradientTransformation, d_tx: 
 
   Raises:
     ValueError: bad batch size or device count, non-finite or out-of-range images.
-    NonFiniteLossError: a loss became NaN/inf; the last good checkpoint is kept.
+    runloop.NonFiniteLossError: a loss became NaN/inf; the last good checkpoint is kept.
   """
-  _validate_gan_config(config)
+  if not isinstance(config, GANConfig):
+    raise TypeError(f"config must be a gan.GANConfig; got {type(config).__name__}.")
+  config.validate()
+  for name, fn in (("d_penalty", d_penalty), ("g_penalty", g_penalty)):
+    _checks.check_callable(name, fn, "a callable intermediates -> scalar", optional=True)
+  _checks.check_callable("epoch_fn", epoch_fn, "a callable (host_state, epoch) -> dict", optional=True)
   workdir = runloop.workdir_path(workdir)
   images = np.asarray(images, np.float32)
   if images.ndim != 4:
@@ -289,87 +296,22 @@ def fit_gan(generator, discriminator, g_tx: optax.GradientTransformation, d_tx: 
     data.check_finite(images, "images", config.batch_size)
     if images.min() < 0.0 or images.max() > 1.0:
       raise ValueError(f"images must lie in [0, 1]; got range [{images.min():.3g}, {images.max():.3g}].")
-  runloop.check_same_on_every_process("fit_gan", {
-      "batch_size": config.batch_size, "seed": config.seed, "epochs": config.epochs, "num_images": len(images),
-      "resume": int(resume), "workdir": workdir})
+  initial = create_gan_state(generator, discriminator, g_tx, d_tx, images.shape[1:], config.latent_dim, config.seed)
+  placement = runloop.DataParallel(devices, config.parallelism, config.fsdp_devices)
 
+  def epoch_end(rstate, epoch: int) -> dict:
+    return {} if epoch_fn is None else epoch_fn(jax.tree.map(jnp.asarray, placement.host(rstate)), epoch)
+
+  hooks = runloop.LoopHooks(
+      step=make_gan_train_step(generator, discriminator, g_tx, d_tx, config.latent_dim, placement.replicas,
+                               config.generator_loss, config.g_steps, d_penalty, g_penalty),
+      epoch_batches=lambda epoch: data.epoch_batches(len(images), config.batch_size, config.seed,
+                                                     epoch)[:steps_per_epoch],
+      load_batch=lambda idx: (images[runloop.process_slice(idx)[0]],),
+      summarize=_mean_metrics, epoch_summary=_mean_and_std, epoch_end=epoch_end,
+      progress_keys=("d_loss", "g_loss", "fid"))
   run_config = {"trainer": "fit_gan", "batch_size": config.batch_size, "seed": config.seed,
                 "num_images": len(images), "image_shape": list(images.shape[1:]), "latent_dim": config.latent_dim}
-  runloop.prepare_workdir(workdir, run_config, resume, overwrite)
-  writer = runloop.is_writer()
-  manager = runloop.checkpoint_manager(workdir, max(config.keep_checkpoints, 1))
-  state, start_step = runloop.restore_latest(
-      manager, create_gan_state(generator, discriminator, g_tx, d_tx, images.shape[1:], config.latent_dim,
-                                config.seed), resume)
-  log_path, steps_path = os.path.join(workdir, "log.jsonl"), os.path.join(workdir, "steps.jsonl")
-  history = runloop.read_jsonl(log_path, start_step) if resume else []
-  step_log = runloop.read_jsonl(steps_path, start_step) if resume else []
-  if writer:
-    runloop.write_jsonl_atomic(log_path, history)
-    runloop.write_jsonl_atomic(steps_path, step_log)
-
-  placement = runloop.DataParallel(devices, config.parallelism, config.fsdp_devices)
-  train_step = make_gan_train_step(generator, discriminator, g_tx, d_tx, config.latent_dim,
-                                   placement.replicas, config.generator_loss, config.g_steps,
-                                   d_penalty, g_penalty)
-  p_step = placement.step(train_step, donate_state=True)
-  rstate = placement.put_state(state)
-  step = start_step
-  progress = runloop.show_progress(config.progress)
-
-  def where() -> str:
-    return f"at step {step} (last checkpoint: {runloop.last_checkpoint_text(workdir)})"
-
-  def save(step_to_save: int, window: list) -> None:
-    if window and not all(np.isfinite(v) for v in _mean_metrics(window).values()):
-      raise NonFiniteLossError(
-          f"a GAN loss became non-finite before step {step_to_save}; not checkpointed. Last good checkpoint: "
-          f"{runloop.last_checkpoint_text(workdir)} (resume=True restarts there).")
-    if config.checkpoint:
-      runloop.save_checkpoint(manager, step_to_save, placement.host(rstate))
-
-  epoch_bar = tqdm(range(start_step // steps_per_epoch, config.epochs), desc="GAN epochs", disable=not progress)
-  for epoch in epoch_bar:
-    start_time = time.time()
-    batches = data.epoch_batches(len(images), config.batch_size, config.seed, epoch)[:steps_per_epoch]
-    first = step - epoch * steps_per_epoch
-    epoch_metrics, window = [], []
-    bar = tqdm(batches[first:], desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
-    with runloop.peer_loss_guard(where):
-      for idx in bar:
-        (local_idx,) = runloop.process_slice(idx)
-        batch = images[local_idx]
-        rstate, m = p_step(rstate, *placement.put_batch(batch))
-        epoch_metrics.append(m)
-        window.append(m)
-        step += 1
-        if step % config.log_every_steps == 0:
-          record = {"step": step, "epoch": step / steps_per_epoch, **_mean_metrics(window)}
-          step_log.append(record)
-          if writer:
-            runloop.append_jsonl(steps_path, record)
-          bar.set_postfix({"d": f"{record['d_loss']:.3f}", "g": f"{record['g_loss']:.3f}"})
-          window = []
-        if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0 and \
-            step != (epoch + 1) * steps_per_epoch:  # the epoch-end checkpoint follows the record
-          save(step, epoch_metrics[-config.checkpoint_every_steps:])
-      values = _metric_arrays(epoch_metrics)
-      if not all(np.isfinite(v).all() for v in values.values()):
-        save(step, epoch_metrics)  # raises NonFiniteLossError
-      record = {"epoch": epoch + 1, "step": step, "epoch_time_s": time.time() - start_time}
-      for k, v in values.items():
-        record[k] = float(v.mean())
-        record[f"{k}_std"] = float(v.std())
-      if first:
-        record["resumed_from_step"] = epoch * steps_per_epoch + first
-      if epoch_fn is not None:
-        record.update(epoch_fn(jax.tree.map(jnp.asarray, placement.host(rstate)), epoch + 1))
-      history.append(record)
-      if writer:
-        runloop.append_jsonl(log_path, record)
-      save(step, [])  # after the record: an interruption before this re-runs the epoch end on resume
-    epoch_bar.set_postfix({k: f"{record[k]:.3g}" for k in ("d_loss", "g_loss", "fid") if k in record})
-  final = jax.tree.map(jnp.asarray, placement.host(rstate))
-  if writer:
-    runloop.write_json_atomic(os.path.join(workdir, "history.json"), history)
-  return GANResult(state=final, history=history, steps=step_log, workdir=workdir)
+  result = runloop.run_epochs(config, workdir, hooks, placement, initial, run_config=run_config, resume=resume,
+                              overwrite=overwrite)
+  return GANResult(state=result.state, history=result.history, steps=result.steps, workdir=workdir)

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sparsejax import structure
+from sparsejax import _checks, structure
 from sparsejax.models.cnn import ConvNet
 from sparsejax.models.interface import FunctionalNNX, is_nnx, mode_kwargs
 from sparsejax.models.mlp import MLP
@@ -447,7 +447,7 @@ def coupled_channels(model: Any, params: Any = None, input_shape: Sequence[int] 
     name = select
     select = lambda path: path[-1] == name  # noqa: E731
   elif not callable(select):
-    raise ValueError(f"select must be a leaf name or a callable on paths; got {select!r}.")
+    raise _checks.ArgumentTypeError(f"select must be a leaf name or a callable on paths; got {select!r}.")
   found = analyze_model(model, params, input_shape, model_state=model_state, input_dtype=input_dtype)
   groups = structure.coupled_channel_vectors(found, lambda path: path[0] == "params" and select(path[1:]))
   return [[path[1:] for path in group] for group in groups]

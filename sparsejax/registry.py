@@ -150,10 +150,8 @@ def register(penalty: Penalty, *, replace: bool = False) -> Penalty:
   if penalty.name in _REGISTRY and not replace:
     raise ValueError(f"a penalty named {penalty.name!r} is already registered; pass replace=True to replace it.")
   for part in ("value", "prox"):
-    if not callable(getattr(penalty, part)):
-      raise ValueError(f"Penalty.{part} must be callable; got {getattr(penalty, part)!r}.")
-  if penalty.threshold is not None and not callable(penalty.threshold):
-    raise ValueError(f"Penalty.threshold must be callable or None; got {penalty.threshold!r}.")
+    _checks.check_callable(f"Penalty.{part}", getattr(penalty, part), "callable")
+  _checks.check_callable("Penalty.threshold", penalty.threshold, "callable", optional=True)
   if not penalty.examples:
     raise ValueError("Penalty.examples must hold at least one dict of shape parameters (it may be {}).")
   for example in penalty.examples:
@@ -212,7 +210,7 @@ def resolve_prox(prox_fn: Callable[..., Any] | str, shape: Mapping[str, Any],
   elif callable(prox_fn):
     penalty = find(prox_fn)
   else:
-    raise ValueError(f"{argument} must be a callable prox(x, tau, **shape) or a penalty name "
+    raise _checks.ArgumentTypeError(f"{argument} must be a callable prox(x, tau, **shape) or a penalty name "
                      f"(one of {sorted(_REGISTRY)}); got {prox_fn!r}.")
   if penalty is not None:
     penalty.check_shape(shape)

@@ -1,7 +1,10 @@
 """The pieces every training loop shares: devices and processes, workdir, records, checkpoints.
 
-`train.fit` and `gan.fit_gan` are both built from these, so the guarantees below hold
-for both.
+`train.fit` and `gan.fit_gan` are thin clients of one loop, `run_epochs`: they build the
+step function, the batches and the epoch-end metrics (`LoopHooks`) and `run_epochs` does
+the rest (workdir, restore, records, checkpoints, the non-finite check, progress, resume
+bookkeeping). Their configurations extend one frozen `LoopConfig`. The guarantees below
+hold for every trainer built this way.
 
 Data parallelism. The mapped axis ("batch") spans the first `num_devices` local devices
 of *every* process: with `jax.distributed.initialize()` called first on each process,
@@ -41,14 +44,16 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
 import sys
 import tempfile
+import time
 import zlib
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NamedTuple
 
 import flax
 import jax
@@ -56,6 +61,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
+from tqdm import tqdm
 
 from sparsejax import _checks, data
 from sparsejax.records import append_jsonl, read_jsonl, write_json_atomic, write_jsonl_atomic
@@ -65,8 +71,8 @@ __all__ = [
     "process_slice", "append_jsonl", "read_jsonl", "write_jsonl_atomic", "write_json_atomic",
     "prepare_workdir", "checkpoint_manager", "restore_latest", "save_checkpoint", "peer_loss_guard",
     "sync_processes", "latest_checkpoint_step", "last_checkpoint_text", "local_count", "check_same_on_every_process",
-    "workdir_path", "show_progress",
-    "validate_loop_config", "PARALLELISMS", "DataParallel", "first_value",
+    "workdir_path", "show_progress", "PARALLELISMS", "DataParallel", "first_value",
+    "LoopConfig", "LoopHooks", "LoopResult", "run_epochs", "NonFiniteLossError",
 ]
 
 AXIS = "batch"
@@ -75,6 +81,10 @@ RECORD_FILES = ("log.jsonl", "steps.jsonl", "history.json", "run_config.json")
 
 class PeerLostError(RuntimeError):
   """A peer process of a multi-process run stopped (killed, crashed, preempted)."""
+
+
+class NonFiniteLossError(FloatingPointError):
+  """A training loss or metric became NaN/inf; the message names the last good checkpoint."""
 
 
 def is_writer() -> bool:
@@ -414,29 +424,6 @@ def show_progress(progress: bool | None) -> bool:
   return bool(progress) and is_writer()
 
 
-def validate_loop_config(config: Any, int_fields: list[tuple[str, int, str]]) -> None:
-  """Checks the integer fields of a trainer config and its checkpoint settings.
-
-  Args:
-    config: a `TrainConfig` or `GANConfig` (any dataclass with `checkpoint` and
-      `keep_checkpoints`).
-    int_fields: (field, lower bound, allowed-range text) for each integer field.
-
-  Raises:
-    ValueError: naming `Class.field`, what is allowed and the value given.
-  """
-  name = type(config).__name__
-  for field, lower, allowed in int_fields:
-    _checks.check_int(f"{name}.{field}", getattr(config, field), lower, allowed)
-  if getattr(config, "parallelism", "pmap") not in PARALLELISMS:
-    raise ValueError(f"{name}.parallelism must be one of {PARALLELISMS}; got {config.parallelism!r}.")
-  if getattr(config, "progress", None) not in (None, True, False):
-    raise ValueError(f"{name}.progress must be None (bars on a terminal only), True or False; got {config.progress!r}.")
-  if config.checkpoint:
-    _checks.check_int(f"{name}.keep_checkpoints", config.keep_checkpoints, 1,
-                      "an int >= 1 when checkpoint=True (0 would keep no checkpoint to resume from)")
-
-
 def _has_records(workdir: str) -> bool:
   for name in ("log.jsonl", "steps.jsonl", "history.json"):
     path = os.path.join(workdir, name)
@@ -583,3 +570,219 @@ def peer_loss_guard(where: Callable[[], str]) -> Iterator[None]:
         f"process {jax.process_index()} of {jax.process_count()} lost a peer process {where()}: "
         f"{str(err).splitlines()[0][:300]}. Restart every process with resume=True to continue from the last "
         f"checkpoint; this process will exit with code 1.") from err
+
+
+# ------------------------------------------------------------- the loop
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+  """The fields every trainer's configuration shares (`train.TrainConfig`, `gan.GANConfig` extend it).
+
+  Attributes:
+    epochs: passes over the training data (>= 0).
+    batch_size: the global batch, split evenly over every mapped device of every process.
+    seed: the run's seed: initialisation, the data order of each epoch, dropout keys.
+    num_devices: devices per process (0: all local devices).
+    parallelism: "pmap" (replicated state, `jax.pmap`), "sharded" (one jit program over a
+      device mesh, replicated state) or "fsdp" (params and optimizer state also split over
+      `fsdp_devices`); see `DataParallel`.
+    fsdp_devices: with "fsdp", the devices each leaf is split over (0: all of them).
+    checkpoint: False writes no checkpoints (grid searches, benchmarks).
+    checkpoint_every_steps: also checkpoint every N steps (0: only at epoch ends).
+    keep_checkpoints: how many checkpoints to keep (>= 1 when checkpointing).
+    check_finite_inputs: refuse NaN/inf in the data before the first step.
+    log_every_steps: a record of the mean metrics of the last N steps in `steps.jsonl`
+      (0: none).
+    progress: tqdm bars (None: only when stderr is a terminal).
+  """
+  epochs: int = 10
+  batch_size: int = 128
+  seed: int = 0
+  num_devices: int = 0
+  parallelism: str = "pmap"
+  fsdp_devices: int = 0
+  checkpoint: bool = True
+  checkpoint_every_steps: int = 0
+  keep_checkpoints: int = 2
+  check_finite_inputs: bool = True
+  log_every_steps: int = 0
+  progress: bool | None = None
+
+  def int_fields(self) -> list[tuple[str, int, str]]:
+    """(field, lower bound, allowed-range text) of every integer field; subclasses add theirs."""
+    return [("epochs", 0, "an int >= 0"), ("batch_size", 1, "an int > 0"), ("seed", 0, "an int >= 0"),
+            ("num_devices", 0, "an int >= 0 (0: all local devices)"),
+            ("fsdp_devices", 0, "an int >= 0 dividing the device count (0: all devices)"),
+            ("checkpoint_every_steps", 0, "an int >= 0 (0: only at epoch ends)"),
+            ("log_every_steps", 0, "an int >= 0 (0: no step records)")]
+
+  def validate(self) -> None:
+    """Raises ValueError naming `Class.field`, its allowed range and the value given, for the first bad field."""
+    name = type(self).__name__
+    for field, lower, allowed in self.int_fields():
+      _checks.check_int(f"{name}.{field}", getattr(self, field), lower, allowed)
+    if self.parallelism not in PARALLELISMS:
+      raise ValueError(f"{name}.parallelism must be one of {PARALLELISMS}; got {self.parallelism!r}.")
+    for field in ("checkpoint", "check_finite_inputs"):
+      if not isinstance(getattr(self, field), (bool, np.bool_)):
+        raise ValueError(f"{name}.{field} must be True or False; got {getattr(self, field)!r}.")
+    if self.progress not in (None, True, False):
+      raise ValueError(f"{name}.progress must be None (bars on a terminal only), True or False; got {self.progress!r}.")
+    if self.checkpoint:
+      _checks.check_int(f"{name}.keep_checkpoints", self.keep_checkpoints, 1,
+                        "an int >= 1 when checkpoint=True (0 would keep no checkpoint to resume from)")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopHooks:
+  """What a trainer gives `run_epochs`: its step, its batches and its metrics.
+
+  Attributes:
+    step: `step(state, *batch) -> (state, metrics)`, written per replica with its
+      collectives over the axis "batch" (compiled by `DataParallel.step`, state donated).
+    epoch_batches: `epoch -> [index array, ...]`: the global batches of one epoch, the
+      same number every epoch and a function of (seed, epoch) only (exact resume).
+    load_batch: `index array -> arrays`: this process's share of one global batch (the
+      step's `*batch`).
+    summarize: metrics of several steps (as the step returns them) -> record fields
+      (floats), for the step records and the non-finite check.
+    epoch_summary: metrics of one epoch -> the epoch record's fields (default: `summarize`).
+    epoch_end: `(placed state, epoch) -> dict` merged into the epoch record (evaluation,
+      size, samples); `placement.host(state)` gives the state on the host.
+    progress_keys: record fields shown beside the progress bars.
+  """
+  step: Callable
+  epoch_batches: Callable[[int], Sequence[np.ndarray]]
+  load_batch: Callable[[np.ndarray], tuple]
+  summarize: Callable[[list], dict]
+  epoch_summary: Callable[[list], dict] | None = None
+  epoch_end: Callable[[Any, int], dict] | None = None
+  progress_keys: tuple[str, ...] = ()
+
+
+class LoopResult(NamedTuple):
+  """What `run_epochs` returns."""
+  state: Any                 # the final state on the host (jax arrays, unreplicated)
+  history: list[dict]        # one record per epoch (log.jsonl, history.json)
+  steps: list[dict]          # step records every `log_every_steps` (steps.jsonl)
+  workdir: str
+
+
+def _check_same_run(trainer: str, config: LoopConfig, run_config: dict, resume: bool, workdir: str) -> None:
+  values: dict[str, int | str] = {"epochs": config.epochs, "resume": int(resume), "workdir": workdir}
+  for key, value in run_config.items():
+    values[key] = value if isinstance(value, (int, str)) else json.dumps(value)
+  check_same_on_every_process(trainer, values)
+
+
+def run_epochs(config: LoopConfig, workdir: str, hooks: LoopHooks, placement: DataParallel, initial_state: Any, *,
+               run_config: dict, resume: bool = False, overwrite: bool = False) -> LoopResult:
+  """The training loop every trainer runs: restore, epochs of steps, records, checkpoints.
+
+  Before the first step it checks that every process runs the same configuration,
+  prepares the workdir (`prepare_workdir`), restores the latest checkpoint when
+  resuming and truncates the records past it. Then, epoch by epoch: the steps of
+  `hooks.epoch_batches(epoch)` (from the restored step on), a record of the mean
+  metrics every `config.log_every_steps` steps, a checkpoint every
+  `config.checkpoint_every_steps` steps (not at an epoch's last step: that checkpoint
+  follows the epoch's record, so a checkpoint at an epoch boundary always has its
+  record), and at the epoch's end the record (`epoch`, `step`, `epoch_time_s`, the
+  epoch summary, `resumed_from_step` when the epoch was resumed mid-way, the fields of
+  `hooks.epoch_end`) appended to `log.jsonl`, then a checkpoint. A non-finite metric
+  raises `NonFiniteLossError` before anything non-finite is checkpointed.
+
+  Args:
+    config: the run's `LoopConfig` (or a subclass), already validated.
+    workdir: absolute path of the run's directory (`workdir_path`).
+    hooks: the trainer's step, batches and metrics.
+    placement: where the run lives (`DataParallel`).
+    initial_state: the host state of a fresh run (also the template for a restore).
+    run_config: JSON-able facts a resumed run must share with the stored one (its
+      "trainer" field names the trainer in messages).
+    resume: continue from the latest checkpoint in `workdir`.
+    overwrite: replace another run's checkpoints and records in `workdir`.
+
+  Returns:
+    `LoopResult`. Only process 0 writes records; every process returns them.
+  """
+  trainer = str(run_config.get("trainer", "run_epochs"))
+  _check_same_run(trainer, config, run_config, resume, workdir)
+  prepare_workdir(workdir, run_config, resume, overwrite)
+  writer = is_writer()
+  manager = checkpoint_manager(workdir, max(config.keep_checkpoints, 1))
+  state, start_step = restore_latest(manager, initial_state, resume)
+  log_path, steps_path = os.path.join(workdir, "log.jsonl"), os.path.join(workdir, "steps.jsonl")
+  history = read_jsonl(log_path, start_step) if resume else []
+  step_log = read_jsonl(steps_path, start_step) if resume else []
+  if writer:
+    write_jsonl_atomic(log_path, history)
+    if config.log_every_steps or step_log:
+      write_jsonl_atomic(steps_path, step_log)
+
+  compiled_step = placement.step(hooks.step, donate_state=True)
+  epoch_summary = hooks.epoch_summary or hooks.summarize
+  steps_per_epoch = len(hooks.epoch_batches(0))
+  rstate = placement.put_state(state)
+  step = start_step
+  progress = show_progress(config.progress)
+
+  def where() -> str:
+    return f"at step {step} (last checkpoint: {last_checkpoint_text(workdir)})"
+
+  def check_finite(step_reached: int, metrics: list) -> None:
+    bad = [k for k, v in hooks.summarize(metrics).items() if not np.isfinite(v)] if metrics else []
+    if bad:
+      raise NonFiniteLossError(
+          f"{', '.join(bad)} became non-finite before step {step_reached}; not checkpointed. Last good checkpoint: "
+          f"{last_checkpoint_text(workdir)} (resume=True restarts there).")
+
+  def save(step_to_save: int) -> None:
+    if config.checkpoint:
+      save_checkpoint(manager, step_to_save, placement.host(rstate))
+
+  def shown(record: dict) -> dict:
+    return {k: f"{record[k]:.4g}" for k in hooks.progress_keys if k in record}
+
+  epoch_bar = tqdm(range(start_step // max(steps_per_epoch, 1), config.epochs), desc=f"{trainer} epochs",
+                   disable=not progress)
+  for epoch in epoch_bar:
+    start_time = time.time()
+    batches = hooks.epoch_batches(epoch)
+    first = step - epoch * steps_per_epoch
+    epoch_metrics: list = []
+    window: list = []
+    bar = tqdm(batches[first:], desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
+    with peer_loss_guard(where):
+      for idx in bar:
+        rstate, m = compiled_step(rstate, *placement.put_batch(*hooks.load_batch(idx)))
+        epoch_metrics.append(m)
+        window.append(m)
+        step += 1
+        if config.log_every_steps and step % config.log_every_steps == 0:
+          record = {"step": step, "epoch": step / steps_per_epoch, **hooks.summarize(window)}
+          step_log.append(record)
+          if writer:
+            append_jsonl(steps_path, record)
+          bar.set_postfix(shown(record))
+          window = []
+        if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0 and \
+            step != (epoch + 1) * steps_per_epoch:
+          check_finite(step, epoch_metrics)
+          save(step)
+      check_finite(step, epoch_metrics)  # waits for the devices
+      record = {"epoch": epoch + 1, "step": step, "epoch_time_s": time.time() - start_time,
+                **epoch_summary(epoch_metrics)}
+      if first:  # resumed mid-epoch: the epoch's metrics cover the remaining steps only
+        record["resumed_from_step"] = epoch * steps_per_epoch + first
+      if hooks.epoch_end is not None:
+        record.update(hooks.epoch_end(rstate, epoch + 1))
+      history.append(record)
+      if writer:
+        append_jsonl(log_path, record)
+      save(step)  # after the record: an interruption before this re-runs the epoch's end on resume
+    epoch_bar.set_postfix(shown(record))
+  final = jax.tree.map(jnp.asarray, placement.host(rstate))
+  if writer:
+    write_json_atomic(os.path.join(workdir, "history.json"), history)
+  return LoopResult(state=final, history=history, steps=step_log, workdir=workdir)

@@ -25,17 +25,16 @@ process_count), and the psum runs over all devices of all processes: one model,
 equal to a one-process run of the same global batch up to float summation order.
 Only process 0 writes records; see `sparsejax.runloop` for the guarantees.
 
-Dropout keys are folded with the global device index, so a run with dropout
-depends on the total device count (P processes x D devices); runs without
-dropout agree across device counts up to float summation order.
+Dropout keys are indexed by the global example (`_example_keys`): the mask of
+example i in a step is the same whichever device holds it, so a run with dropout,
+like one without, is the same on 1 or 8 devices, under pmap, sharded or fsdp, and
+after a resume on another device count, up to float summation order.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -45,15 +44,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import lax
-from tqdm import tqdm
 
-from sparsejax import data, metrics, runloop
+from sparsejax import _checks, data, metrics, runloop
+from sparsejax._example_keys import example_indexed_key
 from sparsejax.models.interface import functional, is_nnx, mode_kwargs
-from sparsejax.runloop import AXIS, PeerLostError
+from sparsejax.runloop import AXIS, NonFiniteLossError, PeerLostError  # noqa: F401  (their home is runloop)
 
 __all__ = ["TrainState", "TrainConfig", "create_train_state", "make_train_step", "make_eval_step",
-           "fit", "FitResult", "evaluate", "NonFiniteLossError",
-           "PeerLostError", "validate_config", "mode_kwargs"]
+           "fit", "FitResult", "evaluate", "validate_config"]
 
 PenaltyFn = Callable[[Any, Any], jax.Array]
 
@@ -68,33 +66,28 @@ class TrainState:
   model_state: Any  # non-parameter collections (e.g. batch_stats); {} if none
 
 
-@dataclasses.dataclass
-class TrainConfig:
-  """What `fit` runs: epochs, batch sizes, the task, the devices and their layout, checkpoints, checks.
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(runloop.LoopConfig):
+  """What `fit` runs: the shared loop fields of `runloop.LoopConfig` and the task's.
 
   Every field is validated before the first step (a ValueError names the field and its
-  allowed range). `parallelism`: "pmap" (replicated state, `jax.pmap`), "sharded" (one
-  jit program over a device mesh, replicated state) or "fsdp" (params and optimizer state
-  also split over `fsdp_devices`). `progress`: tqdm bars (None, the default: only on a terminal).
+  allowed range). See `runloop.LoopConfig` for epochs, batch size, seed, devices and
+  parallelism ("pmap", "sharded", "fsdp"), checkpoints, step records and progress bars.
+
+  Attributes:
+    eval_batch_size: examples per evaluation batch (split over the devices).
+    task: "classification" (softmax cross-entropy on integer labels; accuracy is
+      reported) or "regression" (squared error; MSE is reported).
   """
-  epochs: int = 10
-  batch_size: int = 128
   eval_batch_size: int = 1000
-  seed: int = 0
-  task: str = "classification"  # or "regression" (MSE)
-  num_devices: int = 0           # 0: all local devices
-  parallelism: str = "pmap"      # "sharded": one jit program over a device Mesh; "fsdp": also split the
-                                 # params and optimizer state over fsdp_devices (runloop.DataParallel)
-  fsdp_devices: int = 0          # with parallelism="fsdp": devices each leaf is split over (0: all)
-  checkpoint: bool = True         # False: no checkpoints (grid searches, benchmarks)
-  checkpoint_every_steps: int = 0  # 0: only at epoch ends
-  keep_checkpoints: int = 2
-  check_finite_inputs: bool = True
-  progress: bool | None = None    # tqdm bars; None: only when stderr is a terminal
+  task: str = "classification"
 
+  def int_fields(self) -> list[tuple[str, int, str]]:
+    return super().int_fields() + [("eval_batch_size", 1, "an int > 0")]
 
-class NonFiniteLossError(FloatingPointError):
-  """The training loss became NaN/inf; the message names the last good checkpoint."""
+  def validate(self) -> None:
+    super().validate()
+    _per_example_loss(self.task)
 
 
 def create_train_state(model, tx: optax.GradientTransformation, example_input: np.ndarray, seed: int = 0) -> TrainState:
@@ -148,7 +141,8 @@ def make_train_step(model, tx: optax.GradientTransformation, task: str = "classi
   train_mode = mode_kwargs(model, True)
 
   def train_step(state: TrainState, x, y, w):
-    rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), lax.axis_index(AXIS))
+    local = x.shape[0]  # dropout keys indexed by the global example: the same run on any device count
+    rng = example_indexed_key(jax.random.fold_in(state.rng, state.step), lax.axis_index(AXIS) * local, local)
     global_count = jnp.maximum(lax.psum(jnp.sum(w), AXIS), 1.0)
     mutable = list(state.model_state) + (["intermediates"] if penalty_fn is not None else [])
 
@@ -231,12 +225,9 @@ class FitResult:
 
 def validate_config(config: TrainConfig) -> None:
   """Raises ValueError naming the first `TrainConfig` field outside its allowed range."""
-  runloop.validate_loop_config(config, [
-      ("epochs", 0, "an int >= 0"), ("batch_size", 1, "an int > 0"), ("eval_batch_size", 1, "an int > 0"),
-      ("seed", 0, "an int >= 0"), ("num_devices", 0, "an int >= 0 (0: all local devices)"),
-      ("checkpoint_every_steps", 0, "an int >= 0 (0: only at epoch ends)"),
-      ("fsdp_devices", 0, "an int >= 0 dividing the device count (0: all devices)")])
-  _per_example_loss(config.task)
+  if not isinstance(config, TrainConfig):
+    raise TypeError(f"config must be a train.TrainConfig; got {type(config).__name__}.")
+  config.validate()
 
 
 def _validate_labels(name: str, y: np.ndarray, num_examples: int, num_outputs: int, task: str,
@@ -341,8 +332,9 @@ def fit(model, tx: optax.GradientTransformation, train_data: tuple[np.ndarray, n
   if nnx_model and penalty_fn is not None:
     raise ValueError("penalty_fn reads activations a linen model sows into 'intermediates'; an NNX model has none. "
                      "Use a linen model, or put the penalty in the model's output and loss_fn.")
-  if loss_fn is not None and not callable(loss_fn):
-    raise ValueError(f"loss_fn must be a callable (outputs, targets) -> per-example losses; got {loss_fn!r}.")
+  _checks.check_callable("loss_fn", loss_fn, "a callable (outputs, targets) -> per-example losses", optional=True)
+  _checks.check_callable("report_fn", report_fn, "a callable params -> dict of size metrics", optional=True)
+  _checks.check_callable("penalty_fn", penalty_fn, "a callable (params, intermediates) -> scalar", optional=True)
   model = functional(model)
   devices = runloop.data_parallel_devices(config.num_devices, config.batch_size)
   if not isinstance(train_data, (tuple, list)) or len(train_data) != 2:
@@ -359,10 +351,7 @@ def fit(model, tx: optax.GradientTransformation, train_data: tuple[np.ndarray, n
   input_shape = x_train.shape[1:]
   if eval_data is not None:
     eval_data = _validated_data("eval_data", eval_data, input_shape, num_outputs, config, loss_fn is not None)
-  runloop.check_same_on_every_process("fit", {
-      "batch_size": config.batch_size, "seed": config.seed, "epochs": config.epochs,
-      "num_train_examples": len(x_train), "num_eval_examples": 0 if eval_data is None else len(eval_data[0]),
-      "resume": int(resume), "workdir": workdir})
+
   def size_report(host: TrainState) -> dict:
     if report_fn is not None:
       return report_fn(host.params)
@@ -371,87 +360,36 @@ def fit(model, tx: optax.GradientTransformation, train_data: tuple[np.ndarray, n
     except ValueError:
       return metrics.summary(host.params)
 
-  run_config = {"trainer": "fit", "batch_size": config.batch_size, "seed": config.seed, "task": config.task,
-                "num_train_examples": len(x_train), "input_shape": list(input_shape),
-                "num_eval_examples": 0 if eval_data is None else len(eval_data[0])}
-  runloop.prepare_workdir(workdir, run_config, resume, overwrite)
-  writer = runloop.is_writer()
-  log_path = os.path.join(workdir, "log.jsonl")
-  manager = runloop.checkpoint_manager(workdir, max(config.keep_checkpoints, 1))
-  state, start_step = runloop.restore_latest(manager, initial, resume)
-  history = runloop.read_jsonl(log_path, start_step) if resume else []
-  if writer:
-    runloop.write_jsonl_atomic(log_path, history)
-
-  total_devices = len(devices)
   placement = runloop.DataParallel(devices, config.parallelism, config.fsdp_devices)
-  train_step = make_train_step(model, tx, config.task, penalty_fn, placement.replicas, loss_fn)
-  eval_step = make_eval_step(model, config.task, loss_fn)
-  p_train = placement.step(train_step, donate_state=True)
-  p_eval = placement.step(eval_step)
-  rstate = placement.put_state(state)
-  steps_per_epoch = math.ceil(len(x_train) / config.batch_size)
-  step = start_step
-  progress = runloop.show_progress(config.progress)
+  p_eval = placement.step(make_eval_step(model, config.task, loss_fn))
 
-  def where() -> str:
-    return f"at step {step} (last checkpoint: {runloop.last_checkpoint_text(workdir)})"
-
-  def save(step_to_save: int, pending: list) -> None:
-    if pending and not np.isfinite(_sum_metrics(pending)["loss_sum"]):
-      raise NonFiniteLossError(
-          f"training loss became non-finite before step {step_to_save}; not checkpointed. Last good checkpoint: "
-          f"{runloop.last_checkpoint_text(workdir)} (resume=True restarts there).")
-    if not config.checkpoint:
-      return
-    runloop.save_checkpoint(manager, step_to_save, placement.host(rstate))
-
-  def evaluate_replicated() -> dict:
+  def evaluate_placed(rstate) -> dict:
     x_eval, y_eval = eval_data
-    size = math.ceil(min(config.eval_batch_size, len(x_eval)) / total_devices) * total_devices
+    size = math.ceil(min(config.eval_batch_size, len(x_eval)) / len(devices)) * len(devices)
     results = []
     for i in range(0, len(x_eval), size):  # the stride is the padded size: no example counted twice
       batch = runloop.process_slice(*data.pad_batch(x_eval[i:i + size], y_eval[i:i + size], size))
       results.append(p_eval(rstate, *placement.put_batch(*batch)))
     return _summarize(config.task, _sum_metrics(results))
 
-  epoch_bar = tqdm(range(start_step // steps_per_epoch, config.epochs), desc="epochs", disable=not progress)
-  for epoch in epoch_bar:
-    start_time = time.time()
-    batches = data.epoch_batches(len(x_train), config.batch_size, config.seed, epoch)
-    first = step - epoch * steps_per_epoch
-    epoch_metrics = []
-    bar = tqdm(batches[first:], desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
-    with runloop.peer_loss_guard(where):
-      for idx in bar:
-        batch = runloop.process_slice(*data.pad_batch(x_train[idx], y_train[idx], config.batch_size))
-        rstate, m = p_train(rstate, *placement.put_batch(*batch))
-        epoch_metrics.append(m)
-        step += 1
-        # Not at the epoch's last step: that checkpoint comes after the epoch's record, so
-        # a checkpoint at an epoch boundary always has its record (resume never skips one).
-        if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0 and \
-            step != (epoch + 1) * steps_per_epoch:
-          save(step, epoch_metrics)
-      train_summary = _summarize(config.task, _sum_metrics(epoch_metrics))  # waits for the devices
-      epoch_time = time.time() - start_time
-      if not np.isfinite(train_summary["loss"]):
-        save(step, epoch_metrics)  # raises NonFiniteLossError, keeps the last good checkpoint
-      record = {"epoch": epoch + 1, "step": step, "epoch_time_s": epoch_time,
-                **{f"train_{k}": v for k, v in train_summary.items()}}
-      if first:  # resumed mid-epoch: the train metrics cover the remaining batches only
-        record["resumed_from_step"] = step - len(batches) + first
-      if eval_data is not None:
-        record.update({f"eval_{k}": v for k, v in evaluate_replicated().items()})
-      record.update(size_report(placement.host(rstate)))
-      history.append(record)
-      if writer:
-        runloop.append_jsonl(log_path, record)
-      save(step, epoch_metrics)
-    shown = {k: record[k] for k in ("train_loss", "eval_accuracy", "eval_mse", "weight_sparsity") if k in record}
-    epoch_bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()})
-  final = jax.tree.map(jnp.asarray, placement.host(rstate))
-  if writer:
-    runloop.write_json_atomic(os.path.join(workdir, "history.json"), history)
+  def epoch_end(rstate, epoch: int) -> dict:
+    record = {} if eval_data is None else {f"eval_{k}": v for k, v in evaluate_placed(rstate).items()}
+    return {**record, **size_report(placement.host(rstate))}
+
+  def train_summary(step_metrics: list) -> dict:
+    return {f"train_{k}": v for k, v in _summarize(config.task, _sum_metrics(step_metrics)).items()}
+
+  hooks = runloop.LoopHooks(
+      step=make_train_step(model, tx, config.task, penalty_fn, placement.replicas, loss_fn),
+      epoch_batches=lambda epoch: data.epoch_batches(len(x_train), config.batch_size, config.seed, epoch),
+      load_batch=lambda idx: runloop.process_slice(*data.pad_batch(x_train[idx], y_train[idx], config.batch_size)),
+      summarize=train_summary, epoch_end=epoch_end,
+      progress_keys=("train_loss", "eval_accuracy", "eval_mse", "weight_sparsity"))
+  run_config = {"trainer": "fit", "batch_size": config.batch_size, "seed": config.seed, "task": config.task,
+                "num_train_examples": len(x_train), "input_shape": list(input_shape),
+                "num_eval_examples": 0 if eval_data is None else len(eval_data[0])}
+  result = runloop.run_epochs(config, workdir, hooks, placement, initial, run_config=run_config, resume=resume,
+                              overwrite=overwrite)
+  final = result.state
   module = model.to_module({"params": final.params, **final.model_state}) if nnx_model else None
-  return FitResult(state=final, history=history, workdir=workdir, module=module)
+  return FitResult(state=final, history=result.history, workdir=workdir, module=module)

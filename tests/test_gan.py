@@ -10,7 +10,7 @@ import pytest
 
 from sparsejax import activity, gan
 from sparsejax.models import dcgan
-from sparsejax.train import AXIS, NonFiniteLossError
+from sparsejax.runloop import AXIS, NonFiniteLossError
 
 pytestmark = pytest.mark.integration  # the integration tier: pytest -m integration (see README)
 

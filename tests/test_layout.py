@@ -23,7 +23,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "sparsejax"
 
 LAYERS = {
-    "core": {"_checks", "_hyper", "_numerics", "registry", "penalties", "prox", "masking", "transforms", "rvsm",
+    "core": {"_checks", "_example_keys", "_hyper", "_numerics", "registry", "penalties", "prox", "masking", "transforms", "rvsm",
              "magnitudes", "pruning", "controller", "selection", "optimizers", "activity", "lses", "records"},
     "data": {"data"},
     "models": {"models"},

@@ -305,7 +305,7 @@ def test_nan_gradients_through_a_proximal_step_stop_the_run(tmp_path, digits, ma
   lr = 0.1
   tx = optax.chain(optax.sgd(lr), optax.scale_by_schedule(lambda step: jnp.where(step >= 15, jnp.nan, 1.0)),
                    make_prox(lr))
-  with pytest.raises(train.NonFiniteLossError, match="Last good checkpoint: step 10"):
+  with pytest.raises(runloop.NonFiniteLossError, match="Last good checkpoint: step 10"):
     _fit(digits, tmp_path, config=_config(epochs=3), tx=tx)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from sparsejax import data, train, transforms
+from sparsejax import data, runloop, train, transforms
 from sparsejax.models import MLP
 
 pytestmark = pytest.mark.integration  # trains models: the integration tier (see README)
@@ -103,7 +103,7 @@ def test_nan_loss_is_a_clear_error_and_keeps_the_last_checkpoint(tmp_path):
   model = MLP((32, 10))
   workdir = str(tmp_path)
   blow_up = optax.chain(optax.sgd(0.1), optax.scale_by_schedule(lambda step: jnp.where(step >= 30, jnp.nan, 1.0)))
-  with pytest.raises(train.NonFiniteLossError, match=r"non-finite.*Last good checkpoint: step 22"):
+  with pytest.raises(runloop.NonFiniteLossError, match=r"non-finite.*Last good checkpoint: step 22"):
     train.fit(model, blow_up, (x, y), test, _config(epochs=3), workdir)
   restored = train.fit(model, blow_up, (x, y), test, _config(epochs=1), workdir, resume=True)
   assert int(restored.state.step) == 22

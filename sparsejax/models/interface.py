@@ -20,6 +20,7 @@ import inspect
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 __all__ = ["FunctionalNNX", "is_nnx", "functional", "mode_kwargs"]
@@ -88,12 +89,27 @@ class FunctionalNNX:
     else:
       module.eval()
     if train and rngs and "dropout" in rngs and self._has_rngs:
-      nnx.reseed(module, dropout=rngs["dropout"])
+      _reseed_dropout(module, rngs["dropout"])
     out = module(x)
     if not mutable:
       return out
     _, _, _, other = nnx.split(module, nnx.Param, nnx.RngState, ...)
     return out, {"nnx_state": nnx.to_pure_dict(other)}
+
+
+def _reseed_dropout(module: nnx.Module, key: jax.Array) -> None:
+  """Sets every "dropout" and "default" RNG stream of `module` to `key` (split to the stream's shape).
+
+  `nnx.Dropout` draws from the "default" stream when the module was built with
+  `nnx.Rngs(seed)` alone, so both are reseeded (a stream reseeded only under "dropout"
+  would leave such a model with one fixed mask for every step). Unlike `nnx.reseed`,
+  the key's PRNG implementation is kept (the trainer's example-indexed keys).
+  """
+  for _, stream in nnx.iter_graph(module):
+    if isinstance(stream, nnx.RngStream) and stream.key.tag in ("dropout", "default"):
+      shape = stream.key.shape
+      stream.key.set_value(key if shape == () else jax.random.split(key, shape))
+      stream.count.set_value(jnp.zeros(shape, jnp.uint32))
 
 
 def functional(model: Any) -> Any:
