@@ -27,7 +27,7 @@ import numpy as np
 import optax
 
 from benchmarks import common
-from sparsejax import prox, registry, transforms
+from sparsejax import masking, prox, registry, transforms
 from sparsejax.models import init_mlp
 
 # (name, tau, shape params, regime label): the regimes where the cost differs.
@@ -113,7 +113,7 @@ def bench_training_step(repeats, steps=100, batch=128):
   txs = {
       "sgd": optax.sgd(lr),
       "sgd + l1": optax.chain(optax.sgd(lr), transforms.l1(1e-4, lr)),
-      "sgd + tl1": optax.chain(optax.sgd(lr), transforms.proximal("tl1", 1e-4, lr, transforms.weights_only, a=1.0)),
+      "sgd + tl1": optax.chain(optax.sgd(lr), transforms.proximal("tl1", 1e-4, lr, masking.weights_only, a=1.0)),
       "sgd + integrated_tl1": optax.chain(optax.sgd(lr), transforms.integrated_tl1(1e-4, lr, a=0.01)),
       "sgd + cges": optax.chain(optax.sgd(lr), transforms.cges(1e-4, lr)),
   }

@@ -35,7 +35,7 @@ import numpy as np
 import optax
 
 from benchmarks import common
-from sparsejax import pruning, selection, transforms
+from sparsejax import controller, pruning, selection, transforms
 from sparsejax.models import MLP, cnn8, resnet20
 
 LR = 0.05
@@ -55,7 +55,7 @@ def sparsifiers(num_kernel_weights: int) -> dict:
       "group_lasso": transforms.proximal("group_lasso", 1e-5, LR, axis="input_units"),
       "sparse_group_lasso": transforms.proximal("sparse_group_lasso", 1e-5, LR, l1=0.5, axis="input_units"),
       "integrated_tl1": transforms.integrated_tl1(1e-5, LR, a=0.02),
-      "nnz_controller": selection.nnz_controller("l1", target, LR, total_steps=10**7),
+      "nnz_controller": controller.nnz_controller("l1", target, LR, total_steps=10**7),
       "gmp": pruning.gradual_magnitude_pruning(0.95, 0, 10**7, 100),
   }
 

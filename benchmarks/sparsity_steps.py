@@ -25,7 +25,7 @@ import numpy as np
 import optax
 
 from benchmarks import common
-from sparsejax import pruning, selection, transforms
+from sparsejax import controller, pruning, transforms
 from sparsejax.models import MLP
 
 
@@ -85,24 +85,24 @@ def main(argv=None):
   cases = {
       "sgd": sgd,
       "proximal l1": optax.chain(sgd, transforms.l1(1e-4, lr)),
-      "nnz_controller interval 1": optax.chain(sgd, selection.nnz_controller("l1", target, lr, interval=1)),
-      "nnz_controller interval 10": optax.chain(sgd, selection.nnz_controller("l1", target, lr, interval=10)),
-      "nnz_controller interval 100": optax.chain(sgd, selection.nnz_controller("l1", target, lr, interval=100)),
+      "nnz_controller interval 1": optax.chain(sgd, controller.nnz_controller("l1", target, lr, interval=1)),
+      "nnz_controller interval 10": optax.chain(sgd, controller.nnz_controller("l1", target, lr, interval=10)),
+      "nnz_controller interval 100": optax.chain(sgd, controller.nnz_controller("l1", target, lr, interval=100)),
       # total_steps switches on the schedule (rate 1 every 10 steps); the timings stay in its first phase
-      "nnz_controller scheduled (total_steps)": optax.chain(sgd, selection.nnz_controller(
+      "nnz_controller scheduled (total_steps)": optax.chain(sgd, controller.nnz_controller(
           "l1", target, lr, total_steps=10**7)),
       # a run of 10 steps: every timed step after the first 10 is in the refit phase
-      "nnz_controller refit phase": optax.chain(sgd, selection.nnz_controller("l1", target, lr, total_steps=10)),
+      "nnz_controller refit phase": optax.chain(sgd, controller.nnz_controller("l1", target, lr, total_steps=10)),
       # TL1 with a constant a, and with a tied to the kept weights (one more pass per update)
       "proximal tl1": optax.chain(sgd, transforms.proximal("tl1", 1e-4, lr, a=0.02)),
-      "nnz_controller tl1 a=0.02 interval 10": optax.chain(sgd, selection.nnz_controller(
+      "nnz_controller tl1 a=0.02 interval 10": optax.chain(sgd, controller.nnz_controller(
           "tl1", target, lr, interval=10, a=0.02)),
-      "nnz_controller tl1 relative shape interval 10": optax.chain(sgd, selection.nnz_controller(
+      "nnz_controller tl1 relative shape interval 10": optax.chain(sgd, controller.nnz_controller(
           "tl1", target, lr, interval=10)),
       "top_k controller every step (before)": optax.chain(sgd, top_k_controller(target, lr)),
       "GMP, mask every 100 steps": optax.chain(sgd, pruning.gradual_magnitude_pruning(0.95, 0, 10**6, 100)),
       "proximal integrated_tl1": optax.chain(sgd, transforms.integrated_tl1(1e-4, lr, a=0.02)),
-      "nnz_controller_for integrated_tl1 interval 10": optax.chain(sgd, selection.nnz_controller_for(
+      "nnz_controller_for integrated_tl1 interval 10": optax.chain(sgd, controller.nnz_controller_for(
           "integrated_tl1", target, lr, interval=10, a=0.02)),
   }
   steps_per_timing = 100

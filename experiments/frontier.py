@@ -14,13 +14,13 @@ differs, and every sparse method ends at the target fraction of zero kernel weig
   l1, tl1, log_sum, mcp
                    proximal steps whose strength the NNZ controller adapts, with the
                    library's schedule for a run of known length
-                   (`selection.nnz_controller(..., total_steps=T)`): the target count
+                   (`controller.nnz_controller(..., total_steps=T)`): the target count
                    follows GMP's cubic ramp over [0.1 T, 0.5 T], lambda is exact in a
                    short phase that ends on the target, and the last 0.4 T steps refit
                    the support the penalty found without the penalty
   integrated_tl1   group shrinkage then TL1 per layer (Ma et al. 2019), same schedule;
                    it has no single zero threshold, so lambda* is found by bisection
-                   on the strength (`selection.nnz_controller_for`)
+                   on the strength (`controller.nnz_controller_for`)
   NAME-auto        tl1, log_sum, mcp, scad as a user calls them, with no shape
                    argument: the controller then ties the penalty's magnitude
                    parameter to the kept weights' mean magnitude (`relative_shape`;
@@ -55,7 +55,7 @@ import optax
 from tqdm import tqdm
 
 from experiments import common
-from sparsejax import data, metrics, plotting, pruning, records, selection, train, transforms
+from sparsejax import controller, data, masking, metrics, plotting, pruning, records, selection, train
 from sparsejax.models import MLP, lenet5
 
 PENALTIES = {"l1": {}, "tl1": {"a": 0.02}, "log_sum": {"eps": 0.01}, "mcp": {"lam": 0.02, "gamma": 3.0}}
@@ -104,11 +104,11 @@ def build_model(name: str, num_classes: int):
 def _penalty_chain(penalty: str, target: int, optimizer, schedule, config: Config, total_steps: int):
   """The penalty to the end of the run (no refit), on GMP's window."""
   ramp = (int(config.gmp_begin * total_steps), int(config.gmp_end * total_steps)) if config.ramp else None
-  controller = selection.nnz_controller(penalty, target, schedule, initial_strength=1e-4, rate=config.controller_rate,
+  adapt = controller.nnz_controller(penalty, target, schedule, initial_strength=1e-4, rate=config.controller_rate,
                                         interval=config.controller_interval, total_steps=total_steps,
                                         exact_final_steps=min(config.exact_final_steps, total_steps), ramp=ramp,
                                         debias_steps=0, **PENALTIES[penalty])
-  return optax.chain(optimizer, controller)
+  return optax.chain(optimizer, adapt)
 
 
 def make_tx(method: str, sparsity: float, num_weights: int, steps: int, config: Config, random_mask=None):
@@ -133,13 +133,13 @@ def make_tx(method: str, sparsity: float, num_weights: int, steps: int, config: 
       raise ValueError("random needs a mask (with the per-layer densities of the GMP run).")
     return optax.chain(optimizer, pruning.fixed_mask(random_mask))
   if method in PENALTIES:  # the library's schedule for a run of known length
-    return optax.chain(optimizer, selection.nnz_controller(method, target, schedule, total_steps=steps,
+    return optax.chain(optimizer, controller.nnz_controller(method, target, schedule, total_steps=steps,
                                                            **PENALTIES[method]))
   if method.endswith("-auto") and method[:-len("-auto")] in AUTO:
-    return optax.chain(optimizer, selection.nnz_controller(method[:-len("-auto")], target, schedule,
+    return optax.chain(optimizer, controller.nnz_controller(method[:-len("-auto")], target, schedule,
                                                            total_steps=steps))
   if method in COMPOSITE:
-    return optax.chain(optimizer, selection.nnz_controller_for(method, target, schedule, total_steps=steps,
+    return optax.chain(optimizer, controller.nnz_controller_for(method, target, schedule, total_steps=steps,
                                                                **COMPOSITE[method]))
   if method.endswith("-norefit") and method[:-len("-norefit")] in PENALTIES:
     return _penalty_chain(method[:-len("-norefit")], target, optimizer, schedule, config, steps)
@@ -207,7 +207,7 @@ def _key(row) -> tuple:
 
 def _densities_tree(params, layer_density):
   """Per-leaf densities for `pruning.random_mask` from the per-layer list of a GMP run."""
-  index, _ = transforms.layer_index(params)
+  index, _ = masking.layer_index(params)
   return jax.tree.map(lambda l: 1.0 if l is None else layer_density[l - 1], index, is_leaf=lambda v: v is None)
 
 

@@ -13,7 +13,7 @@ Tasks:
 
 For each single-lambda target the paper's outer loop (`selection.select_strength`,
 many trainings from one initialisation) is compared with the in-training
-controller (`selection.nnz_controller`, one training): trainings needed,
+controller (`controller.nnz_controller`, one training): trainings needed,
 final NNZ, MSE/accuracy.
 
   python -m experiments.l1_selection --task regression [--max-steps 10000] [--workdir results/l1_selection]
@@ -34,7 +34,7 @@ import numpy as np
 import optax
 
 from experiments import common
-from sparsejax import data, plotting, prox, selection, train, transforms
+from sparsejax import controller, data, plotting, prox, selection, train, transforms
 from sparsejax.models import MLP, cnn8
 
 INIT_SEED = 123  # the reference code's torch.manual_seed(123): one fixed initialisation
@@ -135,10 +135,10 @@ def make_regression_solver(model, init, train_xy, config: Config, per_layer: boo
 
 
 def regression_controller(model, init, train_xy, config: Config):
-  """One training with `selection.nnz_controller`, stopped (like every training of the outer loop) as soon as
+  """One training with `controller.nnz_controller`, stopped (like every training of the outer loop) as soon as
   |NNZ - target| <= r target, but not before half the step budget (the first crossing is a transient)."""
   lr = config.learning_rate
-  tx = optax.chain(optax.sgd(lr), selection.nnz_controller("l1", config.target, lr, initial_strength=1e-4,
+  tx = optax.chain(optax.sgd(lr), controller.nnz_controller("l1", config.target, lr, initial_strength=1e-4,
                                                            rate=config.controller_rate))
   record_every = max(1, config.max_steps // 200)
 

@@ -39,7 +39,7 @@ from sklearn.svm import SVC
 from tqdm import tqdm
 
 from experiments import common, grid
-from sparsejax import activity, data, metrics, plotting, prox, train, transforms
+from sparsejax import activity, data, masking, metrics, plotting, prox, train, transforms
 from sparsejax.models import MLP
 
 METHODS = ("lses", "dnn", "l1_dnn", "logreg", "svm", "rf")
@@ -79,7 +79,7 @@ def _network_tx(method: str, config: Config, strength: float):
   adam = optax.adam(config.learning_rate)
   if method == "lses":
     return optax.chain(adam, transforms.proximal(prox.log_sum, strength, config.learning_rate,
-                                                 mask=transforms.weights_only, eps=config.eps_w))
+                                                 mask=masking.weights_only, eps=config.eps_w))
   if method == "l1_dnn":
     return optax.chain(adam, transforms.l1(strength, config.learning_rate))
   return adam

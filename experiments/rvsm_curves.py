@@ -8,7 +8,7 @@ Fashion-MNIST.
 
 Methods (FC layer regularised, conv layers dense, SGD with momentum 0.9):
   * plain: no regulariser;
-  * rvsm_l0 / rvsm_tl1: `transforms.rvsm` (beta (w - u) added to the gradient,
+  * rvsm_l0 / rvsm_tl1: `rvsm.rvsm` (beta (w - u) added to the gradient,
     u = prox_{lambda/beta}(w)); accuracy and sparsity are measured on u;
   * prox_l0: proximal SGD with hard thresholding (`transforms.proximal(prox.l0)`).
 
@@ -27,7 +27,7 @@ import numpy as np
 import optax
 
 from experiments import common
-from sparsejax import data, metrics, plotting, prox, train, transforms
+from sparsejax import data, metrics, plotting, prox, rvsm, train, transforms
 from sparsejax.models import ConvNet, ConvSpec
 
 METHODS = ("plain", "rvsm_l0", "rvsm_tl1", "prox_l0")
@@ -68,9 +68,9 @@ def make_tx(method: str, config: Config, schedule):
   if method == "plain":
     return sgd
   if method == "rvsm_l0":
-    return optax.chain(transforms.rvsm(prox.l0, config.strength, config.beta, mask=fc_only), sgd)
+    return optax.chain(rvsm.rvsm(prox.l0, config.strength, config.beta, mask=fc_only), sgd)
   if method == "rvsm_tl1":
-    return optax.chain(transforms.rvsm(prox.tl1, config.strength, config.beta, mask=fc_only, a=config.a), sgd)
+    return optax.chain(rvsm.rvsm(prox.tl1, config.strength, config.beta, mask=fc_only, a=config.a), sgd)
   if method == "prox_l0":
     return optax.chain(sgd, transforms.proximal(prox.l0, config.prox_strength, schedule, mask=fc_only))
   raise ValueError(f"unknown method {method!r}; choose from {list(METHODS)}.")
@@ -97,7 +97,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
                     overwrite=True)
     params = fit.state.params
     if method.startswith("rvsm"):
-      params = transforms.rvsm_sparse_params(fit.state.opt_state, params)
+      params = rvsm.sparse_params(fit.state.opt_state, params)
     fc = np.asarray(params["Dense_0"]["kernel"])
     report = metrics.report(model, params, x.shape[1:])
     results["methods"][method] = {

@@ -37,7 +37,7 @@ import optax
 from tqdm import tqdm
 
 from experiments import common, grid
-from sparsejax import data, metrics, plotting, train, transforms
+from sparsejax import data, masking, metrics, plotting, train, transforms
 from sparsejax.models import MLP, ConvNet, ConvSpec, cnn_2conv_mnist
 
 REGULARIZERS = ("none", "l1", "sgl", "cges", "tl1", "group", "integrated_tl1")
@@ -81,7 +81,7 @@ def build_model(name: str, num_classes: int):
 def make_tx(regularizer: str, strength: float, schedule, optimizer: str, a: float, m: float):
   """The optax chain of one regulariser (proximal step after SGD or Adam)."""
   base = optax.sgd(schedule) if optimizer == "sgd" else optax.adam(schedule)
-  mask = transforms.weights_only
+  mask = masking.weights_only
   steps = {
       "none": None,
       "l1": lambda: transforms.l1(strength, schedule),

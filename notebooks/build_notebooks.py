@@ -191,7 +191,7 @@ show_table(os.path.join(out, "table.md"))'''),
 def rvsm_curves():
   return _results_notebook(
       "RVSM (l0 / TL1) on shaky vs regular handwriting",
-      "Relaxed variable splitting (`sparsejax.transforms.rvsm`) on the FC layer of a 3-conv CNN, on the generated "
+      "Relaxed variable splitting (`sparsejax.rvsm`) on the FC layer of a 3-conv CNN, on the generated "
       "curves of `sparsejax.data.shaky_curves` (Xue & Xin 2019). Accuracy and sparsity are measured on the sparse copy u.",
       "rvsm_curves", "shaky_curves", ["example_images.png", "training_curves_rvsm_l0.png"])
 

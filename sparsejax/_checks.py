@@ -17,6 +17,7 @@ import numpy as np
 __all__ = [
     "ArgumentTypeError",
     "check_callable",
+    "moved_names",
     "check_range",
     "normalize_axes",
     "map_leaves",
@@ -264,3 +265,22 @@ def require_params(params: Any, transform: str) -> None:
   """Raises ValueError (the one message, as optax's NO_PARAMS_MSG) when a transform that reads params got None."""
   if params is None:
     raise ValueError(NO_PARAMS_MSG.format(transform))
+
+
+def moved_names(module: str, homes: dict[str, tuple[str, str]]) -> Callable[[str], Any]:
+  """A module `__getattr__` serving names that moved to their home module, with a DeprecationWarning.
+
+  Args:
+    module: the old module's name (for messages), e.g. "sparsejax.selection".
+    homes: old name -> (home module, name there), e.g. {"nnz_controller": ("sparsejax.controller", "nnz_controller")}.
+  """
+  def __getattr__(name: str) -> Any:
+    if name not in homes:
+      raise AttributeError(f"module {module!r} has no attribute {name!r}")
+    home, new_name = homes[name]
+    import importlib
+    import warnings
+    warnings.warn(f"{module}.{name} is deprecated: import it from its home, {home}.{new_name}.", DeprecationWarning,
+                  stacklevel=2)
+    return getattr(importlib.import_module(home), new_name)
+  return __getattr__

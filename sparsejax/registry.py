@@ -63,7 +63,7 @@ class ShapeParam:
       are Python values, not numbers to range-check or to broadcast.
     relative: for a parameter that is a magnitude compared with ``|w|`` (TL1's a,
       log-sum's eps, MCP's and SCAD's lam, capped-l1's theta), its default in units of
-      the weights' scale, the mean kept magnitude of `selection.nnz_controller` with
+      the weights' scale, the mean kept magnitude of `controller.nnz_controller` with
       ``relative_shape``; None for a dimensionless parameter.
   """
   name: str

@@ -68,7 +68,7 @@ from sparsejax.records import append_jsonl, read_jsonl, write_json_atomic, write
 
 __all__ = [
     "AXIS", "PeerLostError", "is_writer", "data_parallel_devices", "map_step", "replicate", "unreplicate",
-    "process_slice", "append_jsonl", "read_jsonl", "write_jsonl_atomic", "write_json_atomic",
+    "process_slice",
     "prepare_workdir", "checkpoint_manager", "restore_latest", "save_checkpoint", "peer_loss_guard",
     "sync_processes", "latest_checkpoint_step", "last_checkpoint_text", "local_count", "check_same_on_every_process",
     "workdir_path", "show_progress", "PARALLELISMS", "DataParallel", "first_value",
@@ -521,10 +521,10 @@ def _restore(manager: ocp.CheckpointManager, template: Any) -> Any:
 
 
 def restore_latest(manager: ocp.CheckpointManager, template: Any, resume: bool) -> tuple[Any, int]:
-  """(state, step): the latest checkpoint when resuming and one exists, else (template, 0)."""
-  if resume and manager.latest_step() is not None:
-    state = _restore(manager, template)
-    return state, int(state.step)
+  """(state, step): the latest checkpoint and its step when resuming and one exists, else (template, 0)."""
+  step = manager.latest_step()
+  if resume and step is not None:
+    return _restore(manager, template), int(step)
   return template, 0
 
 
@@ -641,6 +641,7 @@ class LoopHooks:
   Attributes:
     step: `step(state, *batch) -> (state, metrics)`, written per replica with its
       collectives over the axis "batch" (compiled by `DataParallel.step`, state donated).
+      The state is any pytree (checkpointed whole); the metrics a dict of scalars.
     epoch_batches: `epoch -> [index array, ...]`: the global batches of one epoch, the
       same number every epoch and a function of (seed, epoch) only (exact resume).
     load_batch: `index array -> arrays`: this process's share of one global batch (the
@@ -694,7 +695,7 @@ def run_epochs(config: LoopConfig, workdir: str, hooks: LoopHooks, placement: Da
 
   Args:
     config: the run's `LoopConfig` (or a subclass), already validated.
-    workdir: absolute path of the run's directory (`workdir_path`).
+    workdir: the run's directory (a str or os.PathLike).
     hooks: the trainer's step, batches and metrics.
     placement: where the run lives (`DataParallel`).
     initial_state: the host state of a fresh run (also the template for a restore).
@@ -706,6 +707,7 @@ def run_epochs(config: LoopConfig, workdir: str, hooks: LoopHooks, placement: Da
   Returns:
     `LoopResult`. Only process 0 writes records; every process returns them.
   """
+  workdir = workdir_path(workdir)
   trainer = str(run_config.get("trainer", "run_epochs"))
   _check_same_run(trainer, config, run_config, resume, workdir)
   prepare_workdir(workdir, run_config, resume, overwrite)

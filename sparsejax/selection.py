@@ -22,7 +22,7 @@ Two ways:
    T(eta lambda) = eta g (for L1 this is lambda = g), so the same loop serves
    TL1, log-sum, MCP, SCAD, l0, ...
 
-2. `nnz_controller`: an optax proximal transform whose strength is adjusted
+2. `controller.nnz_controller` (in `sparsejax.controller`): an optax proximal transform whose strength is adjusted
    *during* one training run so a single training meets the target instead of
    many: every `interval` steps it computes lambda*, the strength at which
    exactly `target` weights survive this step's prox (from the (target+1)-th
@@ -44,11 +44,13 @@ import numpy as np
 
 from sparsejax import _checks, _numerics, masking, records
 from sparsejax import registry as _registry
-from sparsejax.controller import ControllerState, nnz_controller, nnz_controller_for  # noqa: F401  (re-export)
 
 __all__ = ["TrainOutcome", "SelectionResult", "SelectionError", "bracket", "next_strength", "select_strength",
-           "select_layer_strengths", "threshold_inverse", "weight_leaves", "count_nonzero", "gradient_magnitudes",
-           "ControllerState", "nnz_controller", "nnz_controller_for"]
+           "select_layer_strengths", "threshold_inverse", "weight_leaves", "count_nonzero", "gradient_magnitudes"]
+
+# The in-training controllers live in sparsejax.controller (one home per name).
+__getattr__ = _checks.moved_names(__name__, {name: ("sparsejax.controller", name) for name in
+                                             ("ControllerState", "nnz_controller", "nnz_controller_for")})
 
 
 class TrainOutcome(NamedTuple):

@@ -50,6 +50,13 @@ from sparsejax.masking import path_names
 
 __all__ = ["ParamOp", "Structure", "analyze", "compile_compact", "coupled_channel_vectors"]
 
+_MOVES_OR_MAX = {"reshape", "transpose", "broadcast_in_dim", "squeeze", "expand_dims", "slice", "pad",
+                 "concatenate", "rev", "reduce_sum", "reduce_max", "reduce_window_sum", "reduce_window_max",
+                 "cumsum", "cummax", "reduce_or", "copy", "copy_p"}
+_MIN_LIKE = {"reduce_min", "reduce_window_min", "cummin"}
+# The view-like ops through which a value stays "the same leaf" (a reshaped or broadcast parameter vector).
+_VIEWS = {"reshape", "broadcast_in_dim", "convert_element_type", "squeeze", "expand_dims", "copy"}
+# Call-like primitives whose body is inlined ("pjit" is "jit" before JAX 0.7).
 _INLINE = {"pjit", "jit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr",
            "remat", "checkpoint", "custom_lin", "remat2"}
 _ELEMENTWISE = {
@@ -194,6 +201,54 @@ def _known_kernel_op(eqn: _Eqn, known, is_param_leaf) -> int | None:
   return None
 
 
+class _Values:
+  """What the interpreter knows about every value: its concrete entries, which are unknown, which are used.
+
+  Values are var ids (int) or literals ("lit", value). `val[v]` holds the entries that
+  are the same for every input (NaN-free: unknown places hold 0 or whatever the op
+  computed from 0), `unk[v]` marks the entries that depend on the input, and `used[v]`
+  (filled by the backward pass) the entries some used model output depends on.
+  """
+
+  def __init__(self, val: dict[int, np.ndarray], unk: dict[int, np.ndarray]):
+    self.val, self.unk = val, unk
+    self.used: dict[int, np.ndarray] = {}
+
+  def value(self, a) -> np.ndarray:
+    return a[1] if isinstance(a, tuple) else self.val[a]
+
+  def unknown(self, a) -> np.ndarray:
+    return np.zeros(np.shape(a[1]), bool) if isinstance(a, tuple) else self.unk[a]
+
+  def known(self, a) -> bool:
+    return not self.unknown(a).any()
+
+  def shape(self, a) -> tuple:
+    return np.shape(self.value(a))
+
+  def use(self, a, mask: np.ndarray) -> None:
+    """Marks the entries `mask` of `a` as used (literals are ignored)."""
+    if isinstance(a, tuple):
+      return
+    mask = np.broadcast_to(mask, np.shape(self.val[a])) if mask.shape != np.shape(self.val[a]) else mask
+    self.used[a] = self.used[a] | mask if a in self.used else mask.copy()
+
+  def used_of(self, a) -> np.ndarray:
+    return self.used.get(a, np.zeros(np.shape(self.val[a]), bool))
+
+
+@dataclasses.dataclass
+class _Leaves:
+  """The variables' leaves: names, which are parameters, and which values are views of one leaf."""
+  leaves: list                  # (path, leaf) of every variable leaf
+  names: list[str]
+  is_param: list[bool]
+  leaf_of: dict[int, int]       # var id -> the single leaf it is (a view of)
+
+  def is_param_leaf(self, a) -> bool:
+    return not isinstance(a, tuple) and a in self.leaf_of and self.is_param[self.leaf_of[a]]
+
+
 def analyze(fn: Callable[[Any, jax.Array], Any], variables: Any, input_shape: Sequence[int],
             params: Any | None = None, dtype=jnp.float32) -> Structure:
   """Traces `fn(variables, x)` for one example of `input_shape` and finds its structure.
@@ -209,12 +264,9 @@ def analyze(fn: Callable[[Any, jax.Array], Any], variables: Any, input_shape: Se
     A `Structure`.
   """
   example_shape = tuple(int(d) for d in input_shape)
-  x_spec = jax.ShapeDtypeStruct((1, *example_shape), dtype)
   var_leaves, _ = jax.tree_util.tree_flatten_with_path(variables)
-  x_leaves = jax.tree.leaves(x_spec)
-  names = [jax.tree_util.keystr(p) for p, _ in var_leaves]
+  x_leaves = jax.tree.leaves(jax.ShapeDtypeStruct((1, *example_shape), dtype))
   param_ids = {id(leaf) for leaf in jax.tree.leaves(params if params is not None else variables)}
-  is_param = [id(leaf) in param_ids for _, leaf in var_leaves]
 
   def flat_jaxpr(batch: int) -> tuple[list[_Eqn], list, dict[int, np.ndarray], list[int]]:
     closed = jax.make_jaxpr(fn)(variables, jax.ShapeDtypeStruct((batch, *example_shape), dtype))
@@ -226,157 +278,176 @@ def analyze(fn: Callable[[Any, jax.Array], Any], variables: Any, input_shape: Se
     return eqns, outs, const_values, in_ids
 
   eqns, outs, const_values, in_ids = flat_jaxpr(1)
-
-  val: dict[int, np.ndarray] = dict(const_values)
-  unk: dict[int, np.ndarray] = {vid: np.zeros(v.shape, bool) for vid, v in const_values.items()}
-  leaf_of: dict[int, int] = {}  # var -> the single variable leaf it is (a view of)
-  for i, (vid, (_, leaf)) in enumerate(zip(in_ids, var_leaves)):
-    val[vid] = np.asarray(leaf)
-    unk[vid] = np.zeros(np.shape(leaf), bool)
-    leaf_of[vid] = i
+  leaves = _Leaves(var_leaves, [jax.tree_util.keystr(p) for p, _ in var_leaves],
+                   [id(leaf) in param_ids for _, leaf in var_leaves],
+                   {vid: i for i, vid in enumerate(in_ids[:len(var_leaves)])})
+  values = _Values(dict(const_values), {vid: np.zeros(v.shape, bool) for vid, v in const_values.items()})
+  for vid, (_, leaf) in zip(in_ids, var_leaves):
+    values.val[vid], values.unk[vid] = np.asarray(leaf), np.zeros(np.shape(leaf), bool)
   for vid, spec in zip(in_ids[len(var_leaves):], x_leaves):
-    val[vid] = np.zeros(spec.shape, spec.dtype)
-    unk[vid] = np.ones(spec.shape, bool)
+    values.val[vid], values.unk[vid] = np.zeros(spec.shape, spec.dtype), np.ones(spec.shape, bool)
 
-  def value(a):
-    return a[1] if isinstance(a, tuple) else val[a]
+  ops, op_of_eqn, tied = _forward(eqns, values, leaves)
+  _backward_pass(eqns, outs, values, op_of_eqn)
+  _mark_units(ops, values)
+  structure = _count(ops, values, leaves, tied)
+  structure.trace = _Trace(eqns, outs, values.val, values.unk, values.used, op_of_eqn, in_ids[len(var_leaves):],
+                           flat_jaxpr, {path_names(var_leaves[leaf][0]): var for leaf, (var, _) in tied.items()})
+  return structure
 
-  def unknown(a):
-    return np.zeros(np.shape(a[1]), bool) if isinstance(a, tuple) else unk[a]
 
-  def known(a):
-    return not unknown(a).any()
-
-  def is_param_leaf(a) -> bool:
-    return not isinstance(a, tuple) and a in leaf_of and is_param[leaf_of[a]]
-
+def _forward(eqns: list[_Eqn], values: _Values, leaves: _Leaves) -> tuple[list[ParamOp], dict, dict]:
+  """The forward pass: known values and unknown masks of every value, the parameter ops, and the
+  parameter vectors tied to a channel axis (leaf -> (value, axis) an elementwise op broadcasts it along)."""
   ops: list[ParamOp] = []
   op_of_eqn: dict[int, ParamOp] = {}
-  tied: dict[int, tuple[int, int]] = {}  # leaf -> (var, axis) it is broadcast along
-  leaf_source: dict[int, set[int]] = {vid: {i} for vid, i in leaf_of.items()}
-
-  # ---- forward: known values
+  tied: dict[int, tuple[int, int]] = {}
+  leaf_source: dict[int, set[int]] = {vid: {i} for vid, i in leaves.leaf_of.items()}
   for index, eqn in enumerate(eqns):
-    name = eqn.prim.name
-    kernel_at = _known_kernel_op(eqn, known, is_param_leaf)
+    kernel_at = _known_kernel_op(eqn, values.known, leaves.is_param_leaf)
     if kernel_at is not None:
-      act, ker = eqn.ins[1 - kernel_at], eqn.ins[kernel_at]
-      a_val = np.where(unknown(act), 0, np.asarray(value(act)))
-      k_val = np.asarray(value(ker))
-      ins = [a_val, k_val] if kernel_at == 1 else [k_val, a_val]
-      out = np.asarray(eqn.prim.bind(*map(jnp.asarray, ins), **eqn.params))
-      masks = [unknown(act).astype(np.float32), (k_val != 0).astype(np.float32)]
-      if kernel_at == 0:
-        masks = masks[::-1]
-      reach = np.asarray(eqn.prim.bind(*map(jnp.asarray, masks), **eqn.params)) > 0
-      val[eqn.outs[0]], unk[eqn.outs[0]] = out, reach
-      if is_param_leaf(ker) and np.ndim(k_val) >= 2:
-        op = _param_op(eqn, kernel_at, names[leaf_of[ker]], k_val, out.shape)
-        if op is not None:
-          op._out_var = eqn.outs[0]
-          ops.append(op)
-          op_of_eqn[index] = op
+      op = _forward_kernel_op(eqn, kernel_at, values, leaves)
+      if op is not None:
+        ops.append(op)
+        op_of_eqn[index] = op
       continue
-    all_known = all(known(a) for a in eqn.ins)
-    try:
-      result = eqn.prim.bind(*[jnp.asarray(np.where(unknown(a), 0, value(a)) if not known(a) else value(a))
-                               for a in eqn.ins], **eqn.params)
-      results = list(result) if eqn.prim.multiple_results else [result]
-    except Exception:  # pylint: disable=broad-except  # an op we cannot run on host values: all unknown
-      results = None
-    masks = None if all_known or results is None else _unknown_outputs(
-        eqn, [unknown(a) for a in eqn.ins], [np.asarray(value(a)) for a in eqn.ins])
-    for j, vid in enumerate(eqn.outs):
-      shape = eqn.out_shapes[j]
-      if results is None:
-        val[vid], unk[vid] = np.zeros(shape, np.float32), np.ones(shape, bool)
-      elif all_known:
-        val[vid], unk[vid] = np.asarray(results[j]), np.zeros(shape, bool)
-      else:
-        u = masks[j] if masks is not None else np.ones(shape, bool)
-        val[vid], unk[vid] = np.asarray(results[j]), u
+    all_known = _forward_op(eqn, values)
     # views of one leaf (reshape/broadcast/convert of a parameter vector)
     srcs = set().union(*[leaf_source.get(a, set()) for a in eqn.ins if not isinstance(a, tuple)]) \
         if eqn.ins else set()
     if all_known and srcs:
       for vid in eqn.outs:
         leaf_source[vid] = srcs
-      if name in ("reshape", "broadcast_in_dim", "convert_element_type", "squeeze", "expand_dims", "copy") \
-          and len(srcs) == 1:
+      if eqn.prim.name in _VIEWS and len(srcs) == 1:
         (leaf,) = srcs
         for vid in eqn.outs:
-          leaf_of[vid] = leaf
-    if name in _ELEMENTWISE and not all_known and len(eqn.outs) == 1:
-      out_shape = np.shape(val[eqn.outs[0]])
-      for a in eqn.ins:
-        if isinstance(a, tuple) or not known(a):
-          continue
-        shape = np.shape(value(a))
-        if len(shape) == len(out_shape) and shape and shape[-1] == out_shape[-1] > 1 and \
-            all(n == 1 for n in shape[:-1]):
-          for leaf in leaf_source.get(a, set()):
-            if is_param[leaf] and np.size(var_leaves[leaf][1]) == out_shape[-1]:
-              tied.setdefault(leaf, (eqn.outs[0], len(out_shape) - 1))
+          leaves.leaf_of[vid] = leaf
+    if eqn.prim.name in _ELEMENTWISE and not all_known and len(eqn.outs) == 1:
+      _tie_channel_vectors(eqn, values, leaves, leaf_source, tied)
+  return ops, op_of_eqn, tied
 
-  # ---- backward: use
-  used: dict[int, np.ndarray] = {}
 
-  def use(a, mask):
-    if isinstance(a, tuple):
-      return
-    mask = np.broadcast_to(mask, np.shape(val[a])) if mask.shape != np.shape(val[a]) else mask
-    used[a] = used[a] | mask if a in used else mask.copy()
+def _forward_kernel_op(eqn: _Eqn, kernel_at: int, values: _Values, leaves: _Leaves) -> ParamOp | None:
+  """A Dense/conv with a known kernel: multiplies only through nonzero weights (see the module docstring)."""
+  act, ker = eqn.ins[1 - kernel_at], eqn.ins[kernel_at]
+  a_val = np.where(values.unknown(act), 0, np.asarray(values.value(act)))
+  k_val = np.asarray(values.value(ker))
+  ins = [a_val, k_val] if kernel_at == 1 else [k_val, a_val]
+  out = np.asarray(eqn.prim.bind(*map(jnp.asarray, ins), **eqn.params))
+  masks = [values.unknown(act).astype(np.float32), (k_val != 0).astype(np.float32)]
+  if kernel_at == 0:
+    masks = masks[::-1]
+  reach = np.asarray(eqn.prim.bind(*map(jnp.asarray, masks), **eqn.params)) > 0
+  values.val[eqn.outs[0]], values.unk[eqn.outs[0]] = out, reach
+  if not (leaves.is_param_leaf(ker) and np.ndim(k_val) >= 2):
+    return None
+  op = _param_op(eqn, kernel_at, leaves.names[leaves.leaf_of[ker]], k_val, out.shape)
+  if op is not None:
+    op._out_var = eqn.outs[0]
+  return op
 
+
+def _forward_op(eqn: _Eqn, values: _Values) -> bool:
+  """Any other op, run on the host values (0 in unknown places); returns whether all its inputs are known."""
+  all_known = all(values.known(a) for a in eqn.ins)
+  try:
+    result = eqn.prim.bind(*[jnp.asarray(values.value(a) if values.known(a) else
+                                         np.where(values.unknown(a), 0, values.value(a))) for a in eqn.ins],
+                           **eqn.params)
+    results = list(result) if eqn.prim.multiple_results else [result]
+  except Exception:  # pylint: disable=broad-except  # an op we cannot run on host values: all unknown
+    results = None
+  masks = None
+  if not all_known and results is not None:
+    rule = _UNKNOWN_RULES.get(eqn.prim.name)
+    masks = rule(eqn, [values.unknown(a) for a in eqn.ins], [np.asarray(values.value(a)) for a in eqn.ins]) \
+        if rule is not None else None
+  for j, vid in enumerate(eqn.outs):
+    shape = eqn.out_shapes[j]
+    if results is None:
+      values.val[vid], values.unk[vid] = np.zeros(shape, np.float32), np.ones(shape, bool)
+    else:
+      values.val[vid] = np.asarray(results[j])
+      values.unk[vid] = np.zeros(shape, bool) if all_known else (masks[j] if masks is not None else
+                                                                  np.ones(shape, bool))
+  return all_known
+
+
+def _tie_channel_vectors(eqn: _Eqn, values: _Values, leaves: _Leaves, leaf_source: dict, tied: dict) -> None:
+  """Records the parameter vectors (biases, norm scales) an elementwise op broadcasts along its last axis."""
+  out_shape = np.shape(values.val[eqn.outs[0]])
+  for a in eqn.ins:
+    if isinstance(a, tuple) or not values.known(a):
+      continue
+    shape = np.shape(values.value(a))
+    if len(shape) == len(out_shape) and shape and shape[-1] == out_shape[-1] > 1 and all(n == 1 for n in shape[:-1]):
+      for leaf in leaf_source.get(a, set()):
+        if leaves.is_param[leaf] and np.size(leaves.leaves[leaf][1]) == out_shape[-1]:
+          tied.setdefault(leaf, (eqn.outs[0], len(out_shape) - 1))
+
+
+def _backward_pass(eqns: list[_Eqn], outs: list, values: _Values, op_of_eqn: dict) -> None:
+  """The backward pass: from the model's outputs, the entries every used entry depends on (`values.used`)."""
   for a in outs:
     if not isinstance(a, tuple):
-      use(a, np.ones(np.shape(val[a]), bool))
+      values.use(a, np.ones(np.shape(values.val[a]), bool))
   for index in range(len(eqns) - 1, -1, -1):
     eqn = eqns[index]
-    out_used = [used.get(v, np.zeros(np.shape(val[v]), bool)) for v in eqn.outs]
+    out_used = [values.used_of(v) for v in eqn.outs]
     if not any(u.any() for u in out_used):
       continue
-    if all(known(a) for a in eqn.ins):
+    if all(values.known(a) for a in eqn.ins):  # a constant: every input of it is used whole
       for a in eqn.ins:
         if not isinstance(a, tuple):
-          use(a, np.ones(np.shape(val[a]), bool))
+          values.use(a, np.ones(np.shape(values.val[a]), bool))
       continue
-    _backward(eqn, out_used, use, value, unknown, known, op_of_eqn.get(index), val)
+    op = op_of_eqn.get(index)
+    if op is not None and op.units_removable is not None:
+      _use_through_kernel(eqn, out_used[0], values, op)
+      continue
+    rule = _USE_RULES.get(eqn.prim.name)
+    if rule is None or not rule(eqn, out_used[0], values):
+      _use_every_input(eqn, values)
 
-  # ---- units and counts
+
+def _mark_units(ops: list[ParamOp], values: _Values) -> None:
+  """A unit is removable when none of its outputs is used; a layer computing a constant removes every unit."""
   for op in ops:
-    out_used = used.get(op._out_var, np.zeros(np.shape(val[op._out_var]), bool))
-    if op.units_removable is not None:
-      op.units_removable = ~out_used.reshape(-1, out_used.shape[-1]).any(axis=0)
-      if not unk[op._out_var].any():  # a constant layer: nothing of it is computed
-        op.units_removable[:] = True
-        if op.inputs_used is not None:
-          op.inputs_used[:] = False
-  flops_dense = flops_sparse = params_used = 0
+    if op.units_removable is None:
+      continue
+    out_used = values.used_of(op._out_var)
+    op.units_removable = ~out_used.reshape(-1, out_used.shape[-1]).any(axis=0)
+    if not values.unk[op._out_var].any():  # a constant layer: nothing of it is computed
+      op.units_removable[:] = True
+      if op.inputs_used is not None:
+        op.inputs_used[:] = False
+
+
+def _count(ops: list[ParamOp], values: _Values, leaves: _Leaves, tied: dict) -> Structure:
+  """FLOPs and parameters, dense and used (conventions in the module docstring)."""
+  flops_dense = flops_sparse = params_used = params_dense = 0
   kernel_leaves: set[int] = set()
   for op in ops:
     kept_weights = op.nonzero_kept()
     flops_dense += 2 * op.kernel.size * op.positions
     flops_sparse += 2 * kept_weights * op.positions
     params_used += kept_weights
-    kernel_leaves.add(names.index(op.name))
-  params_dense = 0
-  for i, (_, leaf) in enumerate(var_leaves):
-    if not is_param[i]:
+    kernel_leaves.add(leaves.names.index(op.name))
+  for i, (_, leaf) in enumerate(leaves.leaves):
+    if not leaves.is_param[i]:
       continue
     params_dense += int(np.size(leaf))
     if i in kernel_leaves:
       continue
     if i in tied:
       var, axis = tied[i]
-      mask = used.get(var)
+      mask = values.used.get(var)
       channel_used = np.ones(np.size(leaf), bool) if mask is None else np.moveaxis(mask, axis, -1).reshape(
           -1, np.size(leaf)).any(axis=0)
       params_used += int(channel_used.sum())
     else:
       params_used += int(np.size(leaf))
-  trace = _Trace(eqns, outs, val, unk, used, op_of_eqn, in_ids[len(var_leaves):], flat_jaxpr,
-                 {path_names(var_leaves[leaf][0]): var for leaf, (var, _) in tied.items()})
-  return Structure(ops, int(flops_dense), int(flops_sparse), int(params_dense), int(params_used), trace)
+  return Structure(ops, int(flops_dense), int(flops_sparse), int(params_dense), int(params_used))
 
 
 @dataclasses.dataclass
@@ -777,40 +848,6 @@ def _all_known(t: _Trace, a) -> bool:
   return isinstance(a, tuple) or not t.unk[a].any()
 
 
-_MOVES_OR_MAX = {"reshape", "transpose", "broadcast_in_dim", "squeeze", "expand_dims", "slice", "pad",
-                 "concatenate", "rev", "reduce_sum", "reduce_max", "reduce_window_sum", "reduce_window_max",
-                 "cumsum", "cummax", "reduce_or", "copy", "copy_p"}
-_MIN_LIKE = {"reduce_min", "reduce_window_min", "cummin"}
-
-
-def _unknown_outputs(eqn: _Eqn, unknowns: list, values: list) -> list | None:
-  """Unknown masks of the outputs: exact for elementwise ops, data movement and reductions; None: all.
-
-  A product with a known 0 is a known 0 (e.g. a BatchNorm scale driven to 0).
-  """
-  name = eqn.prim.name
-  shapes = eqn.out_shapes
-  if name in _ELEMENTWISE:
-    out = np.zeros(shapes[0], bool)
-    for u in unknowns:
-      out = out | np.broadcast_to(u, shapes[0]) if np.ndim(u) in (0, len(shapes[0])) else np.ones(shapes[0], bool)
-    if name == "mul":
-      for u, v in zip(unknowns, values):
-        if np.ndim(u) in (0, len(shapes[0])):
-          out = out & ~np.broadcast_to(~u & (v == 0), shapes[0])
-    return [out]
-  if name in _MOVES_OR_MAX or name in _MIN_LIKE:
-    sign = -1.0 if name in _MIN_LIKE else 1.0
-    masks = [jnp.asarray(sign * u.astype(np.float32)) for u in unknowns]
-    try:
-      out = eqn.prim.bind(*masks, **eqn.params)
-    except Exception:  # pylint: disable=broad-except
-      return None
-    outs = list(out) if eqn.prim.multiple_results else [out]
-    return [np.asarray(o) * sign > 0 for o in outs]
-  return None
-
-
 def _param_op(eqn: _Eqn, kernel_at: int, name: str, kernel: np.ndarray, out_shape: tuple) -> ParamOp | None:
   if eqn.prim.name == "dot_general":
     (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
@@ -842,88 +879,194 @@ def _param_op(eqn: _Eqn, kernel_at: int, name: str, kernel: np.ndarray, out_shap
   return op
 
 
-def _backward(eqn: _Eqn, out_used: list, use, value, unknown, known, op: ParamOp | None, val) -> None:
-  """Marks the entries of `eqn`'s inputs that its used outputs depend on."""
-  name = eqn.prim.name
-  ou = out_used[0]
-  any_used = any(u.any() for u in out_used)
+# ------------------------------------------------------------- the rules, one per primitive (family)
+#
+# Forward (`_UNKNOWN_RULES`): which output entries are unknown, given the inputs' unknown
+# masks and values. Backward (`_USE_RULES`): which input entries the used output entries
+# depend on; a rule returns False when it does not apply to this use of the primitive.
+# A primitive with no rule gets the conservative rule in each direction: every output
+# entry unknown (`_forward_op`), every entry of every unknown input used
+# (`_use_every_input`). That is always correct, it only keeps more: an op the analysis
+# does not know never makes a unit removable that the model needs.
 
-  def all_inputs():
-    for a in eqn.ins:
-      if not isinstance(a, tuple) and not known(a):
-        use(a, np.ones(np.shape(val[a]), bool))
 
-  if name in ("dot_general", "conv_general_dilated") and op is not None and op.units_removable is not None:
-    act = eqn.ins[0]  # sliceable ops have the kernel second
-    k = op.kernel
-    out_units = ou.reshape(-1, ou.shape[-1]).any(axis=0)
-    k_in_out = np.moveaxis(np.moveaxis(k, op.in_axis, 0), op.out_axis if op.out_axis > op.in_axis
-                           else op.out_axis + 1, -1)
-    feeds = (k_in_out.reshape(k_in_out.shape[0], -1, k_in_out.shape[-1]) != 0).any(axis=1)[:, out_units].any(axis=1)
-    a_unk = unknown(act)
-    feature_unknown = a_unk.reshape(-1, a_unk.shape[-1]).any(axis=0)
-    # A constant input is folded: its exact contribution is computed once (a bias for a
-    # Dense or VALID conv; a per-position map for a padded conv, whose borders see the padding).
-    needed = feeds & feature_unknown
-    op.inputs_used = needed
-    use(act, np.broadcast_to(needed, np.shape(val[act])))
-    return
-  if name in ("add", "sub", "add_any"):
-    # An operand that is a known 0 where the result is not known (e.g. a residual branch
-    # writing 0 into a stream that carries data) is not needed there. Where the result is
-    # a known constant, the channel must still be carried, so every operand stays used.
-    out_unknown = unknown(eqn.outs[0])
-    for a in eqn.ins:
-      if isinstance(a, tuple):
-        continue
-      zero = np.broadcast_to(~unknown(a) & (np.asarray(value(a)) == 0), ou.shape) & out_unknown
-      use(a, _unbroadcast(ou & ~zero, np.shape(val[a])))
-    return
-  if name in _ELEMENTWISE:
-    # where the result is a known constant (a product with a known 0, e.g. a BatchNorm
-    # scale driven to 0), no unknown operand entry affects it
-    ou_unknown = ou & np.broadcast_to(unknown(eqn.outs[0]), ou.shape)
-    for a in eqn.ins:
-      if not isinstance(a, tuple) and not known(a):
-        use(a, _unbroadcast(ou_unknown, np.shape(val[a])))
-    return
+def _unknown_elementwise(eqn: _Eqn, unknowns: list, values: list) -> list:
+  """Unknown where any operand is; a product with a known 0 is a known 0 (e.g. a BatchNorm scale driven to 0)."""
+  shape = eqn.out_shapes[0]
+  out = np.zeros(shape, bool)
+  for u in unknowns:
+    out = out | np.broadcast_to(u, shape) if np.ndim(u) in (0, len(shape)) else np.ones(shape, bool)
+  if eqn.prim.name == "mul":
+    for u, v in zip(unknowns, values):
+      if np.ndim(u) in (0, len(shape)):
+        out = out & ~np.broadcast_to(~u & (v == 0), shape)
+  return [out]
+
+
+def _unknown_moved(sign: float) -> Callable[[_Eqn, list, list], list | None]:
+  """Data movement and max-like reductions: the op itself applied to the masks (min-like: to -mask)."""
+  def rule(eqn: _Eqn, unknowns: list, values: list) -> list | None:
+    del values
+    try:
+      out = eqn.prim.bind(*[jnp.asarray(sign * u.astype(np.float32)) for u in unknowns], **eqn.params)
+    except Exception:  # pylint: disable=broad-except
+      return None
+    return [np.asarray(o) * sign > 0 for o in (list(out) if eqn.prim.multiple_results else [out])]
+  return rule
+
+
+def _use_every_input(eqn: _Eqn, values: _Values) -> None:
+  """The conservative rule: every entry of every unknown input is used."""
+  for a in eqn.ins:
+    if not isinstance(a, tuple) and not values.known(a):
+      values.use(a, np.ones(np.shape(values.val[a]), bool))
+
+
+def _use_through_kernel(eqn: _Eqn, ou: np.ndarray, values: _Values, op: ParamOp) -> None:
+  """A Dense/conv: an input feature is used if it is unknown and has a nonzero weight into a used unit.
+
+  A constant input is folded: its exact contribution is computed once (a bias for a
+  Dense or VALID conv; a per-position map for a padded conv, whose borders see the padding).
+  """
+  act = eqn.ins[0]  # sliceable ops have the kernel second
+  out_units = ou.reshape(-1, ou.shape[-1]).any(axis=0)
+  k_in_out = np.moveaxis(np.moveaxis(op.kernel, op.in_axis, 0), op.out_axis if op.out_axis > op.in_axis
+                         else op.out_axis + 1, -1)
+  feeds = (k_in_out.reshape(k_in_out.shape[0], -1, k_in_out.shape[-1]) != 0).any(axis=1)[:, out_units].any(axis=1)
+  a_unk = values.unknown(act)
+  op.inputs_used = feeds & a_unk.reshape(-1, a_unk.shape[-1]).any(axis=0)
+  values.use(act, np.broadcast_to(op.inputs_used, np.shape(values.val[act])))
+
+
+def _use_sum(eqn: _Eqn, ou: np.ndarray, values: _Values) -> bool:
+  """add/sub: an operand that is a known 0 where the result is unknown (a residual branch writing 0
+  into a stream that carries data) is not used there; where the result is a known constant the
+  channel must still be carried, so every operand stays used."""
+  out_unknown = values.unknown(eqn.outs[0])
+  for a in eqn.ins:
+    if isinstance(a, tuple):
+      continue
+    zero = np.broadcast_to(~values.unknown(a) & (np.asarray(values.value(a)) == 0), ou.shape) & out_unknown
+    values.use(a, _unbroadcast(ou & ~zero, np.shape(values.val[a])))
+  return True
+
+
+def _use_elementwise(eqn: _Eqn, ou: np.ndarray, values: _Values) -> bool:
+  """Where the result is a known constant (a product with a known 0), no unknown operand entry affects it."""
+  ou_unknown = ou & np.broadcast_to(values.unknown(eqn.outs[0]), ou.shape)
+  for a in eqn.ins:
+    if not isinstance(a, tuple) and not values.known(a):
+      values.use(a, _unbroadcast(ou_unknown, np.shape(values.val[a])))
+  return True
+
+
+def _moved_operand(eqn: _Eqn, values: _Values):
+  """The first operand when it is an unknown value (the rules below move it), else None."""
   a = eqn.ins[0] if eqn.ins else None
-  if a is None or isinstance(a, tuple) or known(a):
-    all_inputs()
-    return
-  in_shape = np.shape(val[a])
-  if name in ("reshape", "squeeze", "expand_dims") and np.size(ou) == int(np.prod(in_shape)):
-    use(a, ou.reshape(in_shape))
-  elif name == "transpose":
-    use(a, np.transpose(ou, np.argsort(eqn.params["permutation"])))
-  elif name == "broadcast_in_dim":
-    dims = eqn.params["broadcast_dimensions"]
-    reduce_axes = tuple(d for d in range(ou.ndim) if d not in dims)
-    m = ou.any(axis=reduce_axes) if reduce_axes else ou
-    use(a, _unbroadcast(m, in_shape) if m.shape != in_shape else m)
-  elif name in ("reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "reduce_and", "reduce_or", "argmax",
-                "argmin"):
-    axes = tuple(eqn.params["axes"])
-    use(a, np.broadcast_to(np.expand_dims(ou, axes), in_shape))
-  elif name in ("reduce_window_sum", "reduce_window_max", "reduce_window_min", "reduce_window") and len(in_shape) \
-      == ou.ndim:
-    channels = ou.reshape(-1, ou.shape[-1]).any(axis=0)
-    use(a, np.broadcast_to(channels, in_shape))
-  elif name == "concatenate":
-    dim, start = eqn.params["dimension"], 0
-    for b in eqn.ins:
-      size = np.shape(value(b))[dim]
-      if not isinstance(b, tuple) and not known(b):
-        use(b, np.take(ou, np.arange(start, start + size), axis=dim))
-      start += size
-  elif name == "slice" and eqn.params.get("strides") in (None, (1,) * len(in_shape)):
-    m = np.zeros(in_shape, bool)
-    m[tuple(slice(s, e) for s, e in zip(eqn.params["start_indices"], eqn.params["limit_indices"]))] = ou
-    use(a, m)
-  elif name == "pad" and all(lo >= 0 and hi >= 0 and it == 0 for lo, hi, it in eqn.params["padding_config"]):
-    use(a, ou[tuple(slice(lo, ou.shape[d] - hi) for d, (lo, hi, _) in enumerate(eqn.params["padding_config"]))])
-    for b in eqn.ins[1:]:
-      if not isinstance(b, tuple) and not known(b):
-        use(b, np.ones(np.shape(val[b]), bool))
-  elif any_used:
-    all_inputs()
+  return None if a is None or isinstance(a, tuple) or values.known(a) else a
+
+
+def _use_reshape(eqn: _Eqn, ou: np.ndarray, values: _Values) -> bool:
+  a = _moved_operand(eqn, values)
+  if a is None or np.size(ou) != int(np.prod(values.shape(a))):
+    return False
+  values.use(a, ou.reshape(values.shape(a)))
+  return True
+
+
+def _use_transpose(eqn: _Eqn, ou: np.ndarray, values: _Values) -> bool:
+  a = _moved_operand(eqn, values)
+  if a is None:
+    return False
+  values.use(a, np.transpose(ou, np.argsort(eqn.params["permutation"])))
+  return True
+
+
+def _use_broadcast(eqn: _Eqn, ou: np.ndarray, values: _Values) -> bool:
+  a = _moved_operand(eqn, values)
+  if a is None:
+    return False
+  in_shape = values.shape(a)
+  reduce_axes = tuple(d for d in range(ou.ndim) if d not in eqn.params["broadcast_dimensions"])
+  m = ou.any(axis=reduce_axes) if reduce_axes else ou
+  values.use(a, _unbroadcast(m, in_shape) if m.shape != in_shape else m)
+  return True
+
+
+def _use_reduction(eqn: _Eqn, ou: np.ndarray, values: _Values) -> bool:
+  a = _moved_operand(eqn, values)
+  if a is None:
+    return False
+  values.use(a, np.broadcast_to(np.expand_dims(ou, tuple(eqn.params["axes"])), values.shape(a)))
+  return True
+
+
+def _use_pooling(eqn: _Eqn, ou: np.ndarray, values: _Values) -> bool:
+  """Windowed reductions (pooling): a channel is used wherever its output is (windows mix positions only)."""
+  a = _moved_operand(eqn, values)
+  if a is None or len(values.shape(a)) != ou.ndim:
+    return False
+  values.use(a, np.broadcast_to(ou.reshape(-1, ou.shape[-1]).any(axis=0), values.shape(a)))
+  return True
+
+
+def _use_concatenate(eqn: _Eqn, ou: np.ndarray, values: _Values) -> bool:
+  if _moved_operand(eqn, values) is None:
+    return False
+  dim, start = eqn.params["dimension"], 0
+  for b in eqn.ins:
+    size = np.shape(values.value(b))[dim]
+    if not isinstance(b, tuple) and not values.known(b):
+      values.use(b, np.take(ou, np.arange(start, start + size), axis=dim))
+    start += size
+  return True
+
+
+def _use_rev(eqn: _Eqn, ou: np.ndarray, values: _Values) -> bool:
+  a = _moved_operand(eqn, values)
+  if a is None:
+    return False
+  values.use(a, np.flip(ou, axis=tuple(eqn.params["dimensions"])))
+  return True
+
+
+def _use_slice(eqn: _Eqn, ou: np.ndarray, values: _Values) -> bool:
+  a = _moved_operand(eqn, values)
+  if a is None or eqn.params.get("strides") not in (None, (1,) * len(values.shape(a))):
+    return False
+  m = np.zeros(values.shape(a), bool)
+  m[tuple(slice(s, e) for s, e in zip(eqn.params["start_indices"], eqn.params["limit_indices"]))] = ou
+  values.use(a, m)
+  return True
+
+
+def _use_pad(eqn: _Eqn, ou: np.ndarray, values: _Values) -> bool:
+  a = _moved_operand(eqn, values)
+  config = eqn.params["padding_config"]
+  if a is None or not all(lo >= 0 and hi >= 0 and interior == 0 for lo, hi, interior in config):
+    return False
+  values.use(a, ou[tuple(slice(lo, ou.shape[d] - hi) for d, (lo, hi, _) in enumerate(config))])
+  for b in eqn.ins[1:]:  # the padding value
+    if not isinstance(b, tuple) and not values.known(b):
+      values.use(b, np.ones(np.shape(values.val[b]), bool))
+  return True
+
+
+_UNKNOWN_RULES: dict[str, Callable[[_Eqn, list, list], list | None]] = {
+    **{name: _unknown_elementwise for name in _ELEMENTWISE},
+    **{name: _unknown_moved(1.0) for name in _MOVES_OR_MAX},
+    **{name: _unknown_moved(-1.0) for name in _MIN_LIKE},
+}
+_USE_RULES: dict[str, Callable[[_Eqn, np.ndarray, _Values], bool]] = {
+    **{name: _use_elementwise for name in _ELEMENTWISE},
+    "add": _use_sum, "sub": _use_sum, "add_any": _use_sum,
+    "reshape": _use_reshape, "squeeze": _use_reshape, "expand_dims": _use_reshape,
+    "transpose": _use_transpose, "rev": _use_rev,
+    "broadcast_in_dim": _use_broadcast,
+    **{name: _use_reduction for name in ("reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "reduce_and",
+                                         "reduce_or", "argmax", "argmin")},
+    **{name: _use_pooling for name in ("reduce_window_sum", "reduce_window_max", "reduce_window_min", "reduce_window")},
+    "concatenate": _use_concatenate,
+    "slice": _use_slice,
+    "pad": _use_pad,
+}

@@ -41,18 +41,21 @@ import optax
 from optax import ScalarOrSchedule
 
 from sparsejax import _checks, _hyper
+from sparsejax import masking as _masking
 from sparsejax import prox as _prox
 from sparsejax import registry as _registry
-from sparsejax.masking import NAMED_MASKS, layer_index, mask_leaves, path_names, weights_only  # noqa: F401  (re-export)
-from sparsejax.rvsm import RVSMState, rvsm  # noqa: F401  (re-export)
-from sparsejax.rvsm import sparse_params as rvsm_sparse_params
+from sparsejax.masking import path_names
 
 __all__ = [
-    "ProximalState", "proximal", "proximal_step_leaves", "step_threshold", "static_threshold", "weights_only",
-    "mask_leaves", "layer_balance", "layer_index",
-    "l1", "sparse_group_lasso", "cges", "integrated_tl1", "rvsm", "RVSMState", "rvsm_sparse_params",
-    "coupled_group_lasso",
+    "ProximalState", "proximal", "proximal_step_leaves", "step_threshold", "static_threshold", "layer_balance",
+    "l1", "sparse_group_lasso", "cges", "integrated_tl1", "coupled_group_lasso",
 ]
+
+# Masks live in sparsejax.masking and relaxed variable splitting in sparsejax.rvsm (one home per name).
+__getattr__ = _checks.moved_names(__name__, {
+    "weights_only": ("sparsejax.masking", "weights_only"), "mask_leaves": ("sparsejax.masking", "mask_leaves"),
+    "layer_index": ("sparsejax.masking", "layer_index"), "rvsm": ("sparsejax.rvsm", "rvsm"),
+    "RVSMState": ("sparsejax.rvsm", "RVSMState"), "rvsm_sparse_params": ("sparsejax.rvsm", "sparse_params")})
 
 ProxFn: TypeAlias = Callable[..., Any] | str
 Mask: TypeAlias = Any  # see sparsejax.masking
@@ -171,7 +174,7 @@ def _proximal_from_leaf_strengths(
     # Validate before any training step: strength/mask structure, and the prox
     # on every regularised leaf's shape (e.g. a group axis out of range).
     strengths = strengths_for(params, treedef)
-    masks = mask_leaves(mask, params)
+    masks = _masking.mask_leaves(mask, params)
     if not any(m and s is not None for m, s in zip(masks, strengths)):
       raise ValueError(
           "this proximal step regularises no parameter: its mask and strength select no leaf of params, so it "
@@ -188,7 +191,7 @@ def _proximal_from_leaf_strengths(
     param_leaves, treedef = jax.tree.flatten(params)
     update_leaves = treedef.flatten_up_to(updates)
     strengths = strengths_for(params, treedef)
-    masks = mask_leaves(mask, params)
+    masks = _masking.mask_leaves(mask, params)
     lr = _hyper.evaluate(learning_rate, state.count)
     taus = [step_threshold(lr, _hyper.evaluate(s, state.count)) if m and s is not None else None
             for s, m in zip(strengths, masks)]
@@ -275,7 +278,7 @@ def _layer_strengths(strength, m, weight_of_mu, layer_scale, mask, scale_name: s
   """strengths_for(params, treedef) giving strength * weight_of_mu(mu_l) * c_l per layer."""
 
   def strengths_for(params, treedef):
-    index_tree, num_layers = layer_index(params, mask)
+    index_tree, num_layers = _masking.layer_index(params, mask)
     mus = layer_balance(num_layers, m) if num_layers else []
     scales = [1.0] * num_layers if layer_scale is None else list(layer_scale)
     if len(scales) != num_layers:

@@ -9,6 +9,8 @@ import json
 import pathlib
 import pkgutil
 
+import pytest
+
 SNAPSHOT = pathlib.Path(__file__).with_name("api_surface.json")
 
 
@@ -48,3 +50,18 @@ def test_public_surface_matches_the_snapshot():
 if __name__ == "__main__":
   SNAPSHOT.write_text(json.dumps(public_surface(), indent=1, sort_keys=True) + "\n")
   print(f"wrote {SNAPSHOT}")
+
+
+@pytest.mark.parametrize("module, name, home, home_name", [
+    ("selection", "nnz_controller", "controller", "nnz_controller"),
+    ("selection", "nnz_controller_for", "controller", "nnz_controller_for"),
+    ("transforms", "rvsm", "rvsm", "rvsm"), ("transforms", "rvsm_sparse_params", "rvsm", "sparse_params"),
+    ("transforms", "weights_only", "masking", "weights_only"), ("transforms", "layer_index", "masking", "layer_index"),
+])
+def test_a_moved_name_still_works_once_with_a_deprecation_warning_naming_its_home(module, name, home, home_name):
+  old, new = importlib.import_module(f"sparsejax.{module}"), importlib.import_module(f"sparsejax.{home}")
+  assert name not in old.__all__
+  with pytest.warns(DeprecationWarning, match=rf"sparsejax\.{module}\.{name} is deprecated: .* sparsejax\.{home}\.{home_name}"):
+    assert getattr(old, name) is getattr(new, home_name)
+  with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
+    old.no_such_name  # noqa: B018

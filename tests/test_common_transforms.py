@@ -16,7 +16,7 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
-from sparsejax import optimizers, pruning, selection, transforms
+from sparsejax import controller, optimizers, pruning, rvsm, transforms
 
 LR = 0.1
 
@@ -48,14 +48,14 @@ FACTORIES = [
     ("integrated_tl1", transforms.integrated_tl1, (0.3, LR), {"a": 0.5}, True),
     ("coupled_group_lasso", transforms.coupled_group_lasso, (20.0, LR),
      {"groups": [[("dense", "bias"), ("dense", "kernel")], [("out", "kernel")]]}, True),
-    ("rvsm", transforms.rvsm, ("tl1", 0.05, 0.5), {"a": 1.0}, False),
-    ("rvsm_schedules", transforms.rvsm, ("l0", optax.linear_schedule(0.01, 0.05, 4),
+    ("rvsm", rvsm.rvsm, ("tl1", 0.05, 0.5), {"a": 1.0}, False),
+    ("rvsm_schedules", rvsm.rvsm, ("l0", optax.linear_schedule(0.01, 0.05, 4),
                                          optax.exponential_decay(0.5, 2, 2.0)), {}, False),
-    ("nnz_controller", selection.nnz_controller, ("l1", 20, LR), {"rate": 0.5, "interval": 2}, True),
+    ("nnz_controller", controller.nnz_controller, ("l1", 20, LR), {"rate": 0.5, "interval": 2}, True),
     # total_steps switches on the ramp, exact phase and refit phase (steps 2-3 refit)
-    ("nnz_controller_scheduled", selection.nnz_controller, ("l1", 20, LR), {"total_steps": 5}, True),
+    ("nnz_controller_scheduled", controller.nnz_controller, ("l1", 20, LR), {"total_steps": 5}, True),
     # the bisection controller on a composite map (group shrink, then TL1)
-    ("nnz_controller_for", selection.nnz_controller_for, ("integrated_tl1", 20, LR), {"total_steps": 5, "a": 0.5},
+    ("nnz_controller_for", controller.nnz_controller_for, ("integrated_tl1", 20, LR), {"total_steps": 5, "a": 0.5},
      True),
     ("gmp", pruning.gradual_magnitude_pruning, (0.8, 0, 3), {"frequency": 2}, True),
     ("fixed_mask", pruning.fixed_mask, (), {"binary_mask": _support(_params())}, True),
@@ -211,7 +211,7 @@ def test_inject_hyperparams_with_a_callable_mask_needs_static_args():
   _assert_trees_close(got, want)
 
 def test_no_params_message_names_the_transform():
-  for tx in (transforms.l1(0.1, LR), transforms.rvsm("l1", 0.1, 1.0), selection.nnz_controller("l1", 3, LR),
+  for tx in (transforms.l1(0.1, LR), rvsm.rvsm("l1", 0.1, 1.0), controller.nnz_controller("l1", 3, LR),
              pruning.gradual_magnitude_pruning(0.5, 0, 2)):
     with pytest.raises(ValueError, match="params"):
       tx.update(_grads(0), tx.init(_params()))

@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from sparsejax import gan, pruning, runloop, selection, train, transforms
+from sparsejax import controller, gan, masking, pruning, runloop, rvsm, selection, train, transforms
 from sparsejax.models import MLP, dcgan
 from tests.test_sharded import _digits, _gan_images_and_penalty, _mean_activation_penalty
 
@@ -35,13 +35,13 @@ def _case(name, steps):
   sgd = optax.sgd(LR, momentum=0.9)
   mlp = MLP((HIDDEN, 10))
   if name == "group_lasso":      # row groups of the (64, 128) kernel span its split axis
-    return mlp, optax.chain(sgd, transforms.proximal("group_lasso", 3.0, LR, transforms.weights_only)), None
+    return mlp, optax.chain(sgd, transforms.proximal("group_lasso", 3.0, LR, masking.weights_only)), None
   if name == "integrated_tl1":
     return mlp, optax.chain(sgd, transforms.integrated_tl1(2e-3, LR, a=0.05)), None
   if name == "rvsm":
-    return mlp, optax.chain(transforms.rvsm("l0", 1e-4, 1.0), sgd), None   # penalised gradient, then SGD
+    return mlp, optax.chain(rvsm.rvsm("l0", 1e-4, 1.0), sgd), None   # penalised gradient, then SGD
   if name == "nnz_controller":   # the exact global k-th magnitude over every kernel's shards
-    return mlp, optax.chain(sgd, selection.nnz_controller("l1", 900, LR, total_steps=steps)), None
+    return mlp, optax.chain(sgd, controller.nnz_controller("l1", 900, LR, total_steps=steps)), None
   if name == "gmp":
     return mlp, optax.chain(sgd, pruning.gradual_magnitude_pruning(0.9, 0, steps // 2, 4)), None
   if name == "activity_penalty":

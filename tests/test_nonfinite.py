@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from sparsejax import prox, registry, selection, transforms
+from sparsejax import controller, prox, registry, transforms
 from sparsejax.rvsm import rvsm
 from tests import reference
 from tests.test_prox import ALL_CALLS, ELEMENTWISE_CASES, case_id
@@ -155,7 +155,7 @@ TRANSFORMS = {
     "sparse_group_lasso": lambda lr: transforms.sparse_group_lasso(0.1, 0.1, lr),
     "cges": lambda lr: transforms.cges(0.1, lr),
     "integrated_tl1": lambda lr: transforms.integrated_tl1(0.1, lr),
-    "nnz_controller": lambda lr: selection.nnz_controller("l1", 2, lr, initial_strength=0.1),
+    "nnz_controller": lambda lr: controller.nnz_controller("l1", 2, lr, initial_strength=0.1),
 }
 
 

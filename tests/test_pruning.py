@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from sparsejax import data, magnitudes, pruning, selection, train
+from sparsejax import controller, data, magnitudes, pruning, selection, train
 from sparsejax.models import MLP
 
 
@@ -166,9 +166,9 @@ def test_nnz_controller_ends_within_one_percent_of_the_target(tmp_path, optimize
   lr = 0.05 if optimizer_name == "momentum" else 1e-2
   optimizer = optax.sgd(lr, momentum=0.9) if optimizer_name == "momentum" else optax.adam(lr)
   target = 800  # of 64*64 + 64*10 = 4736 kernel weights
-  controller = selection.nnz_controller("l1", target, lr, initial_strength=1e-3, rate=0.05, interval=5,
-                                        total_steps=steps, exact_final_steps=30)
-  result = train.fit(MLP((64, 10)), optax.chain(optimizer, controller), (x, y), test,
+  adapt = controller.nnz_controller("l1", target, lr, initial_strength=1e-3, rate=0.05, interval=5,
+                                   total_steps=steps, exact_final_steps=30)
+  result = train.fit(MLP((64, 10)), optax.chain(optimizer, adapt), (x, y), test,
                      train.TrainConfig(epochs=epochs, batch_size=batch, progress=False, checkpoint=False),
                      str(tmp_path), report_fn=lambda p: {})
   nnz = selection.count_nonzero(result.state.params)
@@ -186,9 +186,9 @@ def test_nnz_controller_per_layer_targets_by_chaining(tmp_path):
     return lambda params: {k: {"kernel": k == name, "bias": False} for k in params}
 
   tx = optax.chain(optax.sgd(lr, momentum=0.9),
-                   selection.nnz_controller("l1", 600, lr, 1e-3, interval=5, mask=only("Dense_0"),
+                   controller.nnz_controller("l1", 600, lr, 1e-3, interval=5, mask=only("Dense_0"),
                                             total_steps=steps, exact_final_steps=30),
-                   selection.nnz_controller("l1", 200, lr, 1e-3, interval=5, mask=only("Dense_1"),
+                   controller.nnz_controller("l1", 200, lr, 1e-3, interval=5, mask=only("Dense_1"),
                                             total_steps=steps, exact_final_steps=30))
   result = train.fit(MLP((64, 10)), tx, (x, y), test,
                      train.TrainConfig(epochs=epochs, batch_size=batch, progress=False, checkpoint=False),
@@ -198,7 +198,6 @@ def test_nnz_controller_per_layer_targets_by_chaining(tmp_path):
 
 
 def test_controller_schedule_defaults():
-  from sparsejax import controller
   # (rate, interval, exact_final_steps, ramp, debias_steps)
   assert controller.schedule_defaults(None) == (0.05, 1, 0, None, 0)
   assert controller.schedule_defaults(4690) == (1.0, 10, 200, (469, 2345), 1876)
@@ -211,18 +210,18 @@ def test_controller_schedule_defaults():
 
 def test_controller_schedule_validation():
   with pytest.raises(ValueError, match=r"ramp must be \(begin_step, end_step\), 'auto' or None; got 'cubic'"):
-    selection.nnz_controller("l1", 10, 0.1, total_steps=100, ramp="cubic")
+    controller.nnz_controller("l1", 10, 0.1, total_steps=100, ramp="cubic")
   with pytest.raises(ValueError, match=r"ramp must be \(begin_step, end_step\) with 0 <= begin_step <= end_step"):
-    selection.nnz_controller("l1", 10, 0.1, ramp=(9, 5))
+    controller.nnz_controller("l1", 10, 0.1, ramp=(9, 5))
   with pytest.raises(ValueError, match=r"debias_steps=50 needs total_steps >= exact_final_steps \+ debias_steps"):
-    selection.nnz_controller("l1", 10, 0.1, debias_steps=50)
+    controller.nnz_controller("l1", 10, 0.1, debias_steps=50)
   with pytest.raises(ValueError, match=r"exact_final_steps=20 and debias_steps=90 need total_steps .* "
                                        r"here at least 110\); got total_steps=100"):
-    selection.nnz_controller("l1", 10, 0.1, total_steps=100, exact_final_steps=20, debias_steps=90)
+    controller.nnz_controller("l1", 10, 0.1, total_steps=100, exact_final_steps=20, debias_steps=90)
   with pytest.raises(ValueError, match=r"total_steps must be an int >= 1; got total_steps=0"):
-    selection.nnz_controller("l1", 10, 0.1, total_steps=0)
+    controller.nnz_controller("l1", 10, 0.1, total_steps=0)
   with pytest.raises(ValueError, match=r"debias_steps must be an int >= 0; got debias_steps=-1"):
-    selection.nnz_controller("l1", 10, 0.1, total_steps=100, debias_steps=-1)
+    controller.nnz_controller("l1", 10, 0.1, total_steps=100, debias_steps=-1)
 
 
 def _quadratic_run(tx, params, target_w, steps):
@@ -242,7 +241,7 @@ def test_controller_refit_phase_freezes_the_support_and_does_not_shrink():
   target_w = {"w": jnp.asarray(rng.normal(size=(30, 20)), jnp.float32), "b": jnp.zeros(20, jnp.float32)}
   params = jax.tree.map(lambda t: 0.1 * t, target_w)
   lr, total, refit, target = 0.2, 60, 20, 50
-  tx = optax.chain(optax.sgd(lr), selection.nnz_controller("l1", target, lr, total_steps=total,
+  tx = optax.chain(optax.sgd(lr), controller.nnz_controller("l1", target, lr, total_steps=total,
                                                            debias_steps=refit))
   history = _quadratic_run(tx, params, target_w, total)
   frozen_at = total - refit  # the first refit step starts from history[frozen_at - 1]
@@ -262,7 +261,7 @@ def test_controller_refit_phase_freezes_the_support_and_does_not_shrink():
   final = np.asarray(history[-1][0]["w"])
   np.testing.assert_allclose(final[support], np.asarray(target_w["w"])[support], atol=0.8 ** refit * 5)
   # without the refit, l1 at the same target leaves every survivor shrunk
-  plain = optax.chain(optax.sgd(lr), selection.nnz_controller("l1", target, lr, total_steps=total, debias_steps=0))
+  plain = optax.chain(optax.sgd(lr), controller.nnz_controller("l1", target, lr, total_steps=total, debias_steps=0))
   shrunk = np.asarray(_quadratic_run(plain, params, target_w, total)[-1][0]["w"])
   kept = shrunk != 0
   assert np.all(np.abs(shrunk[kept]) < np.abs(np.asarray(target_w["w"])[kept]) - 1e-3)
@@ -277,8 +276,8 @@ def test_controller_scheduled_defaults_beat_a_target_from_step_zero(tmp_path):
   target = 474  # 10 % of the 4736 kernel weights of MLP 64-64-10
   accuracy, counts = {}, {}
   for name, kwargs in (("scheduled", {"total_steps": steps}), ("from_step_0", {})):
-    controller = selection.nnz_controller("l1", target, lr, **kwargs)
-    result = train.fit(MLP((64, 10)), optax.chain(optax.sgd(lr, momentum=0.9), controller), (x, y), test,
+    adapt = controller.nnz_controller("l1", target, lr, **kwargs)
+    result = train.fit(MLP((64, 10)), optax.chain(optax.sgd(lr, momentum=0.9), adapt), (x, y), test,
                        train.TrainConfig(epochs=epochs, batch_size=batch, progress=False, checkpoint=False),
                        str(tmp_path / name), report_fn=lambda p: {})
     accuracy[name] = result.history[-1]["eval_accuracy"]

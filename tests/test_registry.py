@@ -16,7 +16,7 @@ import optax
 import pytest
 from scipy import optimize
 
-from sparsejax import optimizers, penalties, prox, registry, selection, transforms
+from sparsejax import controller, optimizers, penalties, prox, registry, selection, transforms
 from sparsejax.rvsm import rvsm
 
 TAUS = (0.05, 0.3, 1.0, 3.0)
@@ -169,7 +169,7 @@ def check_controller_hits_target(name, kw):
   rng = np.random.default_rng(4)
   params = {"kernel": jnp.asarray(rng.normal(0, 1, (20, 30)))}
   grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(0, 0.1, p.shape)), params)
-  tx = optax.chain(optax.sgd(0.1), selection.nnz_controller(name, 123, 0.1, rate=1.0, **kw))
+  tx = optax.chain(optax.sgd(0.1), controller.nnz_controller(name, 123, 0.1, rate=1.0, **kw))
   updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
   nnz = int(np.count_nonzero(np.asarray(optax.apply_updates(params, updates)["kernel"])))
   assert abs(nnz - 123) <= 1, (name, kw, nnz)

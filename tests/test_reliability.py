@@ -19,7 +19,7 @@ import numpy as np
 import optax
 import pytest
 
-from sparsejax import data, metrics, records, runloop, selection, train, transforms
+from sparsejax import data, masking, metrics, records, runloop, selection, train, transforms
 from sparsejax.models import MLP
 
 pytestmark = pytest.mark.integration  # the integration tier: pytest -m integration (see README)
@@ -486,11 +486,11 @@ def test_inject_hyperparams_applies_the_same_penalty(factory, kwargs):
 
 def test_callable_mask_through_inject_hyperparams_is_an_error_not_a_silent_no_op():
   params = {"w": jnp.ones((2, 2)), "b": jnp.ones(2)}
-  tx = optax.inject_hyperparams(transforms.l1)(strength=0.1, learning_rate=0.1, mask=transforms.weights_only)
+  tx = optax.inject_hyperparams(transforms.l1)(strength=0.1, learning_rate=0.1, mask=masking.weights_only)
   with pytest.raises(ValueError, match=r"regularises no parameter.*static_args=\('mask',\)"):
     tx.init(params)
   ok = optax.inject_hyperparams(transforms.l1, static_args=("mask",))(
-      strength=0.1, learning_rate=0.1, mask=transforms.weights_only)
+      strength=0.1, learning_rate=0.1, mask=masking.weights_only)
   updates, _ = ok.update(jax.tree.map(jnp.zeros_like, params), ok.init(params), params)
   np.testing.assert_allclose(np.asarray(updates["w"]), -0.01)
   np.testing.assert_allclose(np.asarray(updates["b"]), 0.0)

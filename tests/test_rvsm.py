@@ -1,4 +1,4 @@
-"""Tests of relaxed variable splitting (`sparsejax.rvsm`, re-exported as `transforms.rvsm`)."""
+"""Tests of relaxed variable splitting (`sparsejax.rvsm`, re-exported as `rvsm.rvsm`)."""
 
 import jax
 import jax.numpy as jnp
@@ -6,13 +6,13 @@ import numpy as np
 import optax
 import pytest
 
-from sparsejax import prox, rvsm, transforms
+from sparsejax import prox, rvsm
 
 
 def _run_example(steps):
   c = jnp.asarray([1.0, 0.05])
   params = {"w": jnp.asarray([[0.8, 0.3]])}
-  tx = optax.chain(transforms.rvsm(prox.l0, 0.01, 1.0), optax.sgd(0.5))
+  tx = optax.chain(rvsm.rvsm(prox.l0, 0.01, 1.0), optax.sgd(0.5))
   state = tx.init(params)
   history = []
   for _ in range(steps):
@@ -35,7 +35,7 @@ def test_math_worked_example_and_fixed_point():
   # The fixed point solves (w - c) + beta (w - u) = 0 with u = H(w).
   w, u = history[-1][1], history[-1][0]
   np.testing.assert_allclose((w - np.array([1.0, 0.05])) + (w - u), 0.0, atol=1e-6)
-  sparse = transforms.rvsm_sparse_params(state, params)
+  sparse = rvsm.sparse_params(state, params)
   assert float(sparse["w"][0, 1]) == 0.0
 
 
@@ -45,7 +45,7 @@ def test_step_equals_hand_written_update_with_any_optimizer(name, kw):
   params = {"Dense_0": {"kernel": jnp.asarray(rng.normal(0, 0.1, (6, 4))), "bias": jnp.asarray(rng.normal(0, 0.1, 4))}}
   grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(0, 1, p.shape)), params)
   lam, beta, lr = 1e-3, 0.5, 0.1
-  tx = optax.chain(transforms.rvsm(name, lam, beta, **kw), optax.sgd(lr, momentum=0.9))
+  tx = optax.chain(rvsm.rvsm(name, lam, beta, **kw), optax.sgd(lr, momentum=0.9))
   updates, state = jax.jit(tx.update)(grads, tx.init(params), params)
   new = optax.apply_updates(params, updates)
   w = params["Dense_0"]["kernel"]
@@ -62,14 +62,14 @@ def test_only_chosen_layers_are_split_and_errors():
   params = {"Conv_0": {"kernel": jnp.ones((3, 3, 1, 2)), "bias": jnp.zeros(2)},
             "Dense_0": {"kernel": jnp.full((4, 2), 0.01), "bias": jnp.zeros(2)}}
   only_fc = lambda p: {k: {"kernel": k == "Dense_0", "bias": False} for k in p}  # noqa: E731
-  tx = transforms.rvsm("l0", 1e-3, 1.0, mask=only_fc)
+  tx = rvsm.rvsm("l0", 1e-3, 1.0, mask=only_fc)
   state = tx.init(params)
-  sparse = transforms.rvsm_sparse_params(state, params)
+  sparse = rvsm.sparse_params(state, params)
   assert np.all(np.asarray(sparse["Dense_0"]["kernel"]) == 0)        # 0.01 < sqrt(2e-3)
   np.testing.assert_array_equal(sparse["Conv_0"]["kernel"], params["Conv_0"]["kernel"])  # not split
   with pytest.raises(ValueError, match=r"beta must satisfy 0.0 < beta"):
-    transforms.rvsm("l0", 1e-3, 0.0)
+    rvsm.rvsm("l0", 1e-3, 0.0)
   with pytest.raises(ValueError, match=r"strength must satisfy"):
-    transforms.rvsm("l1", -1.0, 1.0)
+    rvsm.rvsm("l1", -1.0, 1.0)
   with pytest.raises(ValueError, match=r"needs params"):
     tx.update(params, state)

@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from sparsejax import data, magnitudes, prox, pruning, selection, transforms
+from sparsejax import controller, data, magnitudes, prox, pruning, selection, transforms
 from sparsejax.models import MLP
 
 
@@ -133,7 +133,7 @@ def test_controller_meets_target_in_one_run():
     return optax.softmax_cross_entropy_with_integer_labels(model.apply({"params": p}, x), y).mean()
 
   # started far below the strength that meets the target, so the test sees it adapt
-  tx = optax.chain(optax.sgd(lr), selection.nnz_controller("l1", target, lr, initial_strength=1e-6, rate=0.02))
+  tx = optax.chain(optax.sgd(lr), controller.nnz_controller("l1", target, lr, initial_strength=1e-6, rate=0.02))
 
   @jax.jit
   def run(p, s):
@@ -179,14 +179,14 @@ def test_bad_input_and_nan_keep_history(tmp_path):
   with open(path) as f:
     assert len(f.readlines()) == 3
   with pytest.raises(ValueError, match=r"target_nnz=10000 must be below the 100 regularised weights"):
-    selection.nnz_controller("l1", 10_000, 0.1).init({"w": jnp.ones((10, 10))})
+    controller.nnz_controller("l1", 10_000, 0.1).init({"w": jnp.ones((10, 10))})
   with pytest.raises(ValueError, match=r"no scalar zero threshold"):
-    selection.nnz_controller("exclusive", 10, 0.1)
+    controller.nnz_controller("exclusive", 10, 0.1)
 
 
 def test_controller_with_tl1_tracks_the_quantile_exactly_at_rate_one():
   params = {"w": jnp.asarray(np.random.default_rng(0).normal(0, 1, (20, 10)))}
-  tx = selection.nnz_controller("tl1", 37, 0.1, rate=1.0, a=0.5)
+  tx = controller.nnz_controller("tl1", 37, 0.1, rate=1.0, a=0.5)
   updates, state = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
   new = optax.apply_updates(params, updates)
   assert int(jnp.count_nonzero(new["w"])) == 37 and float(state.nnz) == 37
@@ -212,7 +212,7 @@ def test_controller_shape_follows_the_weights_when_omitted(name, magnitude, rela
   params, grads = _random_layers()
   params = jax.tree.map(lambda p: 0.05 * p, params)  # weights far below the registry's a = eps = lam = 1
   lr, keep = 0.1, 123
-  tx = selection.nnz_controller(name, keep, lr, rate=1.0)  # no shape: relative_shape=None -> True
+  tx = controller.nnz_controller(name, keep, lr, rate=1.0)  # no shape: relative_shape=None -> True
   state = tx.init(params)
   kernels = [params["a"]["kernel"], params["b"]["kernel"]]
   assert float(state.scale) == pytest.approx(_mean_of_largest(kernels, keep), rel=1e-5)
@@ -245,7 +245,7 @@ def test_relative_shape_makes_the_controller_step_scale_equivariant(name):
   updates = jax.tree.map(lambda g: -0.1 * g, grads)
 
   def step(c, relative_shape, **shape):
-    tx = selection.nnz_controller(name, 200, 0.1, rate=1.0, relative_shape=relative_shape, **shape)
+    tx = controller.nnz_controller(name, 200, 0.1, rate=1.0, relative_shape=relative_shape, **shape)
     p, u = jax.tree.map(lambda v: c * v, params), jax.tree.map(lambda v: c * v, updates)
     new_u, _ = tx.update(u, tx.init(p), p)
     return optax.apply_updates(p, new_u)
@@ -268,8 +268,8 @@ def test_relative_shape_explicit_values_and_bad_inputs():
   params, grads = _random_layers()
   updates = jax.tree.map(lambda g: -0.1 * g, grads)
   # an explicit magnitude parameter is a constant (as before) unless relative_shape=True
-  fixed = selection.nnz_controller("tl1", 100, 0.1, rate=1.0, a=0.5)
-  explicit = selection.nnz_controller("tl1", 100, 0.1, rate=1.0, a=0.5, relative_shape=False)
+  fixed = controller.nnz_controller("tl1", 100, 0.1, rate=1.0, a=0.5)
+  explicit = controller.nnz_controller("tl1", 100, 0.1, rate=1.0, a=0.5, relative_shape=False)
   state0 = fixed.init(params)
   u1, s1 = fixed.update(updates, state0, params)
   u2, s2 = explicit.update(updates, explicit.init(params), params)
@@ -277,15 +277,15 @@ def test_relative_shape_explicit_values_and_bad_inputs():
   for a, b in zip(jax.tree.leaves(u1), jax.tree.leaves(u2)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   # relative_shape=True with a given value: that value is the multiple of the scale
-  rel = selection.nnz_controller("tl1", 100, 0.1, rate=1.0, a=0.5, relative_shape=True)
+  rel = controller.nnz_controller("tl1", 100, 0.1, rate=1.0, a=0.5, relative_shape=True)
   _, s3 = rel.update(updates, rel.init(params), params)
   assert float(s3.scale) != float(state0.scale)
   with pytest.raises(ValueError, match=r"relative_shape=True needs .* 'l1' has none"):
-    selection.nnz_controller("l1", 10, 0.1, relative_shape=True)
+    controller.nnz_controller("l1", 10, 0.1, relative_shape=True)
   with pytest.raises(ValueError, match=r"relative_shape must be True, False or None"):
-    selection.nnz_controller("tl1", 10, 0.1, relative_shape="yes")
+    controller.nnz_controller("tl1", 10, 0.1, relative_shape="yes")
   # l1 by default: nothing to scale, the step is unchanged
-  l1 = selection.nnz_controller("l1", 100, 0.1, rate=1.0)
+  l1 = controller.nnz_controller("l1", 100, 0.1, rate=1.0)
   _, s4 = l1.update(updates, l1.init(params), params)
   assert float(s4.scale) == float(l1.init(params).scale)
 
@@ -293,8 +293,8 @@ def test_relative_shape_explicit_values_and_bad_inputs():
 def test_relative_shape_under_jit_and_inject_hyperparams():
   params, grads = _random_layers()
   updates = jax.tree.map(lambda g: -0.1 * g, grads)
-  plain = selection.nnz_controller("tl1", 100, 0.1, rate=1.0)
-  injected = optax.inject_hyperparams(selection.nnz_controller, static_args=("prox_fn",))(
+  plain = controller.nnz_controller("tl1", 100, 0.1, rate=1.0)
+  injected = optax.inject_hyperparams(controller.nnz_controller, static_args=("prox_fn",))(
       "tl1", 100, 0.1, rate=1.0)
   u1, s1 = jax.jit(plain.update)(updates, jax.jit(plain.init)(params), params)
   u2, s2 = jax.jit(injected.update)(updates, injected.init(params), params)
@@ -306,8 +306,8 @@ def test_relative_shape_under_jit_and_inject_hyperparams():
 def test_bisection_controller_equals_the_threshold_controller_on_l1():
   params, grads = _random_layers()
   results = []
-  for tx in (selection.nnz_controller("l1", 321, 0.1, rate=1.0, interval=1),
-             selection.nnz_controller_for("l1", 321, 0.1, rate=1.0, interval=1)):
+  for tx in (controller.nnz_controller("l1", 321, 0.1, rate=1.0, interval=1),
+             controller.nnz_controller_for("l1", 321, 0.1, rate=1.0, interval=1)):
     updates, state = jax.jit(tx.update)(grads, tx.init(params), params)
     results.append((optax.apply_updates(params, updates), state))
   (p1, s1), (p2, s2) = results
@@ -319,7 +319,7 @@ def test_bisection_controller_equals_the_threshold_controller_on_l1():
 
 def test_bisection_controller_on_integrated_tl1_keeps_exactly_the_target_at_the_found_strength():
   params, grads = _random_layers(1)
-  tx = selection.nnz_controller_for("integrated_tl1", 250, 0.1, rate=1.0, interval=1, a=0.5)
+  tx = controller.nnz_controller_for("integrated_tl1", 250, 0.1, rate=1.0, interval=1, a=0.5)
   updates, state = jax.jit(tx.update)(grads, tx.init(params), params)
   assert selection.count_nonzero(optax.apply_updates(params, updates)) == 250
   # lambda* is the smallest strength that keeps <= 250: a slightly weaker step keeps more
@@ -336,7 +336,7 @@ def test_bisection_controller_on_integrated_tl1_keeps_exactly_the_target_at_the_
 
 def test_bisection_controller_on_group_lasso_stops_on_a_group_boundary():
   params, grads = _random_layers(2)
-  tx = selection.nnz_controller_for("group_lasso", 500, 0.1, rate=1.0, interval=1)
+  tx = controller.nnz_controller_for("group_lasso", 500, 0.1, rate=1.0, interval=1)
   updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
   new = optax.apply_updates(params, updates)
   nnz = selection.count_nonzero(new)
@@ -351,7 +351,7 @@ def test_bisection_controller_run_ends_exactly_on_target_with_integrated_tl1(tmp
   (x, y), test = data.load("digits", "train"), data.load("digits", "test")
   steps = pruning.schedule_total_steps(5, len(x), 64)
   tx = optax.chain(optax.sgd(0.05, momentum=0.9),
-                   selection.nnz_controller_for("integrated_tl1", 300, 0.05, total_steps=steps, a=0.02))
+                   controller.nnz_controller_for("integrated_tl1", 300, 0.05, total_steps=steps, a=0.02))
   config = train.TrainConfig(epochs=5, batch_size=64, checkpoint=False, progress=False, num_devices=1)
   result = train.fit(MLP((32, 10)), tx, (x, y), test, config, str(tmp_path), report_fn=lambda p: {})
   assert selection.count_nonzero(result.state.params) == 300
@@ -361,17 +361,17 @@ def test_bisection_controller_run_ends_exactly_on_target_with_integrated_tl1(tmp
 def test_bisection_controller_bad_inputs():
   params, grads = _random_layers()
   with pytest.raises(ValueError, match="bisection_steps"):
-    selection.nnz_controller_for("l1", 10, 0.1, bisection_steps=0)
+    controller.nnz_controller_for("l1", 10, 0.1, bisection_steps=0)
   with pytest.raises(ValueError, match="transform must be a name"):
-    selection.nnz_controller_for(3.0, 10, 0.1)
+    controller.nnz_controller_for(3.0, 10, 0.1)
   with pytest.raises(ValueError, match="unknown|known"):
-    selection.nnz_controller_for("no_such_penalty", 10, 0.1)
+    controller.nnz_controller_for("no_such_penalty", 10, 0.1)
   with pytest.raises(ValueError, match="go inside make_transform"):
-    selection.nnz_controller_for(lambda s: transforms.l1(s, 0.1), 10, 0.1, a=1.0)
+    controller.nnz_controller_for(lambda s: transforms.l1(s, 0.1), 10, 0.1, a=1.0)
   with pytest.raises(ValueError, match="stateless proximal step"):
-    selection.nnz_controller_for(lambda s: optax.adam(s), 10, 0.1).init(params)
+    controller.nnz_controller_for(lambda s: optax.adam(s), 10, 0.1).init(params)
   with pytest.raises(ValueError, match="target_nnz"):
-    selection.nnz_controller_for("l1", -1, 0.1)
+    controller.nnz_controller_for("l1", -1, 0.1)
 
 
 @pytest.mark.parametrize("learning_rate", [-0.1, 0.0, float("nan"), float("inf")])
@@ -380,11 +380,11 @@ def test_controllers_reject_a_learning_rate_that_is_not_positive_and_finite(lear
   # run with a meaningless strength and no error.
   match = r"learning_rate must satisfy 0.0 < learning_rate < inf"
   with pytest.raises(ValueError, match=match):
-    selection.nnz_controller("l1", 10, learning_rate, total_steps=100)
+    controller.nnz_controller("l1", 10, learning_rate, total_steps=100)
   with pytest.raises(ValueError, match=match):
-    selection.nnz_controller_for("group_lasso", 10, learning_rate, total_steps=100)
+    controller.nnz_controller_for("group_lasso", 10, learning_rate, total_steps=100)
   with pytest.raises(ValueError, match=r"initial_strength must satisfy 0.0 < initial_strength < inf"):
-    selection.nnz_controller("l1", 10, 0.1, initial_strength=float("inf"), total_steps=100)
+    controller.nnz_controller("l1", 10, 0.1, initial_strength=float("inf"), total_steps=100)
 
 
 @pytest.mark.parametrize("name", ["l1", "scad"])
@@ -405,15 +405,15 @@ def test_controller_holds_no_weight_sized_buffer_but_the_update(name, monkeypatc
 
   plain = temp_bytes(optax.chain(optax.sgd(0.1, momentum=0.9), transforms.l1(1e-4, 0.1)))
   controlled = temp_bytes(optax.chain(optax.sgd(0.1, momentum=0.9),
-                                      selection.nnz_controller(name, 50_000, 0.1, total_steps=1000)))
+                                      controller.nnz_controller(name, 50_000, 0.1, total_steps=1000)))
   assert (controlled - plain) / (1100 * 1000 * 4) < 1.5
 
 
 @pytest.mark.parametrize("target", [0.95, 851.2, 0, -3, float("nan"), float("inf"), True])
 def test_controllers_take_a_whole_count_not_a_fraction(target):
   """0.95 (a sparsity) or 0.05 * n used to be taken as a count: a target of 0.95 weights, no error."""
-  for make in (lambda: selection.nnz_controller("l1", target, 0.1),
-               lambda: selection.nnz_controller_for("group_lasso", target, 0.1)):
+  for make in (lambda: controller.nnz_controller("l1", target, 0.1),
+               lambda: controller.nnz_controller_for("group_lasso", target, 0.1)):
     with pytest.raises(ValueError, match=r"target_nnz must be a whole number of weights >= 1"):
       make()
-  assert selection.nnz_controller("l1", 851.0, 0.1) is not None   # an integral float is a count
+  assert controller.nnz_controller("l1", 851.0, 0.1) is not None   # an integral float is a count

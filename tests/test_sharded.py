@@ -15,7 +15,7 @@ import numpy as np
 import optax
 import pytest
 
-from sparsejax import activity, data, gan, pruning, runloop, selection, train, transforms
+from sparsejax import activity, controller, data, gan, pruning, runloop, rvsm, selection, train, transforms
 from sparsejax.models import MLP, dcgan
 
 pytestmark = pytest.mark.integration  # the integration tier: pytest -m integration (see README)
@@ -48,9 +48,9 @@ def _case(name, steps):
   if name == "integrated_tl1":   # group shrinkage over a kernel's rows, then TL1
     return MLP((32, 10)), optax.chain(sgd, transforms.integrated_tl1(2e-3, LR, a=0.05)), None
   if name == "rvsm":
-    return MLP((32, 10)), optax.chain(transforms.rvsm("l0", 1e-4, 1.0), sgd), None   # penalised gradient, then SGD
+    return MLP((32, 10)), optax.chain(rvsm.rvsm("l0", 1e-4, 1.0), sgd), None   # penalised gradient, then SGD
   if name == "nnz_controller":   # its global statistic: the exact k-th magnitude over all kernels
-    return MLP((32, 10)), optax.chain(sgd, selection.nnz_controller("l1", 400, LR, total_steps=steps)), None
+    return MLP((32, 10)), optax.chain(sgd, controller.nnz_controller("l1", 400, LR, total_steps=steps)), None
   if name == "gmp":
     return MLP((32, 10)), optax.chain(sgd, pruning.gradual_magnitude_pruning(0.9, 0, steps // 2, 4)), None
   if name == "activity_penalty":

@@ -9,7 +9,7 @@ import optax
 import pytest
 from flax import nnx
 
-from sparsejax import optimizers, prox, registry, transforms
+from sparsejax import masking, optimizers, prox, registry, transforms
 
 
 def _params(seed=0):
@@ -34,7 +34,7 @@ def _step(tx, params, grads, state=None):
                                      ("scad", {"lam": 0.5}), ("group_lasso", {}), ("exclusive", {})])
 def test_sgd_step_equals_prox_of_gradient_step(name, kw):
   params, grads, lr, lam = _params(), _grads(), 0.1, 0.7
-  tx = optax.chain(optax.sgd(lr), transforms.proximal(name, lam, lr, mask=transforms.weights_only, **kw))
+  tx = optax.chain(optax.sgd(lr), transforms.proximal(name, lam, lr, mask=masking.weights_only, **kw))
   new, _ = jax.jit(lambda p, g: _step(tx, p, g))(params, grads)
   for layer in params:
     expected = prox.get(name)(params[layer]["kernel"] - lr * grads[layer]["kernel"], lr * lam, **kw)
@@ -109,7 +109,7 @@ def test_errors():
 def test_layer_index_is_natural_order():
   params = {f"Dense_{i}": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)} for i in (0, 1, 2, 10)}
   params["Conv_0"] = {"kernel": jnp.ones((3, 3, 1, 2)), "bias": jnp.ones(2)}
-  index, num = transforms.layer_index(params)
+  index, num = masking.layer_index(params)
   assert num == 5
   assert index["Conv_0"]["kernel"] == 1 and index["Dense_0"]["kernel"] == 2
   assert index["Dense_2"]["kernel"] == 4 and index["Dense_10"]["kernel"] == 5

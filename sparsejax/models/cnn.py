@@ -2,7 +2,7 @@
 
 Every block is conv -> ReLU -> optional max-pool; then flatten and Dense layers
 with ReLU between them. Layers are named `Conv_i` / `Dense_i`, so
-`transforms.layer_index` orders them input to output. Post-activation feature
+`masking.layer_index` orders them input to output. Post-activation feature
 maps are sown into "intermediates" as `conv_activation_i` / `activation_i`.
 
 Factories give the networks of the seed papers:
