@@ -86,9 +86,11 @@ class GANConfig(runloop.LoopConfig):
   log_every_steps: int = 10
 
   def int_fields(self) -> list[tuple[str, int, str]]:
+    """The loop's integer fields, `latent_dim` and `g_steps`."""
     return super().int_fields() + [("latent_dim", 1, "an int > 0"), ("g_steps", 1, "an int >= 1")]
 
   def validate(self) -> None:
+    """Raises ValueError naming the first field outside its allowed range (the generator loss included)."""
     super().validate()
     if self.generator_loss not in GENERATOR_LOSSES:
       raise ValueError(f"GANConfig.generator_loss must be one of {list(GENERATOR_LOSSES)}; "
@@ -139,7 +141,7 @@ def create_gan_state(generator, discriminator, g_tx: optax.GradientTransformatio
 
 
 def make_gan_train_step(generator, discriminator, g_tx: optax.GradientTransformation,
-                        d_tx: optax.GradientTransformation, latent_dim: int, num_devices: int = 1,
+                        d_tx: optax.GradientTransformation, latent_dim: int, *, num_devices: int = 1,
                         kind: str = "non_saturating", g_steps: int = 1,
                         d_penalty: ActivityPenalty | None = None, g_penalty: ActivityPenalty | None = None):
   """The pmap-able step `(state, real) -> (state, metrics)`; `real` is this replica's images in [0, 1].
@@ -255,7 +257,7 @@ def _mean_and_std(window: list[dict]) -> dict:
 
 
 def fit_gan(generator, discriminator, g_tx: optax.GradientTransformation, d_tx: optax.GradientTransformation,
-            images: np.ndarray, config: GANConfig, workdir: str, d_penalty: ActivityPenalty | None = None,
+            images: np.ndarray, config: GANConfig, workdir: str, *, d_penalty: ActivityPenalty | None = None,
             g_penalty: ActivityPenalty | None = None, resume: bool = False,
             epoch_fn: Callable[[GANState, int], dict] | None = None, overwrite: bool = False) -> GANResult:
   """Trains a GAN data-parallel over local devices on `images` (N, H, W, C) in [0, 1].
@@ -303,8 +305,9 @@ def fit_gan(generator, discriminator, g_tx: optax.GradientTransformation, d_tx: 
     return {} if epoch_fn is None else epoch_fn(jax.tree.map(jnp.asarray, placement.host(rstate)), epoch)
 
   hooks = runloop.LoopHooks(
-      step=make_gan_train_step(generator, discriminator, g_tx, d_tx, config.latent_dim, placement.replicas,
-                               config.generator_loss, config.g_steps, d_penalty, g_penalty),
+      step=make_gan_train_step(generator, discriminator, g_tx, d_tx, config.latent_dim, num_devices=placement.replicas,
+                               kind=config.generator_loss, g_steps=config.g_steps, d_penalty=d_penalty,
+                               g_penalty=g_penalty),
       epoch_batches=lambda epoch: data.epoch_batches(len(images), config.batch_size, config.seed,
                                                      epoch)[:steps_per_epoch],
       load_batch=lambda idx: (images[runloop.process_slice(idx)[0]],),

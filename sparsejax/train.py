@@ -83,9 +83,11 @@ class TrainConfig(runloop.LoopConfig):
   task: str = "classification"
 
   def int_fields(self) -> list[tuple[str, int, str]]:
+    """The loop's integer fields and `eval_batch_size`."""
     return super().int_fields() + [("eval_batch_size", 1, "an int > 0")]
 
   def validate(self) -> None:
+    """Raises ValueError naming the first field outside its allowed range (the task included)."""
     super().validate()
     _per_example_loss(self.task)
 
@@ -196,7 +198,7 @@ def _sum_metrics(metric_list: list) -> dict:
   return {k: float(np.sum([runloop.first_value(m[k]) for m in metric_list], dtype=np.float64)) for k in metric_list[0]}
 
 
-def evaluate(model, state: TrainState | Any, x: np.ndarray, y: np.ndarray, task: str = "classification",
+def evaluate(model, state: TrainState | Any, x: np.ndarray, y: np.ndarray, *, task: str = "classification",
              batch_size: int = 1000, loss_fn: LossFn | None = None) -> dict:
   """Loss and accuracy/MSE of params (or a TrainState) on (x, y), on the default device.
 
@@ -289,7 +291,7 @@ def _num_outputs(model, state: TrainState, example: np.ndarray) -> int:
 
 
 def fit(model, tx: optax.GradientTransformation, train_data: tuple[np.ndarray, np.ndarray],
-        eval_data: tuple[np.ndarray, np.ndarray] | None, config: TrainConfig, workdir: str,
+        eval_data: tuple[np.ndarray, np.ndarray] | None, config: TrainConfig, workdir: str, *,
         penalty_fn: PenaltyFn | None = None, resume: bool = False,
         report_fn: Callable[[Any], dict] | None = None, overwrite: bool = False,
         loss_fn: LossFn | None = None) -> FitResult:

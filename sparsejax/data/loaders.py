@@ -188,7 +188,8 @@ def _pendigits(split: str):
   path = os.path.join(list(spec.submodule_search_locations)[0], "data", "balanced", "raw", "penbased.dat")
   if not os.path.exists(path):
     return None
-  rows = [line for line in open(path) if line.strip() and not line.startswith("@")]
+  with open(path) as f:
+    rows = [line for line in f if line.strip() and not line.startswith("@")]
   table = np.loadtxt(rows, delimiter=",")
   x, y = (table[:, :-1] / 100.0).astype(np.float32), table[:, -1].astype(np.int32)
   train, test = _stratified_split(y, PENDIGITS_TRAIN_SIZE, seed=SPLIT_SEED)
