@@ -17,7 +17,9 @@ every hidden unit dies within the first epoch (measured; `--global-form eq5`). T
 
   python -m experiments.sparse_dbn [--epochs 10] [--workdir results/sparse_dbn]
 
-Writes results.json, table.md (ours beside the paper's Table 1),
+Each method's RBM is trained by `sparsejax.dbn.fit_rbm` in workdir/<method> (records,
+checkpoints, filters.png, hidden_activity.png; `--resume` continues them). Writes
+results.json, table.md (ours beside the paper's Table 1),
 hidden_activation_histograms.png and filters_<method>.png.
 """
 
@@ -27,16 +29,13 @@ import dataclasses
 import os
 import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from sklearn.linear_model import LogisticRegression
 from tqdm import tqdm
 
 from experiments import common
-from sparsejax import activity, data, plotting
-from sparsejax.models import rbm
+from sparsejax import activity, data, dbn, plotting
 
 PAPER_TABLE1 = {  # recognition error (%): (100 spc train, test, 500 train, test, 1000 train, test)
     "rbm": (10.80, 11.47, 5.84, 6.38, 4.54, 5.06), "sparse_rbm": (11.78, 12.77, 6.44, 6.99, 4.18, 4.74),
@@ -67,6 +66,7 @@ class Config:
   classifier_sizes: tuple[int, ...] = (100, 500, 1000)
   test_examples: int = 10000
   seed: int = 0
+  resume: bool = False      # continue every method's RBM from its latest checkpoint (workdir/<method>)
 
 
 def penalty_for(method: str, config: Config):
@@ -96,34 +96,16 @@ def balanced_subset(y: np.ndarray, per_class: int) -> np.ndarray:
   return np.concatenate([np.flatnonzero(y == c)[:per_class] for c in range(int(y.max()) + 1)])
 
 
-def train_rbm(method: str, config: Config, v: jnp.ndarray):
-  params = rbm.RBM(config.hidden).init(jax.random.PRNGKey(config.seed), v[:1])["params"]
+def train_rbm(method: str, config: Config, v: np.ndarray, workdir: str,
+              image_shape: tuple[int, ...] | None = None) -> dbn.RBMResult:
+  """One method's RBM through the library's trainer (`dbn.fit_rbm`): checkpointed and resumable in `workdir`."""
   tx = optax.chain(optax.add_decayed_weights(config.weight_decay, mask={"kernel": True, "visible_bias": False,
                                                                        "hidden_bias": False}),
                    optax.sgd(config.learning_rate, momentum=config.momentum))
-  state = tx.init(params)
-  penalty = penalty_for(method, config)
-
-  @jax.jit
-  def epoch(params, state, order, rng):
-    def body(carry, idx):
-      params, state, rng = carry
-      rng, sub = jax.random.split(rng)
-      grads, _ = rbm.cd_gradient(params, v[idx], sub, penalty=penalty)
-      updates, state = tx.update(grads, state, params)
-      return (optax.apply_updates(params, updates), state, rng), None
-    (params, state, rng), _ = jax.lax.scan(body, (params, state, rng), order)
-    return params, state
-
-  rng = jax.random.PRNGKey(config.seed + 1)
-  errors = []
-  for e in range(config.epochs):
-    order = np.random.default_rng([config.seed, e]).permutation(len(v))
-    order = order[: len(v) // config.batch_size * config.batch_size].reshape(-1, config.batch_size)
-    rng, sub = jax.random.split(rng)
-    params, state = epoch(params, state, jnp.asarray(order), sub)
-    errors.append(float(rbm.reconstruction_error(params, v[:2000])))
-  return params, errors
+  rbm_config = dbn.RBMConfig(epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
+                             monitor_examples=2000)
+  return dbn.fit_rbm(v, config.hidden, tx, rbm_config, workdir, hidden_penalty=penalty_for(method, config),
+                     resume=config.resume, overwrite=not config.resume, image_shape=image_shape)
 
 
 def classifier_errors(features_train, y_train, features_test, y_test, sizes, seed) -> dict:
@@ -141,20 +123,21 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
   x, y = data.load(config.dataset, "train")
   xt, yt = data.load(config.dataset, "test")
   keep = balanced_subset(y, config.per_class)
-  v = jnp.asarray(x[keep].reshape(len(keep), -1))
+  v = x[keep].reshape(len(keep), -1)
   y_rbm = y[keep]
-  vt = jnp.asarray(xt[:config.test_examples].reshape(-1, v.shape[1]))
+  vt = xt[:config.test_examples].reshape(-1, v.shape[1])
   yt = yt[:config.test_examples]
   results = {"config": dataclasses.asdict(config), "methods": {}}
   histograms = {}
   for method in tqdm(config.methods, desc="sparse DBN"):
     start = time.time()
-    params, recon = train_rbm(method, config, v)
-    f_train = np.asarray(rbm.hidden_probabilities(params, v))
-    f_test = np.asarray(rbm.hidden_probabilities(params, vt))
+    trained = train_rbm(method, config, v, os.path.join(workdir, method), image_shape=x.shape[1:3])
+    params = trained.params
+    f_train, f_test = trained.features(v), trained.features(vt)
     results["methods"][method] = {
         "classifier": classifier_errors(f_train, y_rbm, f_test, yt, config.classifier_sizes, config.seed),
-        "reconstruction_error": recon, "mean_hidden_activation": float(f_train.mean()),
+        "reconstruction_error": [r["train_recon_error"] for r in trained.history],
+        "mean_hidden_activation": float(f_train.mean()),
         "fraction_activations_below_0.05": float(np.mean(f_train < 0.05)), "wall_time_s": time.time() - start}
     histograms[method] = f_train.mean(axis=0)
     plotting.first_layer_filters(np.asarray(params["kernel"]), os.path.join(workdir, f"filters_{method}.png"),
@@ -166,13 +149,8 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
 
 
 def _histogram_plot(histograms, path):
-  fig, ax = plotting.new_figure(figsize=(7, 4))
-  for method, mean_act in histograms.items():
-    ax.hist(mean_act, bins=40, range=(0, 1), histtype="step", label=method)
-  ax.set_xlabel("mean activation k_j of a hidden unit over the training set")
-  ax.set_ylabel("hidden units")
-  ax.legend(fontsize=8)
-  plotting.save_figure(fig, path)
+  plotting.histogram(histograms, path, xlabel="mean activation k_j of a hidden unit over the training set",
+                     ylabel="hidden units", value_range=(0.0, 1.0))
 
 
 def _write_table(config, results, workdir):

@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 __all__ = ["new_figure", "save_figure", "training_curves", "sparsity_per_layer", "first_layer_filters", "line_plot", "tile_images",
-           "image_grid", "image_panels"]
+           "image_grid", "image_panels", "histogram"]
 
 
 def new_figure(nrows: int = 1, ncols: int = 1, figsize=None, squeeze: bool = True):
@@ -184,4 +184,19 @@ def image_panels(panels: dict[str, np.ndarray], path: str, columns: int | None =
   for ax, (label, images) in zip(axes.ravel(), panels.items()):
     _show(ax, tile_images(images, columns))
     ax.set_title(label, fontsize=9)
+  return save_figure(fig, path)
+
+
+def histogram(values: dict[str, Sequence[float]], path: str, xlabel: str, ylabel: str = "count", title: str = "",
+              bins: int = 40, value_range: tuple[float, float] | None = None) -> str:
+  """Step histograms of one or more sets of values on shared bins (e.g. hidden units' mean activations)."""
+  fig, ax = new_figure(figsize=(7, 4))
+  for label, series in values.items():
+    ax.hist(np.asarray(series, np.float64).ravel(), bins=bins, range=value_range, histtype="step", label=label)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  if title:
+    ax.set_title(title)
+  if len(values) > 1:
+    ax.legend(fontsize=8)
   return save_figure(fig, path)

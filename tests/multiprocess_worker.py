@@ -1,4 +1,4 @@
-"""One process of a multi-process `train.fit` / `gan.fit_gan` run, for tests/test_multiprocess.py.
+"""One process of a multi-process `train.fit` / `gan.fit_gan` / `dbn.fit_rbm` run, for tests/test_multiprocess.py.
 
 Run as `python -m tests.multiprocess_worker JSON` with a JSON dict of options. It sets
 the device count, joins the job through `jax.distributed.initialize` (127.0.0.1 only)
@@ -7,7 +7,29 @@ when `num_processes > 1`, trains, and writes its final params to `out`.
 
 import json
 import os
+import subprocess
 import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def start(options: dict, log_path: str) -> subprocess.Popen:
+  """Starts a worker process (float32, its own device count) logging to `log_path`.
+
+  The parent's handle on the log is closed once the child holds it, so no file is left open.
+  """
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_ENABLE_X64")}
+  env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+  with open(log_path, "w") as log:
+    return subprocess.Popen([sys.executable, "-m", "tests.multiprocess_worker", json.dumps(options)], cwd=REPO,
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def load_params(path) -> dict:
+  """The params a worker saved (closing the archive)."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  with np.load(path) as archive:
+    return dict(archive)
 
 
 def main(options: dict) -> None:
@@ -21,7 +43,7 @@ def main(options: dict) -> None:
   import numpy as np  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel
 
-  from sparsejax import data, gan, train, transforms  # pylint: disable=import-outside-toplevel
+  from sparsejax import activity, data, dbn, gan, train, transforms  # pylint: disable=import-outside-toplevel
   from sparsejax.models import MLP, dcgan  # pylint: disable=import-outside-toplevel
 
   x, y = data.load("digits", "train")
@@ -44,6 +66,15 @@ def main(options: dict) -> None:
     result = train.fit(MLP((32, 10)), tx, (x, y), (x[:250], y[:250]), config, options["workdir"],
                        resume=options.get("resume", False), report_fn=report)
     params = result.state.params
+  elif options["trainer"] == "rbm":
+    import functools  # pylint: disable=import-outside-toplevel
+    config = dbn.RBMConfig(epochs=options["epochs"], batch_size=64, k=2, persistent=True, progress=False,
+                           num_devices=options.get("num_devices", 0), parallelism=options.get("parallelism", "pmap"),
+                           checkpoint_every_steps=options.get("checkpoint_every_steps", 0), log_every_steps=3)
+    penalty = functools.partial(activity.local_global, lambda_local=3.0, lambda_global=0.005)
+    result = dbn.fit_rbm(x, 48, optax.sgd(0.1, momentum=0.5), config, options["workdir"], hidden_penalty=penalty,
+                         eval_data=x[:100], resume=options.get("resume", False))
+    params = result.params
   else:
     images = np.asarray(data.load("digits", "train")[0][:128], np.float32)
     images = np.pad(images, ((0, 0), (10, 10), (10, 10), (0, 0)))  # 28x28, values in [0, 1]

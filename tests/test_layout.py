@@ -28,7 +28,7 @@ LAYERS = {
     "data": {"data"},
     "models": {"models"},
     "analysis": {"metrics", "compaction", "sample_quality", "structure"},
-    "training": {"runloop", "train", "gan"},
+    "training": {"runloop", "train", "gan", "dbn"},
     "plotting": {"plotting"},
 }
 MAY_IMPORT = {
@@ -36,7 +36,7 @@ MAY_IMPORT = {
     "data": {"data"},
     "models": {"models"},
     "analysis": {"core", "models", "analysis"},
-    "training": {"core", "data", "models", "analysis", "training"},
+    "training": {"core", "data", "models", "analysis", "training", "plotting"},
     "plotting": {"plotting"},
 }
 THIRD_PARTY = {  # allowed at module level, per layer

@@ -12,11 +12,12 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
+
+from tests import multiprocess_worker
 
 pytestmark = pytest.mark.integration  # the integration tier: pytest -m integration (see README)
 
@@ -30,16 +31,8 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _env():
-  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_ENABLE_X64")}
-  env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-  return env
-
-
 def _start(options: dict, log_path: str) -> subprocess.Popen:
-  log = open(log_path, "w")  # noqa: SIM115  (closed with the process)
-  return subprocess.Popen([sys.executable, "-m", "tests.multiprocess_worker", json.dumps(options)], cwd=REPO,
-                          env=_env(), stdout=log, stderr=subprocess.STDOUT)
+  return multiprocess_worker.start(options, log_path)
 
 
 def _log_tail(path: str, lines: int = 30) -> str:
@@ -62,7 +55,7 @@ def _run(tmp_path, name: str, num_processes: int, devices: int, **options) -> li
     outs.append(out)
   for rc, log in zip(_wait_all(procs, logs, name), logs):
     assert rc == 0, f"{name}: exit {rc}\n{_log_tail(log)}"
-  return [dict(np.load(out)) for out in outs]
+  return [multiprocess_worker.load_params(out) for out in outs]
 
 
 def _wait_all(procs: list, logs: list[str], name: str) -> list[int]:
@@ -74,6 +67,7 @@ def _wait_all(procs: list, logs: list[str], name: str) -> list[int]:
     except subprocess.TimeoutExpired:
       for p in procs:
         p.kill()
+        p.wait()
       pytest.fail(f"{name}: a process hung:\n{_log_tail(log)}")
   return codes
 
@@ -152,6 +146,16 @@ def test_gan_two_processes_equal_one_process(tmp_path):
   _assert_params_close(p0, p1, atol=0.0)
   _assert_params_close(p0, ref, atol=1e-5)
   assert [r["epoch"] for r in _records(str(tmp_path / "gan_two" / "log.jsonl"))] == [1]
+
+
+@pytest.mark.parametrize("parallelism", ["pmap", "sharded"])
+def test_rbm_two_processes_equal_one_process(tmp_path, parallelism):
+  """dbn.fit_rbm (persistent CD-2 with a sparsity penalty on the global mean activation) over 2 real processes."""
+  (ref,) = _run(tmp_path, "rbm_ref", 1, 1, trainer="rbm", epochs=2)
+  p0, p1 = _run(tmp_path, "rbm_two", 2, 1, trainer="rbm", epochs=2, parallelism=parallelism)
+  _assert_params_close(p0, p1, atol=0.0)
+  _assert_params_close(p0, ref, atol=1e-5)
+  assert [r["epoch"] for r in _records(str(tmp_path / "rbm_two" / "log.jsonl"))] == [1, 2]
 
 
 def test_killed_peer_gives_clear_error_quickly_and_resume_completes(tmp_path):

@@ -21,6 +21,7 @@ import pytest
 
 from sparsejax import data, masking, metrics, records, runloop, selection, train, transforms
 from sparsejax.models import MLP
+from tests import multiprocess_worker
 
 pytestmark = pytest.mark.integration  # the integration tier: pytest -m integration (see README)
 
@@ -97,10 +98,7 @@ def test_atomic_rewrite_keeps_the_old_file_when_the_write_fails(tmp_path, monkey
 
 
 def _worker(options, log):
-  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_ENABLE_X64")}
-  env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-  return subprocess.Popen([sys.executable, "-m", "tests.multiprocess_worker", json.dumps(options)], cwd=REPO,
-                          env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)  # noqa: SIM115
+  return multiprocess_worker.start(options, log)
 
 
 def test_sigkill_at_random_moments_then_resume_loses_nothing(tmp_path):
@@ -127,8 +125,8 @@ def test_sigkill_at_random_moments_then_resume_loses_nothing(tmp_path):
       proc.wait(60)
     else:
       assert proc.wait(240) == 0, open(tmp_path / f"killed_{attempt}.log").read()[-3000:]
-  a, b = np.load(tmp_path / "full.npz"), np.load(tmp_path / "killed.npz")
-  for key in a.files:
+  a, b = (multiprocess_worker.load_params(tmp_path / name) for name in ("full.npz", "killed.npz"))
+  for key in a:
     np.testing.assert_array_equal(a[key], b[key])
   logged = records.read_jsonl(os.path.join(workdir, "log.jsonl"))
   assert [r["epoch"] for r in logged] == list(range(1, 13))
