@@ -1,6 +1,9 @@
-"""Test set-up: 2 fake CPU devices (multi-device code paths) and float64 enabled.
+"""Test set-up: 2 fake CPU devices (multi-device code paths); float64 only where a test asks for it.
 
-Tests that need float32 ask for it explicitly. The suite draws random numbers with the
+The library runs in its users' default precision, float32: a test that needs float64
+(a brute-force optimality check to 1e-10, an exact worked example) is marked
+`@pytest.mark.float64` (or its module sets `pytestmark`), and runs under
+`jax.enable_x64(True)`. The suite draws random numbers with the
 non-partitionable threefry (JAX's default before 0.5): on XLA:CPU it compiles about 2.5x
 faster for every new shape (flax initialisers: ~2 s per kernel shape otherwise), which
 was the larger part of many tests' time. The environment variable reaches the
@@ -25,7 +28,6 @@ os.environ.setdefault("JAX_THREEFRY_PARTITIONABLE", "0")
 
 import jax  # noqa: E402
 
-jax.config.update("jax_enable_x64", True)
 
 _COMPILATION_CACHE = tempfile.mkdtemp(prefix="sparsejax-test-xla-cache-")
 atexit.register(shutil.rmtree, _COMPILATION_CACHE, ignore_errors=True)
@@ -38,6 +40,16 @@ import importlib  # noqa: E402
 import pytest  # noqa: E402
 
 SMALL_RUN_MARKER = "small_config_done"
+
+
+@pytest.fixture(autouse=True)
+def _float64_if_marked(request):
+  """float64 for a test marked `float64`; JAX's default (float32) for every other test."""
+  if request.node.get_closest_marker("float64") is None:
+    yield
+    return
+  with jax.enable_x64(True):
+    yield
 
 
 @pytest.fixture(scope="session")

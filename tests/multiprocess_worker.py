@@ -32,6 +32,46 @@ def load_params(path) -> dict:
     return dict(archive)
 
 
+def run_killed_and_resumed(tmp_path, options: dict, kills: int = 3, max_delay_s: float = 0.5,
+                           timeout_s: float = 240) -> tuple[dict, dict]:
+  """The same run twice: once uninterrupted, once SIGKILLed `kills` times and resumed each time.
+
+  Each kill comes a random 0..`max_delay_s` seconds after the run's next epoch record.
+  Returns (uninterrupted params, killed-and-resumed params); the killed run's workdir is
+  `tmp_path / "killed"`.
+  """
+  import signal  # pylint: disable=import-outside-toplevel
+  import time  # pylint: disable=import-outside-toplevel
+
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  from sparsejax import records  # pylint: disable=import-outside-toplevel
+
+  def finish(proc, log_path):
+    assert proc.wait(timeout_s) == 0, open(log_path).read()[-3000:]  # noqa: SIM115
+
+  full_log = str(tmp_path / "full.log")
+  finish(start({**options, "workdir": str(tmp_path / "full"), "out": str(tmp_path / "full.npz")}, full_log), full_log)
+  workdir = str(tmp_path / "killed")
+  records_path = os.path.join(workdir, "log.jsonl")
+  rng = np.random.default_rng(0)
+  for attempt in range(kills + 1):
+    log_path = str(tmp_path / f"killed_{attempt}.log")
+    proc = start({**options, "workdir": workdir, "out": str(tmp_path / "killed.npz"), "resume": attempt > 0}, log_path)
+    if attempt == kills:
+      finish(proc, log_path)
+      break
+    seen = len(records.read_jsonl(records_path)) if os.path.exists(records_path) else 0
+    deadline = time.time() + 120
+    while time.time() < deadline and (not os.path.exists(records_path) or
+                                      len(records.read_jsonl(records_path)) < seen + 1):
+      time.sleep(0.01)
+    time.sleep(float(rng.uniform(0.0, max_delay_s)))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(60)
+  return load_params(tmp_path / "full.npz"), load_params(tmp_path / "killed.npz")
+
+
 def main(options: dict) -> None:
   os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={options['devices']}"
   os.environ["JAX_PLATFORMS"] = "cpu"

@@ -3,8 +3,6 @@
 import dataclasses
 import functools
 import os
-import signal
-import time
 
 import jax
 import jax.numpy as jnp
@@ -154,27 +152,10 @@ def test_the_same_rbm_on_any_device_count_and_parallelism(tmp_path, persistent):
 
 @pytest.mark.integration  # trains the same RBM twice in subprocesses, killing one three times
 def test_sigkill_then_resume_gives_the_same_rbm_bit_for_bit(tmp_path):
-  base = {"devices": 1, "num_processes": 1, "process_id": 0, "port": 0, "trainer": "rbm", "epochs": 40,
-          "checkpoint_every_steps": 3}
-  full = multiprocess_worker.start({**base, "workdir": str(tmp_path / "full"), "out": str(tmp_path / "full.npz")}, str(tmp_path / "f.log"))
-  assert full.wait(240) == 0, (tmp_path / "f.log").read_text()[-3000:]
-  workdir = str(tmp_path / "killed")
-  rng = np.random.default_rng(0)
-  for attempt in range(4):
-    log_file = str(tmp_path / f"killed_{attempt}.log")
-    proc = multiprocess_worker.start({**base, "workdir": workdir, "out": str(tmp_path / "killed.npz"), "resume": attempt > 0}, log_file)
-    if attempt < 3:
-      log = os.path.join(workdir, "log.jsonl")
-      start = len(records.read_jsonl(log)) if os.path.exists(log) else 0
-      deadline = time.time() + 120
-      while time.time() < deadline and (not os.path.exists(log) or len(records.read_jsonl(log)) < start + 1):
-        time.sleep(0.01)
-      time.sleep(float(rng.uniform(0.0, 0.2)))
-      proc.send_signal(signal.SIGKILL)
-      proc.wait(60)
-    else:
-      assert proc.wait(240) == 0, open(log_file).read()[-3000:]
-  a, b = (multiprocess_worker.load_params(tmp_path / name) for name in ("full.npz", "killed.npz"))
-  for key in a:
-    np.testing.assert_array_equal(a[key], b[key])
-  assert [r["epoch"] for r in records.read_jsonl(os.path.join(workdir, "log.jsonl"))] == list(range(1, 41))
+  options = {"devices": 1, "num_processes": 1, "process_id": 0, "port": 0, "trainer": "rbm", "epochs": 40,
+             "checkpoint_every_steps": 3}
+  full, killed = multiprocess_worker.run_killed_and_resumed(tmp_path, options, max_delay_s=0.2)
+  for key in full:
+    np.testing.assert_array_equal(full[key], killed[key])
+  logged = records.read_jsonl(str(tmp_path / "killed" / "log.jsonl"))
+  assert [r["epoch"] for r in logged] == list(range(1, 41))

@@ -178,7 +178,10 @@ def test_killed_peer_gives_clear_error_quickly_and_resume_completes(tmp_path):
     rc = procs[0].wait(60)
   except subprocess.TimeoutExpired:
     procs[0].kill()
+    procs[0].wait()
     pytest.fail("the survivor hung after its peer was killed")
+  finally:
+    procs[1].wait(60)  # reap the killed peer
   elapsed = time.time() - killed_at
   assert rc == 1, _log_tail(logs[0])
   assert elapsed < 30, elapsed
