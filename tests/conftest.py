@@ -28,7 +28,6 @@ os.environ.setdefault("JAX_THREEFRY_PARTITIONABLE", "0")
 
 import jax  # noqa: E402
 
-
 _COMPILATION_CACHE = tempfile.mkdtemp(prefix="sparsejax-test-xla-cache-")
 atexit.register(shutil.rmtree, _COMPILATION_CACHE, ignore_errors=True)
 jax.config.update("jax_compilation_cache_dir", _COMPILATION_CACHE)

@@ -100,6 +100,7 @@ def test_jit_equals_eager_and_state_structure_is_stable(name, factory, args, kwa
   for before, after in zip(jax.tree.leaves(initial), jax.tree.leaves(state)):
     assert jnp.shape(before) == jnp.shape(after) and jnp.result_type(before) == jnp.result_type(after)
 
+@pytest.mark.float64  # compares to float64 references at tight tolerances
 @pytest.mark.parametrize("name,factory,args,kwargs,chain_sgd", FACTORIES, ids=IDS)
 def test_inject_hyperparams_equals_plain(name, factory, args, kwargs, chain_sgd):
   plain, _ = _run(_build(factory, args, kwargs, chain_sgd))

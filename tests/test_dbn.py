@@ -82,6 +82,7 @@ def test_fit_rbm_on_a_users_array_learns_records_and_plots(tmp_path):
   np.testing.assert_allclose(features, rbm.hidden_probabilities(result.params, jnp.asarray(held_out)), rtol=1e-6)
 
 
+@pytest.mark.integration  # trains an RBM on images
 def test_images_are_flattened_and_their_filters_drawn(tmp_path):
   images = data.load("digits", "train")[0][:200]
   result = dbn.fit_rbm(images, 16, optax.sgd(0.1), _config(epochs=1), tmp_path)
@@ -89,6 +90,7 @@ def test_images_are_flattened_and_their_filters_drawn(tmp_path):
   assert "filters.png" in os.listdir(tmp_path)
 
 
+@pytest.mark.integration  # trains a 2-layer DBN twice
 def test_a_dbn_trains_each_layer_on_the_previous_ones_probabilities_and_resumes_per_layer(tmp_path):
   x = _binary_data()
   config = _config(epochs=2)

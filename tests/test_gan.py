@@ -12,7 +12,8 @@ from sparsejax import activity, gan
 from sparsejax.models import dcgan
 from sparsejax.runloop import AXIS, NonFiniteLossError
 
-pytestmark = pytest.mark.integration  # the integration tier: pytest -m integration (see README)
+pytestmark = [pytest.mark.integration,  # the integration tier: pytest -m integration (see README)
+              pytest.mark.float64]  # equalities to 1e-10..1e-12
 
 
 def _images(n=96, side=28, seed=0):

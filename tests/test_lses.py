@@ -10,6 +10,7 @@ from sparsejax.models import init_mlp
 
 
 @pytest.mark.integration  # trains or compiles for many seconds: the integration tier
+@pytest.mark.float64  # casts the params to float64
 @pytest.mark.parametrize("activation", ["relu", "sigmoid"])
 def test_explicit_gradient_equals_autodiff(activation):
   rng = np.random.default_rng(0)

@@ -18,6 +18,8 @@ from sparsejax.rvsm import rvsm
 from tests import reference
 from tests.test_prox import ALL_CALLS, ELEMENTWISE_CASES, case_id
 
+pytestmark = pytest.mark.float64  # brute-force optimality and exact worked examples, to ~1e-10
+
 GROUPED = ("group_lasso", "sparse_group_lasso", "exclusive", "cges_exclusive")
 F32_MAX = float(np.finfo(np.float32).max)
 
@@ -94,7 +96,7 @@ def test_group_norm_maps_beyond_the_float32_sum_of_squares_are_homogeneous(name,
   if axis == 0:
     base = base.T
   for tau in (0.5, 2.0, 6.0, 20.0):
-    if tau * c > np.finfo(np.float32).max:  # the strength itself would overflow to inf
+    if tau * c > float(np.finfo(np.float32).max):  # the strength itself would overflow to inf
       continue
     small = np.asarray(fn(jnp.asarray(base, jnp.float64), tau, axis=axis, **kw))
     big = np.asarray(fn(jnp.asarray(base * c, jnp.float32), jnp.float32(tau * c), axis=axis, **kw), np.float64)

@@ -8,6 +8,8 @@ import pytest
 from sparsejax import penalties, registry
 from tests import reference
 
+pytestmark = pytest.mark.float64  # brute-force optimality and exact worked examples, to ~1e-10
+
 # Every elementwise penalty of the registry, with each of its example shape parameters.
 SEPARABLE = [(name, kw) for name in registry.names(grouped=False) for kw in registry.get(name).examples]
 

@@ -18,6 +18,8 @@ from scipy import optimize
 from sparsejax import penalties, prox, registry, transforms
 from tests import reference
 
+pytestmark = pytest.mark.float64  # brute-force optimality and exact worked examples, to ~1e-10
+
 # (name, tau, shape params): every regime and boundary of every elementwise map.
 ELEMENTWISE_CASES = [
     ("l1", 0.3, {}),

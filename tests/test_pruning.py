@@ -20,6 +20,7 @@ def _kernels(tree):
   return [tree["Dense_0"]["kernel"], tree["Dense_1"]["kernel"]]
 
 
+@pytest.mark.float64  # compares to float64 references at tight tolerances
 @pytest.mark.parametrize("rolled", [True, False], ids=["rolled", "unrolled"])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 def test_kth_largest_magnitude_is_exact(dtype, rolled, monkeypatch):
@@ -37,6 +38,7 @@ def test_kth_largest_magnitude_is_exact(dtype, rolled, monkeypatch):
   assert np.isnan(float(f(inf_and_nan, 1))) and float(f(inf_and_nan, 2)) == np.inf
 
 
+@pytest.mark.float64  # compares to float64 references at tight tolerances
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 def test_kth_largest_magnitude_matches_a_sort_where_the_search_is_hard(dtype):
   # the interpolation search against np.sort: a pruned support (a gap in |w| at the
@@ -287,6 +289,7 @@ def test_controller_scheduled_defaults_beat_a_target_from_step_zero(tmp_path):
   assert accuracy["scheduled"] > 0.85, accuracy
 
 
+@pytest.mark.float64  # compares to float64 references at tight tolerances
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 def test_blocked_sum_counts_and_sums_every_element_once(dtype, monkeypatch):
   # blocks of 16 over 1000 elements: 62 full blocks and a remainder of 8 (the loop is

@@ -19,6 +19,7 @@ def _tiny():
   return params, v0
 
 
+@pytest.mark.float64  # compares to float64 references at tight tolerances
 def test_cd1_gradient_is_the_expectation_difference():
   params, v0 = _tiny()
   grads, aux = rbm.cd_gradient(params, v0, jax.random.PRNGKey(0), k=1)
@@ -33,6 +34,7 @@ def test_cd1_gradient_is_the_expectation_difference():
   np.testing.assert_allclose(grads["hidden_bias"], -np.mean(h0 - hk, 0), rtol=1e-12)
 
 
+@pytest.mark.float64  # compares to float64 references at tight tolerances
 def test_exact_gradient_matches_cd_infinity_in_expectation():
   """On a 3x2 RBM, the exact NLL gradient (enumerating states) equals <vh>_model - <vh>_data."""
   params, v0 = _tiny()

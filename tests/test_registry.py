@@ -19,6 +19,8 @@ from scipy import optimize
 from sparsejax import controller, optimizers, penalties, prox, registry, selection, transforms
 from sparsejax.rvsm import rvsm
 
+pytestmark = pytest.mark.float64  # brute-force optimality and exact worked examples, to ~1e-10
+
 TAUS = (0.05, 0.3, 1.0, 3.0)
 CASES = [(name, kw) for name in registry.names() for kw in registry.get(name).examples]
 ELEMENTWISE = [(n, kw) for n, kw in CASES if not registry.get(n).grouped]

@@ -65,6 +65,7 @@ def _make_lasso_train_fn(x, y, steps=3000):
   return train_fn
 
 
+@pytest.mark.float64  # compares to float64 references at tight tolerances
 def test_single_strength_reaches_target_in_few_trainings(tmp_path):
   x, y = _lasso_problem()
   path = str(tmp_path / "history.jsonl")
@@ -111,6 +112,7 @@ def test_layer_strengths_meet_every_layer_target():
     assert abs(n - t) <= 0.1 * t
 
 
+@pytest.mark.float64  # compares to float64 references at tight tolerances
 def test_threshold_inverse():
   g = np.array([1e-4, 3e-3, 0.2])
   np.testing.assert_allclose(selection.threshold_inverse("l1", 0.1)(g), g, rtol=1e-9)

@@ -1,7 +1,7 @@
 """The sharded training path (`parallelism="sharded"`: one jit program over a device Mesh) against pmap
 (checkpoint resume also for `parallelism="fsdp"`).
 
-conftest gives 2 fake CPU devices (float64). Every case trains the same run both ways
+conftest gives 2 fake CPU devices (float64: the module is marked so). Every case trains the same run both ways
 and compares the final parameters: the per-replica arithmetic and the collectives are
 the same, so they agree to float rounding (here exactly, or to 1e-12).
 """
@@ -18,7 +18,8 @@ import pytest
 from sparsejax import activity, controller, data, gan, pruning, runloop, rvsm, selection, train, transforms
 from sparsejax.models import MLP, dcgan
 
-pytestmark = pytest.mark.integration  # the integration tier: pytest -m integration (see README)
+pytestmark = [pytest.mark.integration,  # the integration tier: pytest -m integration (see README)
+              pytest.mark.float64]  # equalities to 1e-10..1e-12
 
 LR = 0.05
 

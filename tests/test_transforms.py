@@ -32,6 +32,7 @@ def _step(tx, params, grads, state=None):
 
 @pytest.mark.parametrize("name,kw", [("l1", {}), ("tl1", {"a": 0.5}), ("l0", {}), ("log_sum", {"eps": 0.1}),
                                      ("scad", {"lam": 0.5}), ("group_lasso", {}), ("exclusive", {})])
+@pytest.mark.float64  # compares to float64 references at tight tolerances
 def test_sgd_step_equals_prox_of_gradient_step(name, kw):
   params, grads, lr, lam = _params(), _grads(), 0.1, 0.7
   tx = optax.chain(optax.sgd(lr), transforms.proximal(name, lam, lr, mask=masking.weights_only, **kw))
@@ -65,6 +66,7 @@ def test_schedules_for_learning_rate_and_strength():
     np.testing.assert_allclose(params["w"], expected, atol=1e-8)  # optax schedules are float32
 
 
+@pytest.mark.float64  # compares to float64 references at tight tolerances
 def test_per_layer_strength_pytree_and_none_leaves():
   params, grads, lr = _params(), _grads(), 0.1
   strength = {"Dense_0": {"kernel": 2.0, "bias": None}, "Dense_1": {"kernel": optax.constant_schedule(0.5), "bias": None}}
@@ -117,6 +119,7 @@ def test_layer_index_is_natural_order():
   np.testing.assert_allclose(transforms.layer_balance(4, 0.2), [0.2, 0.4, 0.6, 0.8])
 
 
+@pytest.mark.float64  # compares to float64 references at tight tolerances
 def test_integrated_tl1_step_matches_manual_splitting_and_worked_example():
   lr, lam, a = 0.1, 0.5, 1.0
   w0 = jnp.asarray([[0.30, -0.02, 0.10], [0.01, 0.02, -0.01]])
@@ -138,6 +141,7 @@ def test_integrated_tl1_step_matches_manual_splitting_and_worked_example():
                              prox.group_lasso(prox.tl1(w1, lr * lam * 0.8, a=a), lr * lam * 0.2), atol=1e-14)
 
 
+@pytest.mark.float64  # compares to float64 references at tight tolerances
 def test_cges_and_sparse_group_lasso_steps():
   params, grads, lr, lam = _params(), _grads(), 0.1, 0.8
   new, _ = _step(optax.chain(optax.sgd(lr), transforms.cges(lam, lr, m=0.2, group_scale=[1.0, 0.5],
