@@ -47,7 +47,12 @@ def _float64_if_marked(request):
   if request.node.get_closest_marker("float64") is None:
     yield
     return
-  with jax.enable_x64(True):
+  if hasattr(jax, "enable_x64"):
+    context = jax.enable_x64(True)
+  else:  # JAX < 0.8
+    from jax.experimental import enable_x64  # pylint: disable=import-outside-toplevel
+    context = enable_x64(True)
+  with context:
     yield
 
 

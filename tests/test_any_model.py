@@ -471,7 +471,7 @@ def test_library_nnx_and_transformer_models_go_through_fit_report_and_compact(tm
   x, y = _digits(384)
   images = np.asarray(x).reshape(-1, 8, 8, 1)
   config = train.TrainConfig(epochs=6, batch_size=64, progress=False, checkpoint=False)
-  tx = optax.chain(optax.adam(1e-2), transforms.proximal("l1", 3e-2, 1e-2, mask="weights_only"))
+  tx = optax.chain(optax.adam(1e-2), transforms.proximal("l1", 0.1, 1e-2, mask="weights_only"))
   for name, module, data_x in (("mlp", NNXMLP(64, (32, 10), nnx.Rngs(0), dropout_rate=0.1), x),
                                ("cnn", NNXConvNet((8, 8, 1), (8, 16), 10, nnx.Rngs(0)), images),
                                ("transformer", TransformerClassifier(1, 16, 2, 32, 10), images[..., 0])):
@@ -486,4 +486,4 @@ def test_library_nnx_and_transformer_models_go_through_fit_report_and_compact(tm
     else:
       want = module.apply(variables, data_x[:16])
     np.testing.assert_allclose(np.asarray(small(data_x[:16])), np.asarray(want), atol=1e-4, rtol=1e-4)
-    assert result.history[-1]["weights_nonzero"] < result.history[-1]["weights_total"]
+    assert result.history[-1]["weights_nonzero"] < result.history[-1]["weights_total"], name

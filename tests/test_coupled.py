@@ -94,6 +94,7 @@ def test_strength_must_be_one_nonnegative_scalar_or_schedule(strength):
   assert tx.init({"a": jnp.ones(3)}).count == 0
 
 
+@pytest.mark.integration  # compiles or trains for many seconds: the integration tier
 def test_resnet_streams_are_coupled():
   model = ResNet((2, 1), (8, 16), 10)
   variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 1)))
@@ -137,6 +138,7 @@ def test_nnx_streams_are_coupled_and_nnx_optimizer_drives_the_penalty():
   np.testing.assert_array_equal(np.asarray(module.bn2.scale[...]), 0.0)
 
 
+@pytest.mark.integration  # compiles or trains for many seconds: the integration tier
 def test_training_a_resnet_removes_stream_channels_from_every_writer():
   x, y = data.load("digits", "train")
   x, y = jnp.asarray(x[:256], jnp.float32), jnp.asarray(y[:256])

@@ -118,6 +118,7 @@ def test_infinite_shape_parameters_and_tau():
   np.testing.assert_array_equal(np.asarray(prox.log_sum(v, 0.1, eps=jnp.inf)), np.asarray(v))
 
 
+@pytest.mark.integration  # compiles or trains for many seconds: the integration tier
 def test_empty_inputs():
   for name, kw in ALL_CALLS:
     for shape in [(0,), (3, 0), (0, 4)]:

@@ -51,6 +51,7 @@ def _kernel_nnz(params):
     lambda s, t: optimizers.adam(1e-2, penalty="tl1", sparsity=s, total_steps=t),
     lambda s, t: optimizers.adamw(1e-2, penalty="l1", sparsity=s, total_steps=t, weight_decay=1e-4),
 ], ids=["sgd_scad", "adam_tl1", "adamw_l1"])
+@pytest.mark.integration  # compiles or trains for many seconds: the integration tier
 def test_one_call_small_run_ends_exactly_on_the_fraction(make):
   """A few hundred steps with every default: the run ends on round((1 - s) n) kernel nonzeros."""
   steps, sparsity = 300, 0.9
@@ -81,6 +82,7 @@ def test_sparsity_equals_the_same_count_given_as_target_nnz():
   np.testing.assert_array_equal(sa[1].log_strength, sb[1].log_strength)
 
 
+@pytest.mark.integration  # compiles or trains for many seconds: the integration tier
 def test_sparsity_under_inject_hyperparams_can_change_during_training():
   tx = optax.inject_hyperparams(controller.nnz_controller, static_args=("prox_fn",))(
       prox_fn="l1", sparsity=0.5, learning_rate=0.05, rate=1.0)

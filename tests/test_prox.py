@@ -453,6 +453,7 @@ def test_group_prox_optimal_against_powell(name, kw, f):
     assert obj(z) <= _minimize(obj, 5, v, seed=trial) + 1e-9
 
 
+@pytest.mark.integration  # compiles or trains for many seconds: the integration tier
 def test_exclusive_equals_active_set_loop_and_groups_follow_axis():
   rng = np.random.default_rng(10)
   w = rng.normal(0, 1, (6, 7))
@@ -490,6 +491,7 @@ def test_group_lasso_zero_groups_kkt_and_axes():
   np.testing.assert_array_equal(np.all(outk.reshape(-1, 6) == 0, axis=0), fn <= 1.0)
 
 
+@pytest.mark.integration  # compiles or trains for many seconds: the integration tier
 def test_all_zero_group_gives_zero_and_finite_gradient():
   for name in ("group_lasso", "sparse_group_lasso", "exclusive", "cges_exclusive"):
     fn = prox.get(name)
@@ -561,6 +563,7 @@ def test_dtype_preserved_and_half_precision(name, kw):
   assert jnp.issubdtype(out_int.dtype, jnp.floating)
 
 
+@pytest.mark.integration  # compiles or trains for many seconds: the integration tier
 def test_per_element_tau_broadcasts():
   x = jnp.asarray(np.random.default_rng(16).normal(0, 1, (3, 5)))
   taus = jnp.asarray([0.0, 0.5, 1.0])[:, None]

@@ -238,6 +238,7 @@ def _quadratic_run(tx, params, target_w, steps):
   return history
 
 
+@pytest.mark.integration  # compiles or trains for many seconds: the integration tier
 def test_controller_refit_phase_freezes_the_support_and_does_not_shrink():
   rng = np.random.default_rng(0)
   target_w = {"w": jnp.asarray(rng.normal(size=(30, 20)), jnp.float32), "b": jnp.zeros(20, jnp.float32)}

@@ -266,6 +266,7 @@ def test_relative_shape_makes_the_controller_step_scale_equivariant(name):
   assert gap > 1e-2
 
 
+@pytest.mark.integration  # compiles or trains for many seconds: the integration tier
 def test_relative_shape_explicit_values_and_bad_inputs():
   params, grads = _random_layers()
   updates = jax.tree.map(lambda g: -0.1 * g, grads)
@@ -319,6 +320,7 @@ def test_bisection_controller_equals_the_threshold_controller_on_l1():
     np.testing.assert_allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.integration  # compiles or trains for many seconds: the integration tier
 def test_bisection_controller_on_integrated_tl1_keeps_exactly_the_target_at_the_found_strength():
   params, grads = _random_layers(1)
   tx = controller.nnz_controller_for("integrated_tl1", 250, 0.1, rate=1.0, interval=1, a=0.5)
