@@ -81,7 +81,7 @@ def test_readme_and_docs_have_code_blocks_and_only_cluster_ones_are_skipped():
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("code", _code_blocks())
+@pytest.mark.parametrize("code", list(_code_blocks()))
 def test_code_block_runs_on_its_own(code, tmp_path):
   """Each block, pasted alone into a fresh interpreter (in an empty folder), runs without error."""
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_ENABLE_X64")}
