@@ -43,6 +43,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import export as jax_export
 
 from sparsejax import metrics, structure
 from sparsejax.models.mlp import MLP
@@ -144,15 +145,15 @@ class CompactModel:
 
 def _export(apply: Callable, params: dict, input_shape: Sequence[int], input_dtype: str) -> bytes:
   """`apply(params, x)` serialised by `jax.export` for x of shape (b, *input_shape), b symbolic."""
-  (batch,) = jax.export.symbolic_shape("b")
+  (batch,) = jax_export.symbolic_shape("b")
   x_spec = jax.ShapeDtypeStruct((batch, *input_shape), jnp.dtype(input_dtype))
   p_spec = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.asarray(a).dtype), params)
   fn = jax.jit(apply)
   try:
-    exported = jax.export.export(fn, platforms=("cpu", "cuda"))(p_spec, x_spec)
+    exported = jax_export.export(fn, platforms=("cpu", "cuda"))(p_spec, x_spec)
   except Exception:  # pylint: disable=broad-except  # a jaxlib that cannot lower for CUDA: this platform only
     try:
-      exported = jax.export.export(fn)(p_spec, x_spec)
+      exported = jax_export.export(fn)(p_spec, x_spec)
     except Exception as err:  # pylint: disable=broad-except
       raise ValueError(f"this model's compact computation cannot be exported with a symbolic batch size: "
                        f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err

@@ -217,7 +217,8 @@ def test_prox_fuses_into_the_update_without_temporary_buffers(case):
   assert extra < 1024 * 512 * 4 // 100, extra  # under 1 % of one weight-sized buffer
 
 
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU fusion property")
+@pytest.mark.skipif(jax.default_backend() != "cpu" or tuple(map(int, jax.__version__.split(".")[:2])) < (0, 8),
+                    reason="an XLA:CPU fusion property of jax >= 0.8 (older XLA keeps a temporary; the values are the same)")
 @pytest.mark.parametrize("name,kw", [("group_lasso", {}), ("sparse_group_lasso", {"l1": 0.5}), ("cges_exclusive", {})])
 @pytest.mark.parametrize("axis", [0, 1, (0, 1)])
 def test_group_prox_fuses_into_the_update_without_weight_sized_buffers(name, kw, axis):
