@@ -180,23 +180,28 @@ class _TwoLayer(nnx.Module):
   def __call__(self, x):
     return self.out(jax.nn.relu(self.dense(x)))
 
+def _as_pure(state):
+  """nnx.as_pure (flax > 0.12.0) or, before it, the state as a pure dict."""
+  return nnx.as_pure(state) if hasattr(nnx, "as_pure") else nnx.to_pure_dict(state)
+
+
 @pytest.mark.parametrize("name,factory,args,kwargs,chain_sgd", FACTORIES, ids=IDS)
 def test_flax_nnx_optimizer_matches_the_functional_update(name, factory, args, kwargs, chain_sgd):
   tx = _build(factory, args, kwargs, chain_sgd)
   model = _TwoLayer(nnx.Rngs(0))
   x = jnp.asarray(np.random.default_rng(1).normal(0, 1, (8, 6)), jnp.float32)
   if name == "fixed_mask":
-    tx = _build(factory, (), {"binary_mask": _support(nnx.as_pure(nnx.state(model, nnx.Param)))}, chain_sgd)
+    tx = _build(factory, (), {"binary_mask": _support(_as_pure(nnx.state(model, nnx.Param)))}, chain_sgd)
   opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
   loss = lambda m: jnp.mean(m(x) ** 2)  # noqa: E731
-  state = tx.init(nnx.as_pure(nnx.state(model, nnx.Param)))
+  state = tx.init(_as_pure(nnx.state(model, nnx.Param)))
   for _ in range(3):
     grads = nnx.grad(loss)(model)
-    pure_params = nnx.as_pure(nnx.state(model, nnx.Param))
-    updates, state = tx.update(nnx.as_pure(nnx.state(grads, nnx.Param)), state, pure_params)
+    pure_params = _as_pure(nnx.state(model, nnx.Param))
+    updates, state = tx.update(_as_pure(nnx.state(grads, nnx.Param)), state, pure_params)
     want = optax.apply_updates(pure_params, updates)
     opt.update(model, grads)
-    _assert_trees_close(nnx.as_pure(nnx.state(model, nnx.Param)), want)
+    _assert_trees_close(_as_pure(nnx.state(model, nnx.Param)), want)
 
 def test_inject_hyperparams_with_a_callable_mask_needs_static_args():
   # A callable mask would be evaluated as a schedule: the transform refuses instead of

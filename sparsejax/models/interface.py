@@ -108,8 +108,16 @@ def _reseed_dropout(module: nnx.Module, key: jax.Array) -> None:
   for _, stream in nnx.iter_graph(module):
     if isinstance(stream, nnx.RngStream) and stream.key.tag in ("dropout", "default"):
       shape = stream.key.shape
-      stream.key.set_value(key if shape == () else jax.random.split(key, shape))
-      stream.count.set_value(jnp.zeros(shape, jnp.uint32))
+      _set(stream.key, key if shape == () else jax.random.split(key, shape))
+      _set(stream.count, jnp.zeros(shape, jnp.uint32))
+
+
+def _set(variable: Any, value: Any) -> None:
+  """`variable.set_value(value)` (flax >= 0.12.x), or the `.value` setter of flax 0.12.0."""
+  if hasattr(type(variable), "set_value"):
+    variable.set_value(value)
+  else:
+    variable.value = value
 
 
 def functional(model: Any) -> Any:
