@@ -7,6 +7,8 @@ checked (they cannot be inspected without a host round-trip).
 
 from __future__ import annotations
 
+import importlib
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -278,8 +280,6 @@ def moved_names(module: str, homes: dict[str, tuple[str, str]]) -> Callable[[str
     if name not in homes:
       raise AttributeError(f"module {module!r} has no attribute {name!r}")
     home, new_name = homes[name]
-    import importlib
-    import warnings
     warnings.warn(f"{module}.{name} is deprecated: import it from its home, {home}.{new_name}.", DeprecationWarning,
                   stacklevel=2)
     return getattr(importlib.import_module(home), new_name)

@@ -181,22 +181,21 @@ def make_rbm_train_step(tx: optax.GradientTransformation, config: RBMConfig,
 
 def rbm_monitor(params: Any, monitor: np.ndarray, eval_data: np.ndarray | None, seed: int = 0) -> dict:
   """Epoch-end metrics of an RBM on the monitor set (and `eval_data`): see the module docstring."""
-  def measures(v: jax.Array, prefix: str) -> dict:
+  def measures(v: jax.Array, prefix: str) -> tuple[dict, np.ndarray]:
     h = np.asarray(rbm.hidden_probabilities(params, v))
     return {f"{prefix}recon_error": float(rbm.reconstruction_error(params, v)),
             f"{prefix}pseudo_likelihood": float(rbm.pseudo_likelihood(params, v, jax.random.PRNGKey(seed))),
             f"{prefix}hidden_activation": float(h.mean()),
-            f"{prefix}fraction_activations_below_0.05": float(np.mean(h < 0.05))}
+            f"{prefix}fraction_activations_below_0.05": float(np.mean(h < 0.05))}, h
 
   v = jnp.asarray(monitor)
-  h = np.asarray(rbm.hidden_probabilities(params, v))
+  out, h = measures(v, "train_")
   kernel = np.asarray(params["kernel"])
-  out = {**measures(v, "train_"), "dead_units": int(np.sum(h.max(axis=0) < 0.01)),
-         "weight_sparsity": float(np.mean(kernel == 0)), "hidden_units_without_weights": int(
-             np.sum(~np.any(kernel != 0, axis=0)))}
+  out.update({"dead_units": int(np.sum(h.max(axis=0) < 0.01)), "weight_sparsity": float(np.mean(kernel == 0)),
+              "hidden_units_without_weights": int(np.sum(~np.any(kernel != 0, axis=0)))})
   if eval_data is not None:
     ve = jnp.asarray(eval_data)
-    out.update(measures(ve, "eval_"))
+    out.update(measures(ve, "eval_")[0])
     out["free_energy_gap"] = float(jnp.mean(rbm.free_energy(params, ve)) - jnp.mean(rbm.free_energy(params, v)))
   return out
 
@@ -332,14 +331,11 @@ def fit_rbm(train_data: Any, num_hidden: int, tx: optax.GradientTransformation, 
     params = jax.tree.map(jnp.asarray, placement.host(rstate).params)
     return rbm_monitor(params, monitor, held_out, seed=config.seed + epoch)
 
-  def mean_metrics(window: list) -> dict:
-    return {k: float(np.mean([runloop.first_value(m[k]) for m in window])) for k in window[0]}
-
   hooks = runloop.LoopHooks(
       step=make_rbm_train_step(tx, config, hidden_penalty),
       epoch_batches=lambda epoch: data.epoch_batches(len(v), config.batch_size, config.seed, epoch)[:steps_per_epoch],
       load_batch=lambda idx: (v[runloop.process_slice(idx)[0]],),
-      summarize=mean_metrics, epoch_end=epoch_end,
+      summarize=runloop.mean_metrics, epoch_end=epoch_end,
       progress_keys=("recon_error", "hidden_activation", "train_recon_error"))
   run_config = {"trainer": "fit_rbm", "batch_size": config.batch_size, "seed": config.seed,
                 "num_examples": len(v), "num_visible": int(v.shape[1]), "num_hidden": int(num_hidden),

@@ -239,18 +239,9 @@ class GANResult:
   workdir: str
 
 
-def _metric_arrays(window: list[dict]) -> dict[str, np.ndarray]:
-  """{name: values over the steps of `window`} from the replicated per-step metrics."""
-  return {k: np.asarray([runloop.first_value(m[k]) for m in window]) for k in window[0]}
-
-
-def _mean_metrics(window: list[dict]) -> dict:
-  return {k: float(v.mean()) for k, v in _metric_arrays(window).items()}
-
-
 def _mean_and_std(window: list[dict]) -> dict:
   out = {}
-  for k, v in _metric_arrays(window).items():
+  for k, v in runloop.metric_values(window).items():
     out[k] = float(v.mean())
     out[f"{k}_std"] = float(v.std())
   return out
@@ -311,7 +302,7 @@ def fit_gan(generator, discriminator, g_tx: optax.GradientTransformation, d_tx: 
       epoch_batches=lambda epoch: data.epoch_batches(len(images), config.batch_size, config.seed,
                                                      epoch)[:steps_per_epoch],
       load_batch=lambda idx: (images[runloop.process_slice(idx)[0]],),
-      summarize=_mean_metrics, epoch_summary=_mean_and_std, epoch_end=epoch_end,
+      summarize=runloop.mean_metrics, epoch_summary=_mean_and_std, epoch_end=epoch_end,
       progress_keys=("d_loss", "g_loss", "fid"))
   run_config = {"trainer": "fit_gan", "batch_size": config.batch_size, "seed": config.seed,
                 "num_images": len(images), "image_shape": list(images.shape[1:]), "latent_dim": config.latent_dim}

@@ -71,7 +71,7 @@ __all__ = [
     "process_slice",
     "prepare_workdir", "checkpoint_manager", "restore_latest", "save_checkpoint", "peer_loss_guard",
     "sync_processes", "latest_checkpoint_step", "last_checkpoint_text", "local_count", "check_same_on_every_process",
-    "workdir_path", "show_progress", "PARALLELISMS", "DataParallel", "first_value",
+    "workdir_path", "show_progress", "PARALLELISMS", "DataParallel", "first_value", "metric_values", "mean_metrics",
     "LoopConfig", "LoopHooks", "LoopResult", "run_epochs", "NonFiniteLossError",
 ]
 
@@ -328,6 +328,16 @@ def first_value(metric: Any) -> float:
   if isinstance(metric, jax.Array):
     metric = metric.addressable_data(0)
   return float(np.asarray(metric).reshape(-1)[0])
+
+
+def metric_values(window: list[dict]) -> dict[str, np.ndarray]:
+  """{name: one value per step} of step metrics as a step returns them (replicated or global arrays)."""
+  return {k: np.asarray([first_value(m[k]) for m in window]) for k in window[0]}
+
+
+def mean_metrics(window: list[dict]) -> dict[str, float]:
+  """{name: mean over the steps of `window`}: a `LoopHooks.summarize` for metrics that are step means."""
+  return {k: float(v.mean()) for k, v in metric_values(window).items()}
 
 
 def replicate(tree: Any, devices: list) -> Any:
@@ -733,6 +743,7 @@ def run_epochs(config: LoopConfig, workdir: str, hooks: LoopHooks, placement: Da
     return f"at step {step} (last checkpoint: {last_checkpoint_text(workdir)})"
 
   def check_finite(step_reached: int, metrics: list) -> None:
+    """Raises on a non-finite summary of `metrics`: the epoch's steps not checked yet."""
     bad = [k for k, v in hooks.summarize(metrics).items() if not np.isfinite(v)] if metrics else []
     if bad:
       raise NonFiniteLossError(
@@ -754,6 +765,7 @@ def run_epochs(config: LoopConfig, workdir: str, hooks: LoopHooks, placement: Da
     first = step - epoch * steps_per_epoch
     epoch_metrics: list = []
     window: list = []
+    checked = 0  # epoch_metrics[:checked] were found finite (each step is read once for the check)
     bar = tqdm(batches[first:], desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
     with peer_loss_guard(where):
       for idx in bar:
@@ -770,9 +782,10 @@ def run_epochs(config: LoopConfig, workdir: str, hooks: LoopHooks, placement: Da
           window = []
         if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0 and \
             step != (epoch + 1) * steps_per_epoch:
-          check_finite(step, epoch_metrics)
+          check_finite(step, epoch_metrics[checked:])
+          checked = len(epoch_metrics)
           save(step)
-      check_finite(step, epoch_metrics)  # waits for the devices
+      check_finite(step, epoch_metrics[checked:])  # waits for the devices
       record = {"epoch": epoch + 1, "step": step, "epoch_time_s": time.time() - start_time,
                 **epoch_summary(epoch_metrics)}
       if first:  # resumed mid-epoch: the epoch's metrics cover the remaining steps only

@@ -48,10 +48,14 @@ from jax import lax
 from sparsejax import _checks, data, metrics, runloop
 from sparsejax._example_keys import example_indexed_key
 from sparsejax.models.interface import functional, is_nnx, mode_kwargs
-from sparsejax.runloop import AXIS, NonFiniteLossError, PeerLostError  # noqa: F401  (their home is runloop)
+from sparsejax.runloop import AXIS
 
 __all__ = ["TrainState", "TrainConfig", "create_train_state", "make_train_step", "make_eval_step",
            "fit", "FitResult", "evaluate", "validate_config"]
+
+# The loop's errors live in sparsejax.runloop (one home per name).
+__getattr__ = _checks.moved_names(__name__, {name: ("sparsejax.runloop", name) for name in
+                                             ("NonFiniteLossError", "PeerLostError")})
 
 PenaltyFn = Callable[[Any, Any], jax.Array]
 
@@ -325,7 +329,7 @@ def fit(model, tx: optax.GradientTransformation, train_data: tuple[np.ndarray, n
     ValueError: before the first step, for any configuration or data outside its
       allowed range (naming it), an unusable or occupied workdir, or a resume whose
       stored configuration differs.
-    NonFiniteLossError: the loss became NaN/inf; the last good checkpoint is kept.
+    runloop.NonFiniteLossError: the loss became NaN/inf; the last good checkpoint is kept.
     runloop.PeerLostError: a peer process of a multi-process run died.
   """
   validate_config(config)

@@ -57,6 +57,7 @@ if __name__ == "__main__":
     ("selection", "nnz_controller_for", "controller", "nnz_controller_for"),
     ("transforms", "rvsm", "rvsm", "rvsm"), ("transforms", "rvsm_sparse_params", "rvsm", "sparse_params"),
     ("transforms", "weights_only", "masking", "weights_only"), ("transforms", "layer_index", "masking", "layer_index"),
+    ("train", "NonFiniteLossError", "runloop", "NonFiniteLossError"), ("train", "PeerLostError", "runloop", "PeerLostError"),
 ])
 def test_a_moved_name_still_works_once_with_a_deprecation_warning_naming_its_home(module, name, home, home_name):
   old, new = importlib.import_module(f"sparsejax.{module}"), importlib.import_module(f"sparsejax.{home}")

@@ -29,7 +29,7 @@ def _least_squares(config, lr=0.1):
       step=step,
       epoch_batches=lambda epoch: data.epoch_batches(len(X), config.batch_size, config.seed, epoch),
       load_batch=lambda idx: runloop.process_slice(X[idx], Y[idx]),
-      summarize=lambda ms: {"loss": float(np.mean([runloop.first_value(m["loss"]) for m in ms]))},
+      summarize=runloop.mean_metrics,
       epoch_end=lambda state, epoch: {"epoch_seen": epoch})
   placement = runloop.DataParallel(runloop.data_parallel_devices(config.num_devices, config.batch_size),
                                    config.parallelism)
