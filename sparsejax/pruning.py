@@ -36,12 +36,12 @@ import numpy as np
 import optax
 from jax import lax
 
-from sparsejax import _checks, masking
+from sparsejax import _checks, masking, patterns
 from sparsejax.magnitudes import kth_largest_magnitude
 
 __all__ = [
     "cubic_sparsity", "MaskState", "gradual_magnitude_pruning", "fixed_mask",
-    "one_shot_magnitude_mask", "random_mask", "support_mask", "apply_mask", "mask_density",
+    "one_shot_magnitude_mask", "one_shot_mask", "SCORES", "random_mask", "support_mask", "apply_mask", "mask_density",
     "schedule_total_steps", "TwoPhaseState", "sparsify_then_retrain",
 ]
 
@@ -102,6 +102,44 @@ def one_shot_magnitude_mask(params: Any, sparsity: float, scope: str = "global",
                                       for leaf, c in zip(leaves, chosen)])
 
 
+SCORES = ("magnitude", "saliency")
+
+
+def one_shot_mask(params: Any, sparsity: float, *, score: str = "magnitude", grads: Any = None,
+                  pattern: str = "unstructured", distribution: str = "global", mask: Mask = None) -> Any:
+  """Boolean mask pytree of one-shot pruning with any score, pattern and layer distribution; exact counts.
+
+  Args:
+    params: the trained parameters.
+    sparsity: fraction of the regularised weights removed, in [0, 1] (for "N:M" it
+      must be 1 - N/M or omitted as 0: the pattern fixes it).
+    score: "magnitude" (``|w|``) or "saliency" (``|w * g|``, needs `grads`, e.g. the
+      mean gradient over some calibration batches; Molchanov et al. 2017).
+    grads: gradients like params (for "saliency").
+    pattern: "unstructured", "N:M" (e.g. "2:4") or blocks "RxC" (`sparsejax.patterns`).
+    distribution: "global", "uniform" or "erk" (`patterns.layer_sparsities`).
+    mask: which leaves are pruned (default: kernels); other leaves get True.
+
+  Returns:
+    A pytree of bools like params keeping exactly round((1 - sparsity) n) weights
+    (per layer for "uniform"/"erk", over all for "global"), N of every M, or whole blocks.
+  """
+  scores = _scores(params, score, grads)
+  sparsity = patterns.check_sparsity(sparsity, pattern, "sparsity")
+  return patterns.select(scores, sparsity, pattern=pattern, distribution=distribution,
+                         mask="weights_only" if mask is None else mask)
+
+
+def _scores(params: Any, score: str, grads: Any) -> Any:
+  if score not in SCORES:
+    raise ValueError(f"score must be one of {list(SCORES)}; got {score!r}.")
+  if score == "saliency":
+    if grads is None:
+      raise ValueError("score='saliency' needs grads (gradients like params, e.g. averaged over calibration batches).")
+    return patterns.saliency(params, grads)
+  return jax.tree.map(jnp.abs, params)
+
+
 def random_mask(params: Any, densities: Any, seed: int = 0, mask: Mask = None) -> Any:
   """Boolean mask pytree keeping a uniformly random `density` fraction of each regularised leaf.
 
@@ -146,6 +184,10 @@ def apply_mask(params: Any, binary_mask: Any) -> Any:
   """params * mask (exact zeros where the mask is False); the mask has params' leaves and shapes."""
   _check_mask_structure(binary_mask, params)
   return jax.tree.map(lambda p, m: jnp.where(m, p, jnp.zeros_like(p)), params, binary_mask)
+
+
+def _leaf_mask(mask: Mask) -> Mask:
+  return "weights_only" if mask is None else mask
 
 
 def _check_scope(scope: str) -> None:
@@ -211,6 +253,9 @@ def gradual_magnitude_pruning(
     initial_sparsity: float = 0.0,
     scope: str = "global",
     mask: Mask = None,
+    *,
+    pattern: str = "unstructured",
+    distribution: str | None = None,
 ) -> optax.GradientTransformation:
   """Gradual magnitude pruning (Zhu & Gupta 2017) as a transform placed after the optimizer.
 
@@ -228,6 +273,13 @@ def gradual_magnitude_pruning(
     scope: "global" (one threshold over all regularised leaves) or "layer".
     mask: which leaves are pruned (default: kernels, ndim >= 2); a pytree of bools,
       a callable, or a mask name.
+    pattern: "unstructured", "N:M" (e.g. "2:4": target_sparsity must be 1 - N/M; the
+      kept count per group of M falls from M to N along the schedule) or blocks "RxC"
+      (`sparsejax.patterns`). Patterned masks keep exact counts (ties by position).
+    distribution: "global", "uniform" or "erk" (`patterns.layer_sparsities`): layer l
+      is pruned to s_t / s_f times its own final sparsity. None: from `scope`
+      ("layer" is "uniform"). With the default pattern and distribution the mask is
+      the threshold of the k-th largest magnitude (linear time; ties kept).
 
   Returns:
     An optax transform with state `MaskState` (the current mask is `state.mask`).
@@ -238,6 +290,12 @@ def gradual_magnitude_pruning(
   _checks.check_int("end_step", end_step, begin_step)
   _checks.check_int("frequency", frequency, 1)
   _check_scope(scope)
+  if patterns.pattern_density(pattern) is not None:
+    patterns.check_sparsity(target_sparsity, pattern, "target_sparsity")
+  patterned = patterns.parse_pattern(pattern).kind != "unstructured" or distribution is not None
+  distribution = distribution or ("global" if scope == "global" else "uniform")
+  if distribution not in patterns.DISTRIBUTIONS:
+    raise ValueError(f"distribution must be one of {list(patterns.DISTRIBUTIONS)} or None; got {distribution!r}.")
 
   def init_fn(params):
     leaves = jax.tree.leaves(params)
@@ -246,6 +304,14 @@ def gradual_magnitude_pruning(
       raise ValueError("gradual_magnitude_pruning: the mask selects no parameter leaf to prune.")
     return MaskState(jnp.zeros([], jnp.int32),
                      jax.tree.unflatten(jax.tree.structure(params), [jnp.ones(jnp.shape(l), bool) for l in leaves]))
+
+  def new_patterned_mask(proposal_leaves, mask_leaves_now, treedef, sparsity):
+    scores = [jnp.where(m, jnp.abs(p), -jnp.inf) for p, m in zip(proposal_leaves, mask_leaves_now)]
+    scores_tree = jax.tree.unflatten(treedef, scores)
+    fraction = sparsity / target_sparsity if target_sparsity > 0 else 0.0
+    kept = patterns.select(scores_tree, target_sparsity, pattern=pattern, distribution=distribution,
+                           mask=_leaf_mask(mask), fraction=fraction)
+    return [k & m for k, m in zip(treedef.flatten_up_to(kept), mask_leaves_now)]
 
   def new_mask(proposal_leaves, mask_leaves_now, chosen, sparsity):
     picked = [jnp.where(m, p, jnp.zeros_like(p)) for p, m, c in zip(proposal_leaves, mask_leaves_now, chosen) if c]
@@ -269,7 +335,10 @@ def gradual_magnitude_pruning(
     in_window = (t >= begin_step) & (t <= end_step)
     due = in_window & (((t - begin_step) % frequency == 0) | (t == end_step))
     sparsity = cubic_sparsity(t, target_sparsity, begin_step, end_step, initial_sparsity)
-    leaves_m = lax.cond(due, lambda: new_mask(proposal, leaves_m, chosen, sparsity), lambda: list(leaves_m))
+    if patterned:
+      leaves_m = lax.cond(due, lambda: new_patterned_mask(proposal, leaves_m, treedef, sparsity), lambda: list(leaves_m))
+    else:
+      leaves_m = lax.cond(due, lambda: new_mask(proposal, leaves_m, chosen, sparsity), lambda: list(leaves_m))
     binary_mask = jax.tree.unflatten(treedef, leaves_m)
     return (_masked_updates(updates, params, binary_mask),
             MaskState(optax.safe_increment(state.count), binary_mask))
