@@ -51,7 +51,7 @@ html_theme_options = {"show_toc_level": 2, "home_page_in_toc": True, "use_downlo
 # (its __all__) and the entries, written here from the package itself so they cannot drift.
 API_MODULES = {
     "Core": ["optimizers", "prox", "penalties", "registry", "transforms", "masking", "controller", "selection",
-             "pruning", "patterns", "dst", "ste", "magnitudes", "rvsm", "activity", "lses", "records"],
+             "pruning", "patterns", "pattern_prox", "dst", "ste", "magnitudes", "rvsm", "activity", "lses", "records"],
     "Training": ["train", "gan", "dbn", "runloop"],
     "Analysis": ["metrics", "compaction", "structure", "sample_quality"],
     "Data and models": ["data", "models", "plotting"],

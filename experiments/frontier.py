@@ -32,6 +32,22 @@ differs, and every sparse method ends at the target fraction of zero kernel weig
   NAME+retrain     NAME-norefit for the first 1 - `retrain_fraction` of the run, then
                    the support it found is frozen and the surviving weights are
                    retrained with a fresh optimizer state (`pruning.sparsify_then_retrain`)
+  rigl, set        dynamic sparse training from step 0 (ERK layer densities), drop and
+                   regrow `drop_fraction` (cosine-decayed for RigL, constant for SET) of
+                   each layer's weights every `gmp_frequency` steps until `dst_end` of
+                   the run; RigL regrows by |gradient|, SET at random (`sparsejax.dst`)
+  ac_dc            AC/DC: dense warm-up 10 %, sparse/dense phases of 5 %, final sparse
+                   15 % of the run (top-k magnitude masks; `dst.ac_dc`)
+  ste, sr_ste      straight-through magnitude masking on GMP's cubic ramp and window;
+                   sr_ste adds SR-STE's decay 2e-4 of the masked dense weights (`sparsejax.ste`)
+  st3              ST-3: straight-through soft threshold at the k-th magnitude, rescaled
+  prox_ste-scad    prox-STE: the forward is SCAD's exact prox at the strength that keeps
+                   the target count, the gradient passes straight through
+  --pattern N:M    gmp, one_shot, ac_dc, ste, sr_ste (and dense) with N of every M weights
+                   kept along each kernel's input axis (a layer M does not divide stays
+                   dense); NAME-auto is then the N:M regulariser (the one-line call with
+                   pattern="N:M": `pattern_prox.nm_proximal`); sparsities must be 1 - N/M;
+                   results go to <dataset>_<model>_NofM
 
   python -m experiments.frontier [--dataset fashion_mnist] [--model mlp] [--sparsities 0.9 0.95 0.98 0.99]
       [--seeds 0 1 2] [--epochs 10] [--methods ...] [--workdir results/frontier]
@@ -55,7 +71,7 @@ import optax
 from tqdm import tqdm
 
 from experiments import common
-from sparsejax import controller, data, masking, metrics, plotting, pruning, records, selection, train
+from sparsejax import controller, data, dst, masking, metrics, pattern_prox, patterns, plotting, pruning, records, selection, ste, train
 from sparsejax.models import MLP, lenet5
 
 PENALTIES = {"l1": {}, "tl1": {"a": 0.02}, "log_sum": {"eps": 0.01}, "mcp": {"lam": 0.02, "gamma": 3.0}}
@@ -66,7 +82,10 @@ AUTO = ("tl1", "log_sum", "mcp", "scad")
 METHODS = ("dense", "gmp", "one_shot", "random", "l1", "tl1", "log_sum", "mcp", "integrated_tl1",
            "tl1-auto", "log_sum-auto", "mcp-auto", "scad-auto",
            "l1-norefit", "tl1-norefit", "log_sum-norefit", "mcp-norefit",
-           "l1+retrain", "tl1+retrain", "log_sum+retrain", "mcp+retrain")
+           "l1+retrain", "tl1+retrain", "log_sum+retrain", "mcp+retrain",
+           "rigl", "set", "ac_dc", "ste", "sr_ste", "st3", "prox_ste-scad")
+# The methods that take a sparsity pattern (--pattern "2:4", "4x4", ...); the others are unstructured only.
+PATTERN_METHODS = ("dense", "gmp", "one_shot", "ac_dc", "ste", "sr_ste", "scad-auto", "mcp-auto", "tl1-auto", "log_sum-auto")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +109,9 @@ class Config:
   controller_interval: int = 10
   ramp: bool = True                   # penalties follow GMP's cubic target schedule
   exact_final_steps: int = 200
+  pattern: str = "unstructured"       # "N:M" (sparsities must be 1 - N/M) or blocks "RxC"
+  dst_end: float = 0.75               # RigL/SET: the last mask update at this fraction of the run
+  drop_fraction: float = 0.3          # RigL/SET: initial fraction of each layer's kept weights moved
   progress: bool = True
 
 
@@ -119,15 +141,37 @@ def make_tx(method: str, sparsity: float, num_weights: int, steps: int, config: 
   schedule = optax.cosine_decay_schedule(config.learning_rate, steps, alpha=0.02)
   optimizer = optax.sgd(schedule, momentum=config.momentum)
   target = int(round((1.0 - sparsity) * num_weights))
+  pattern = config.pattern
+  if pattern != "unstructured" and method not in PATTERN_METHODS:
+    raise ValueError(f"method {method!r} has no pattern option; with --pattern use {list(PATTERN_METHODS)}.")
+  fits = patterns.fitting(pattern)  # N:M leaves a layer dense whose input axis M does not divide
+  window = dict(begin_step=int(config.gmp_begin * steps), end_step=int(config.gmp_end * steps))
   if method == "dense":
     return optimizer
   if method == "gmp":
     return optax.chain(optimizer, pruning.gradual_magnitude_pruning(
-        sparsity, int(config.gmp_begin * steps), int(config.gmp_end * steps), config.gmp_frequency))
+        sparsity, int(config.gmp_begin * steps), int(config.gmp_end * steps), config.gmp_frequency,
+        mask=fits, pattern=pattern, distribution=None if pattern == "unstructured" else "global"))
   if method == "one_shot":
-    return pruning.sparsify_then_retrain(
-        optimizer, optax.sgd(schedule, momentum=config.momentum), int(config.one_shot_at * steps),
-        support_fn=lambda params: pruning.one_shot_magnitude_mask(params, sparsity))
+    if pattern == "unstructured":
+      support = lambda params: pruning.one_shot_magnitude_mask(params, sparsity)  # noqa: E731
+    else:
+      support = lambda params: pruning.one_shot_mask(params, sparsity, pattern=pattern, mask=fits)  # noqa: E731
+    return pruning.sparsify_then_retrain(optimizer, optax.sgd(schedule, momentum=config.momentum),
+                                         int(config.one_shot_at * steps), support_fn=support)
+  if method in ("rigl", "set"):
+    make = dst.rigl if method == "rigl" else dst.sparse_evolutionary
+    return make(optimizer, sparsity, end_step=max(1, int(config.dst_end * steps)), update_every=config.gmp_frequency,
+                initial_drop_fraction=config.drop_fraction)
+  if method == "ac_dc":
+    return dst.ac_dc(optimizer, sparsity, total_steps=steps, pattern=pattern, mask=fits)
+  if method in ("ste", "sr_ste"):
+    return ste.magnitude_ste(optimizer, sparsity, pattern=pattern, mask=fits,
+                             masked_decay=2e-4 if method == "sr_ste" else 0.0, **window)
+  if method == "st3":
+    return ste.soft_threshold_ste(optimizer, sparsity, **window)
+  if method == "prox_ste-scad":
+    return ste.prox_ste(optimizer, "scad", sparsity, **window)
   if method == "random":
     if random_mask is None:
       raise ValueError("random needs a mask (with the per-layer densities of the GMP run).")
@@ -135,6 +179,8 @@ def make_tx(method: str, sparsity: float, num_weights: int, steps: int, config: 
   if method in PENALTIES:  # the library's schedule for a run of known length
     return optax.chain(optimizer, controller.nnz_controller(method, target, schedule, total_steps=steps,
                                                            **PENALTIES[method]))
+  if method.endswith("-auto") and method[:-len("-auto")] in AUTO and pattern != "unstructured":
+    return optax.chain(optimizer, pattern_prox.nm_proximal(method[:-len("-auto")], pattern, total_steps=steps, mask=fits))
   if method.endswith("-auto") and method[:-len("-auto")] in AUTO:
     return optax.chain(optimizer, controller.nnz_controller(method[:-len("-auto")], target, schedule,
                                                            total_steps=steps))
@@ -329,8 +375,15 @@ def small_config_args() -> list[str]:
   """The fast small config that the test suite and the notebooks run (add ``--workdir``)."""
   return ["--dataset", "digits", "--seeds", "0", "--epochs", "3", "--batch-size", "32", "--sparsities", "0.9",
           "--methods", "dense", "gmp", "one_shot", "random", "l1", "integrated_tl1", "tl1-norefit", "tl1+retrain",
-          "tl1-auto",
+          "tl1-auto", "rigl", "set", "ac_dc", "ste", "st3", "prox_ste-scad",
           "--exact-final-steps", "30", "--gmp-frequency", "10", "--no-progress"]
+
+
+def small_pattern_args(pattern: str = "2:4", sparsity: str = "0.5") -> list[str]:
+  """The fast small config with an N:M pattern (add ``--workdir``)."""
+  return ["--dataset", "digits", "--seeds", "0", "--epochs", "3", "--batch-size", "32", "--sparsities", sparsity,
+          "--pattern", pattern, "--methods", "dense", "gmp", "one_shot", "ac_dc", "ste", "sr_ste", "scad-auto",
+          "--gmp-frequency", "10", "--no-progress"]
 
 
 def main(argv=None) -> dict:
@@ -345,7 +398,11 @@ def main(argv=None) -> dict:
   reduced = bool(config.train_examples) or config.epochs < Config.epochs
   if config.train_examples:
     train_xy = (train_xy[0][:config.train_examples], train_xy[1][:config.train_examples])
-  out_dir = os.path.join(workdir, f"{config.dataset}_{config.model}")
+  pattern = patterns.parse_pattern(config.pattern)
+  suffix = "" if pattern.kind == "unstructured" else "_" + str(pattern).replace(":", "of")
+  for s in config.sparsities:
+    patterns.check_sparsity(s, pattern, "sparsities")
+  out_dir = os.path.join(workdir, f"{config.dataset}_{config.model}{suffix}")
   os.makedirs(out_dir, exist_ok=True)
   results_path = os.path.join(out_dir, "results.json")
   rows = []

@@ -40,7 +40,7 @@ from typing import Any
 
 import optax
 
-from sparsejax import _hyper, controller, transforms
+from sparsejax import _hyper, controller, pattern_prox, patterns, transforms
 from sparsejax import registry as _registry
 
 __all__ = ["sgd", "adam", "adamw"]
@@ -48,9 +48,18 @@ __all__ = ["sgd", "adam", "adamw"]
 
 def _with_penalty(inner: optax.GradientTransformation, learning_rate: optax.ScalarOrSchedule,
                   penalty: str | Callable[..., Any] | None, strength: Any, sparsity: Any, total_steps: Any,
-                  mask: Any, penalty_kwargs: dict[str, Any]) -> optax.GradientTransformation:
+                  mask: Any, penalty_kwargs: dict[str, Any], pattern: str = "unstructured") -> optax.GradientTransformation:
   """`inner` chained with the proximal step of `penalty`: at a fixed `strength`, or at the controller's for `sparsity`."""
   penalty_kwargs = _hyper.shape_kwargs(penalty_kwargs, "penalty_kwargs")
+  if patterns.parse_pattern(pattern).kind != "unstructured":
+    if (patterns.parse_pattern(pattern).kind != "n:m" or not isinstance(penalty, str) or strength is not None
+        or total_steps is None):
+      raise ValueError(f"pattern={pattern!r} needs an 'N:M' pattern with a penalty name, sparsity=1 - N/M (or None) "
+                       "and total_steps (the N:M regulariser, `pattern_prox.nm_proximal`); got "
+                       f"penalty={penalty!r}, strength={strength!r}, total_steps={total_steps!r}.")
+    patterns.check_sparsity(0.0 if sparsity is None else sparsity, pattern)
+    return optax.chain(inner, pattern_prox.nm_proximal(penalty, pattern, total_steps=total_steps, mask=mask,
+                                                       **penalty_kwargs))
   if penalty is None:
     if penalty_kwargs or strength is not None or sparsity is not None:
       given = sorted(penalty_kwargs) + [n for n, v in (("strength", strength), ("sparsity", sparsity)) if v is not None]
@@ -83,7 +92,10 @@ _COMMON_ARGS = """    penalty: a registered penalty name ("l1", "tl1", "scad", "
       kept weights unless given. Give this or `strength`.
     total_steps: with `sparsity`, the run's number of optimizer steps: switches on the
       controller's schedule (target ramp, exact phase, refit), so the run ends exactly
-      on the target. Recommended; without it the count wanders around the target."""
+      on the target. Recommended; without it the count wanders around the target.
+    pattern: "unstructured" (default) or "N:M" (e.g. "2:4", with sparsity = 1 - N/M and
+      total_steps): the run ends with N of every M consecutive input weights kept, the
+      penalty's prox at the per-group strength that keeps them (`pattern_prox.nm_proximal`)."""
 
 
 def sgd(
@@ -93,6 +105,7 @@ def sgd(
     strength: Any = None,
     sparsity: float | None = None,
     total_steps: int | None = None,
+    pattern: str = "unstructured",
     momentum: float | None = None,
     nesterov: bool = False,
     mask: Any = "weights_only",
@@ -112,7 +125,7 @@ def sgd(
     An optax `GradientTransformation`; `update` needs `params`.
   """
   return _with_penalty(optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov), learning_rate, penalty,
-                       strength, sparsity, total_steps, mask, penalty_kwargs)
+                       strength, sparsity, total_steps, mask, penalty_kwargs, pattern)
 
 
 def adam(
@@ -122,6 +135,7 @@ def adam(
     strength: Any = None,
     sparsity: float | None = None,
     total_steps: int | None = None,
+    pattern: str = "unstructured",
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
@@ -141,7 +155,7 @@ def adam(
     An optax `GradientTransformation`; `update` needs `params`.
   """
   return _with_penalty(optax.adam(learning_rate, b1=b1, b2=b2, eps=eps), learning_rate, penalty, strength, sparsity,
-                       total_steps, mask, penalty_kwargs)
+                       total_steps, mask, penalty_kwargs, pattern)
 
 
 def adamw(
@@ -151,6 +165,7 @@ def adamw(
     strength: Any = None,
     sparsity: float | None = None,
     total_steps: int | None = None,
+    pattern: str = "unstructured",
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
@@ -175,7 +190,7 @@ def adamw(
   """
   return _with_penalty(
       optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=weight_decay_mask),
-      learning_rate, penalty, strength, sparsity, total_steps, mask, penalty_kwargs)
+      learning_rate, penalty, strength, sparsity, total_steps, mask, penalty_kwargs, pattern)
 
 
 _ADAM_ARGS = """    b1: Adam's first-moment decay.

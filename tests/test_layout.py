@@ -24,7 +24,8 @@ PACKAGE = ROOT / "sparsejax"
 
 LAYERS = {
     "core": {"_checks", "_example_keys", "_hyper", "_numerics", "registry", "penalties", "prox", "masking", "transforms", "rvsm",
-             "magnitudes", "patterns", "pruning", "dst", "ste", "controller", "selection", "optimizers", "activity", "lses", "records"},
+             "magnitudes", "patterns", "pattern_prox", "pruning", "dst", "ste",
+             "controller", "selection", "optimizers", "activity", "lses", "records"},
     "data": {"data"},
     "models": {"models"},
     "analysis": {"metrics", "compaction", "sample_quality", "structure"},

@@ -405,3 +405,78 @@ def test_rigl_trains_a_model_end_to_end_with_fit(tmp_path):
   kept = sum(int((np.asarray(k) != 0).sum()) for k in kernels)
   assert kept <= round(0.1 * sum(k.size for k in kernels))
   assert result.history[-1]["eval_accuracy"] > 0.8
+
+
+def test_frontier_n_of_m_small_config(tmp_path):
+  from experiments import frontier
+  args = ["--dataset", "digits", "--seeds", "0", "--epochs", "2", "--batch-size", "32", "--sparsities", "0.5",
+          "--pattern", "2:4", "--methods", "gmp", "ste", "scad-auto", "--gmp-frequency", "10", "--no-progress"]
+  out = frontier.main(["--workdir", str(tmp_path)] + args)
+  assert {r["method"] for r in out["runs"]} == {"gmp", "ste", "scad-auto"}
+  for run in out["runs"]:
+    assert run["sparsity"] == pytest.approx(0.5, abs=1e-9) and run["accuracy"] > 0.5
+  assert (tmp_path / "digits_mlp_2of4" / "table.md").exists()
+  with pytest.raises(ValueError, match="disagrees with pattern"):
+    frontier.main(["--workdir", str(tmp_path), "--pattern", "2:4", "--sparsities", "0.9", "--methods", "gmp"])
+  with pytest.raises(ValueError, match="has no pattern option"):
+    frontier.make_tx("rigl", 0.5, 100, 10, frontier.Config(pattern="2:4"))
+
+
+# ------------------------------------------------------------- the N:M regulariser
+
+
+@pytest.mark.parametrize("penalty", ["l1", "scad", "mcp", "tl1"])
+def test_group_prox_keeps_n_of_m_at_the_groups_own_strength(penalty):
+  from sparsejax import pattern_prox
+  rng = np.random.default_rng(11)
+  v = jnp.asarray(rng.normal(size=(16, 6)), jnp.float32)
+  out = np.asarray(pattern_prox.group_prox(v, 2, 4, penalty, **({"lam": 0.5} if penalty in ("scad", "mcp") else
+                                                                 {"a": 0.5} if penalty == "tl1" else {})))
+  groups_v = np.asarray(v).reshape(4, 4, 6)
+  groups = out.reshape(4, 4, 6)
+  assert ((groups != 0).sum(1) == 2).all()
+  record = registry.get(penalty)
+  shape = {"lam": 0.5} if penalty in ("scad", "mcp") else {"a": 0.5} if penalty == "tl1" else {}
+  for g in range(4):
+    for col in range(6):
+      vals = groups_v[g, :, col]
+      order = np.argsort(-np.abs(vals))
+      cut = np.abs(vals[order[2]])
+      # the strength tau with T(tau) = cut (bisection in float64 on the host)
+      lo, hi = 1e-12, 1e3
+      for _ in range(200):
+        mid = np.sqrt(lo * hi)
+        lo, hi = (mid, hi) if float(record.threshold(mid, **shape)) < cut else (lo, mid)
+      expected = np.asarray(record.prox(jnp.asarray(vals[order[:2]]), hi, **shape))
+      np.testing.assert_allclose(groups[g, order[:2], col], expected, rtol=1e-4, atol=1e-5)
+      assert (groups[g, order[2:], col] == 0).all()
+  np.testing.assert_array_equal(np.asarray(pattern_prox.group_prox(v, 4, 4, penalty, **shape)), np.asarray(v))
+
+
+def test_nm_regulariser_ends_exactly_n_of_m_and_refits_without_shrinkage():
+  from sparsejax import optimizers
+  params = _params(12)
+  tx = optimizers.sgd(0.05, penalty="scad", sparsity=0.75, pattern="1:4", total_steps=20)
+  seen = []
+
+  def check(t, p, state, old):
+    kernels = [np.asarray(k) for k in _kernels(p)]
+    per_group = [(k != 0).reshape(-1, 4, k.shape[-1]).sum(1) for k in kernels]
+    seen.append(max(int(g.max()) for g in per_group))
+    if t >= 5:  # the ramp (steps 2..10) has reached 1 of 4 by step 10; the prox holds it until the refit at 12
+      assert all(g.max() <= (1 if t >= 10 else 4) for g in per_group)
+
+  params_final, state = _run(tx, params, 20, check)
+  assert seen[0] == 4 and seen[-1] == 1
+  mask = state[1].mask
+  # refit: the frozen 1:4 support, kept weights move by the plain SGD step (no shrinkage)
+  p19, _ = _run(tx, params, 19)
+  step = tx.update(_grads(p19, 19), _run(tx, params, 19)[1], p19)[0]
+  for w, u, g, m in zip(_kernels(p19), _kernels(step), _kernels(_grads(p19, 19)), _kernels(mask)):
+    m = np.asarray(m)
+    np.testing.assert_allclose(np.asarray(u)[m], -0.05 * np.asarray(g)[m], rtol=1e-5, atol=1e-7)
+    assert (np.asarray(w)[~m] == 0).all()
+  with pytest.raises(ValueError, match="needs an 'N:M' pattern"):
+    optimizers.sgd(0.1, penalty="scad", sparsity=0.5, pattern="2:4")  # no total_steps
+  with pytest.raises(ValueError, match="disagrees with pattern"):
+    optimizers.sgd(0.1, penalty="scad", sparsity=0.9, pattern="2:4", total_steps=10)
