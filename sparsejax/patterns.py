@@ -128,7 +128,9 @@ def check_sparsity(sparsity: float, pattern: str | Pattern, name: str = "sparsit
   _checks.check_range(name, sparsity, lower=0.0, upper=1.0, upper_inclusive=False)
   fixed = pattern_density(pattern)
   if fixed is None:
-    return float(sparsity)
+    return float(sparsity) if _checks.is_concrete(sparsity) else sparsity
+  if not _checks.is_concrete(sparsity):
+    return 1.0 - fixed
   if float(sparsity) != 0.0 and abs(float(sparsity) - (1.0 - fixed)) > 1e-6:
     raise ValueError(f"{name}={sparsity!r} disagrees with pattern {str(parse_pattern(pattern))!r}, which keeps "
                      f"{fixed:g} of the weights; allowed: {name}={1.0 - fixed:g} (or 0 to let the pattern decide).")
@@ -181,7 +183,10 @@ def layer_sparsities(params: Any, sparsity: float, distribution: str = "uniform"
   if distribution == "global":
     return jax.tree.unflatten(treedef, [None] * len(leaves))
   if distribution == "uniform":
-    return jax.tree.unflatten(treedef, [float(sparsity) if c else None for c in chosen])
+    return jax.tree.unflatten(treedef, [sparsity if c else None for c in chosen])
+  if not _checks.is_concrete(sparsity):
+    raise ValueError("distribution='erk' needs a concrete sparsity (its layer densities are solved on the host); "
+                     "under optax.inject_hyperparams pass the sparsity in static_args.")
   shapes = [tuple(int(d) for d in np.shape(leaf)) for leaf, c in zip(leaves, chosen) if c]
   densities = iter(_erk_densities(shapes, 1.0 - float(sparsity)))
   return jax.tree.unflatten(treedef, [1.0 - next(densities) if c else None for c in chosen])

@@ -308,7 +308,8 @@ def gradual_magnitude_pruning(
   def new_patterned_mask(proposal_leaves, mask_leaves_now, treedef, sparsity):
     scores = [jnp.where(m, jnp.abs(p), -jnp.inf) for p, m in zip(proposal_leaves, mask_leaves_now)]
     scores_tree = jax.tree.unflatten(treedef, scores)
-    fraction = sparsity / target_sparsity if target_sparsity > 0 else 0.0
+    target = jnp.asarray(target_sparsity, jnp.float32)  # an array under optax.inject_hyperparams
+    fraction = jnp.where(target > 0, sparsity / jnp.maximum(target, 1e-12), 0.0)
     kept = patterns.select(scores_tree, target_sparsity, pattern=pattern, distribution=distribution,
                            mask=_leaf_mask(mask), fraction=fraction)
     return [k & m for k, m in zip(treedef.flatten_up_to(kept), mask_leaves_now)]

@@ -9,7 +9,7 @@ import optax
 import pytest
 from flax import nnx
 
-from sparsejax import dst, patterns, pruning, registry, ste
+from sparsejax import dst, pattern_prox, patterns, pruning, registry, ste
 
 
 def _params(seed=0):
@@ -239,12 +239,16 @@ def test_dynamic_sparse_masks_gradients_before_the_optimizer():
     assert (np.asarray(moment)[~np.asarray(m)] == 0).all()
 
 
-def test_dst_and_ac_dc_resume_bit_identically():
+def test_every_new_transform_resumes_bit_identically():
   params = _params(5)
   for tx in (dst.rigl(optax.sgd(0.05, momentum=0.9), 0.8, end_step=12, update_every=3),
              dst.sparse_evolutionary(optax.adam(1e-2), 0.8, end_step=12, update_every=3),
              dst.ac_dc(optax.sgd(0.05), 0.7, total_steps=12, reset_optimizer=True),
-             ste.prox_ste(optax.sgd(0.05, momentum=0.9), "scad", 0.8, end_step=8)):
+             ste.prox_ste(optax.sgd(0.05, momentum=0.9), "scad", 0.8, end_step=8),
+             ste.magnitude_ste(optax.adam(1e-2), 0.5, end_step=8, pattern="2:4", masked_decay=2e-4),
+             ste.soft_threshold_ste(optax.sgd(0.05), 0.8, end_step=8, distribution="erk"),
+             optax.chain(optax.sgd(0.05, momentum=0.9), pruning.gradual_magnitude_pruning(0.5, 2, 8, 2, pattern="2:4")),
+             optax.chain(optax.sgd(0.05), pattern_prox.nm_proximal("mcp", "1:4", total_steps=12))):
     straight, _ = _run(tx, params, 12)
     step = jax.jit(lambda p, s, g, tx=tx: tx.update(g, s, p))
     p, state = params, tx.init(params)
@@ -480,3 +484,31 @@ def test_nm_regulariser_ends_exactly_n_of_m_and_refits_without_shrinkage():
     optimizers.sgd(0.1, penalty="scad", sparsity=0.5, pattern="2:4")  # no total_steps
   with pytest.raises(ValueError, match="disagrees with pattern"):
     optimizers.sgd(0.1, penalty="scad", sparsity=0.9, pattern="2:4", total_steps=10)
+
+
+@pytest.mark.parametrize("kwargs", [dict(pattern="2:4"), dict(pattern="2x2", distribution="uniform"),
+                                    dict(distribution="global")], ids=["2:4", "2x2-uniform", "global"])
+def test_patterned_gmp_under_inject_hyperparams(kwargs):
+  params = {"k": jnp.arange(1.0, 33.0).reshape(8, 4)}
+  tx = optax.inject_hyperparams(pruning.gradual_magnitude_pruning)(0.5, 0, 4, 1, **kwargs)
+  state = tx.init(params)
+  step = jax.jit(lambda p, s: tx.update(jax.tree.map(jnp.zeros_like, p), s, p))
+  for _ in range(6):
+    updates, state = step(params, state)
+    params = optax.apply_updates(params, updates)
+  assert int((params["k"] != 0).sum()) == 16
+  with pytest.raises(ValueError, match="erk' needs a concrete sparsity"):
+    jax.jit(lambda s: patterns.layer_sparsities(params, s, "erk"))(0.5)
+
+
+def test_a_skipped_non_finite_step_leaves_masks_and_weights_alone():
+  params = _params(13)
+  tx = optax.apply_if_finite(dst.rigl(optax.sgd(0.05, momentum=0.9), 0.8, end_step=10, update_every=1), 3)
+  state = tx.init(params)
+  updates, state = tx.update(_grads(params, 0), state, params)
+  params = optax.apply_updates(params, updates)
+  bad = jax.tree.map(lambda g: g.at[(0,) * g.ndim].set(jnp.nan), _grads(params, 1))
+  updates, new_state = tx.update(bad, state, params)
+  assert all((np.asarray(u) == 0).all() for u in jax.tree.leaves(updates))
+  for a, b in zip(jax.tree.leaves(state.inner_state.mask), jax.tree.leaves(new_state.inner_state.mask)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
