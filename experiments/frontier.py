@@ -41,8 +41,11 @@ differs, and every sparse method ends at the target fraction of zero kernel weig
   ste, sr_ste      straight-through magnitude masking on GMP's cubic ramp and window;
                    sr_ste adds SR-STE's decay 2e-4 of the masked dense weights (`sparsejax.ste`)
   st3              ST-3: straight-through soft threshold at the k-th magnitude, rescaled
-  prox_ste-scad    prox-STE: the forward is SCAD's exact prox at the strength that keeps
-                   the target count, the gradient passes straight through
+  scad-ste         prox-STE, the one-line call `optimizers.sgd(lr, momentum=0.9,
+                   penalty="scad", sparsity=s, total_steps=T, straight_through=True)`:
+                   the params are SCAD's exact prox of dense weights at the strength that
+                   keeps the target count, rescaled to the kept weights' norm; the
+                   gradient passes straight through to the dense weights
   --pattern N:M    gmp, one_shot, ac_dc, ste, sr_ste (and dense) with N of every M weights
                    kept along each kernel's input axis (a layer M does not divide stays
                    dense); NAME-auto is then the N:M regulariser (the one-line call with
@@ -71,7 +74,22 @@ import optax
 from tqdm import tqdm
 
 from experiments import common
-from sparsejax import controller, data, dst, masking, metrics, pattern_prox, patterns, plotting, pruning, records, selection, ste, train
+from sparsejax import (
+  controller,
+  data,
+  dst,
+  masking,
+  metrics,
+  optimizers,
+  pattern_prox,
+  patterns,
+  plotting,
+  pruning,
+  records,
+  selection,
+  ste,
+  train,
+)
 from sparsejax.models import MLP, lenet5
 
 PENALTIES = {"l1": {}, "tl1": {"a": 0.02}, "log_sum": {"eps": 0.01}, "mcp": {"lam": 0.02, "gamma": 3.0}}
@@ -83,7 +101,7 @@ METHODS = ("dense", "gmp", "one_shot", "random", "l1", "tl1", "log_sum", "mcp", 
            "tl1-auto", "log_sum-auto", "mcp-auto", "scad-auto",
            "l1-norefit", "tl1-norefit", "log_sum-norefit", "mcp-norefit",
            "l1+retrain", "tl1+retrain", "log_sum+retrain", "mcp+retrain",
-           "rigl", "set", "ac_dc", "ste", "sr_ste", "st3", "prox_ste-scad")
+           "rigl", "set", "ac_dc", "ste", "sr_ste", "st3", "scad-ste")
 # The methods that take a sparsity pattern (--pattern "2:4", "4x4", ...); the others are unstructured only.
 PATTERN_METHODS = ("dense", "gmp", "one_shot", "ac_dc", "ste", "sr_ste", "scad-auto", "mcp-auto", "tl1-auto", "log_sum-auto")
 
@@ -170,8 +188,9 @@ def make_tx(method: str, sparsity: float, num_weights: int, steps: int, config: 
                              masked_decay=2e-4 if method == "sr_ste" else 0.0, **window)
   if method == "st3":
     return ste.soft_threshold_ste(optimizer, sparsity, **window)
-  if method == "prox_ste-scad":
-    return ste.prox_ste(optimizer, "scad", sparsity, **window)
+  if method == "scad-ste":  # the one-line call with straight_through=True, as a user writes it
+    return optimizers.sgd(schedule, momentum=config.momentum, penalty="scad", sparsity=sparsity, total_steps=steps,
+                          straight_through=True)
   if method == "random":
     if random_mask is None:
       raise ValueError("random needs a mask (with the per-layer densities of the GMP run).")
@@ -289,6 +308,21 @@ def _method_rows(config: Config, summary: list[dict], cell) -> list[str]:
   return rows
 
 
+def paired_difference(rows: list[dict], method: str, baseline: str, sparsity: float) -> tuple[list[float], int]:
+  """Accuracy differences method - baseline (points) per seed both ran at `sparsity`, and the seeds ahead."""
+  def by_seed(name):
+    return {int(r["seed"]): r["accuracy"] for r in rows
+            if r["method"] == name and abs(r["target_sparsity"] - sparsity) < 1e-12}
+  mine, theirs = by_seed(method), by_seed(baseline)
+  diffs = [100 * (mine[s] - theirs[s]) for s in sorted(set(mine) & set(theirs))]
+  return diffs, sum(d > 0 for d in diffs)
+
+
+def paired_cell(rows: list[dict], method: str, baseline: str, sparsity: float) -> str:
+  diffs, ahead = paired_difference(rows, method, baseline, sparsity)
+  return f"{np.mean(diffs):+.2f} ({ahead}/{len(diffs)})" if diffs else ""
+
+
 def _seeds_run(summary: list[dict], configured: int) -> str:
   """"N seed(s)", or the runs per method when methods ran on different numbers of seeds (a resumed run)."""
   runs: dict[int, list[str]] = {}
@@ -329,6 +363,10 @@ def write_outputs(config: Config, rows: list[dict], out_dir: str, reduced: bool,
     return f"**{text}**" if best.get(sparsity) == method else text
 
   lines += _method_rows(config, summary, accuracy_cell)
+  if "gmp" in config.methods:
+    lines += ["", "Paired difference to GMP (points, mean over the seeds both ran; in brackets: seeds ahead / seeds):",
+              "", "| " + " | ".join(header) + " |", "|---" + "|---:" * len(config.sparsities) + "|"]
+    lines += _method_rows(config, summary, lambda s, method, sparsity: paired_cell(rows, method, "gmp", sparsity))
   if flops_per_layer is not None:
     lines += ["", "FLOPs of the sparse kernels, % of dense (2 x nonzero weights x output positions per layer; "
               "mean over seeds):", "", "| " + " | ".join(header) + " |", "|---" + "|---:" * len(config.sparsities) + "|"]
@@ -375,7 +413,7 @@ def small_config_args() -> list[str]:
   """The fast small config that the test suite and the notebooks run (add ``--workdir``)."""
   return ["--dataset", "digits", "--seeds", "0", "--epochs", "3", "--batch-size", "32", "--sparsities", "0.9",
           "--methods", "dense", "gmp", "one_shot", "random", "l1", "integrated_tl1", "tl1-norefit", "tl1+retrain",
-          "tl1-auto", "rigl", "set", "ac_dc", "ste", "st3", "prox_ste-scad",
+          "tl1-auto", "rigl", "set", "ac_dc", "ste", "st3", "scad-ste",
           "--exact-final-steps", "30", "--gmp-frequency", "10", "--no-progress"]
 
 

@@ -40,7 +40,7 @@ from typing import Any
 
 import optax
 
-from sparsejax import _hyper, controller, pattern_prox, patterns, transforms
+from sparsejax import _hyper, controller, pattern_prox, patterns, ste, transforms
 from sparsejax import registry as _registry
 
 __all__ = ["sgd", "adam", "adamw"]
@@ -48,9 +48,17 @@ __all__ = ["sgd", "adam", "adamw"]
 
 def _with_penalty(inner: optax.GradientTransformation, learning_rate: optax.ScalarOrSchedule,
                   penalty: str | Callable[..., Any] | None, strength: Any, sparsity: Any, total_steps: Any,
-                  mask: Any, penalty_kwargs: dict[str, Any], pattern: str = "unstructured") -> optax.GradientTransformation:
+                  mask: Any, penalty_kwargs: dict[str, Any], pattern: str = "unstructured",
+                  straight_through: bool = False) -> optax.GradientTransformation:
   """`inner` chained with the proximal step of `penalty`: at a fixed `strength`, or at the controller's for `sparsity`."""
   penalty_kwargs = _hyper.shape_kwargs(penalty_kwargs, "penalty_kwargs")
+  if straight_through:
+    if (not isinstance(penalty, str) or sparsity is None or strength is not None or total_steps is None
+        or patterns.parse_pattern(pattern).kind != "unstructured"):
+      raise ValueError("straight_through=True needs a penalty name, sparsity=..., total_steps=... and no strength or "
+                       f"pattern (`ste.for_run`); got penalty={penalty!r}, strength={strength!r}, sparsity={sparsity!r}, "
+                       f"total_steps={total_steps!r}, pattern={pattern!r}.")
+    return ste.for_run(inner, penalty, sparsity, total_steps, mask=mask, **penalty_kwargs)
   if patterns.parse_pattern(pattern).kind != "unstructured":
     if (patterns.parse_pattern(pattern).kind != "n:m" or not isinstance(penalty, str) or strength is not None
         or total_steps is None):
@@ -95,7 +103,13 @@ _COMMON_ARGS = """    penalty: a registered penalty name ("l1", "tl1", "scad", "
       on the target. Recommended; without it the count wanders around the target.
     pattern: "unstructured" (default) or "N:M" (e.g. "2:4", with sparsity = 1 - N/M and
       total_steps): the run ends with N of every M consecutive input weights kept, the
-      penalty's prox at the per-group strength that keeps them (`pattern_prox.nm_proximal`)."""
+      penalty's prox at the per-group strength that keeps them (`pattern_prox.nm_proximal`).
+    straight_through: with `sparsity` and `total_steps`: prox-STE (`ste.for_run`). The
+      optimizer updates dense weights kept in its state, the params are the penalty's
+      exact prox of them at the strength that keeps exactly the target count (rescaled to
+      the kept weights' norm), and the gradient at the params passes straight through.
+      The target follows the cubic ramp over [0.1 T, 0.6 T]. On the frontier this is the
+      most accurate call from 90 % up (docs/sparse_training.md)."""
 
 
 def sgd(
@@ -106,6 +120,7 @@ def sgd(
     sparsity: float | None = None,
     total_steps: int | None = None,
     pattern: str = "unstructured",
+    straight_through: bool = False,
     momentum: float | None = None,
     nesterov: bool = False,
     mask: Any = "weights_only",
@@ -125,7 +140,7 @@ def sgd(
     An optax `GradientTransformation`; `update` needs `params`.
   """
   return _with_penalty(optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov), learning_rate, penalty,
-                       strength, sparsity, total_steps, mask, penalty_kwargs, pattern)
+                       strength, sparsity, total_steps, mask, penalty_kwargs, pattern, straight_through)
 
 
 def adam(
@@ -136,6 +151,7 @@ def adam(
     sparsity: float | None = None,
     total_steps: int | None = None,
     pattern: str = "unstructured",
+    straight_through: bool = False,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
@@ -155,7 +171,7 @@ def adam(
     An optax `GradientTransformation`; `update` needs `params`.
   """
   return _with_penalty(optax.adam(learning_rate, b1=b1, b2=b2, eps=eps), learning_rate, penalty, strength, sparsity,
-                       total_steps, mask, penalty_kwargs, pattern)
+                       total_steps, mask, penalty_kwargs, pattern, straight_through)
 
 
 def adamw(
@@ -166,6 +182,7 @@ def adamw(
     sparsity: float | None = None,
     total_steps: int | None = None,
     pattern: str = "unstructured",
+    straight_through: bool = False,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
@@ -190,7 +207,7 @@ def adamw(
   """
   return _with_penalty(
       optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=weight_decay_mask),
-      learning_rate, penalty, strength, sparsity, total_steps, mask, penalty_kwargs, pattern)
+      learning_rate, penalty, strength, sparsity, total_steps, mask, penalty_kwargs, pattern, straight_through)
 
 
 _ADAM_ARGS = """    b1: Adam's first-moment decay.

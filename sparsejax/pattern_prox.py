@@ -86,7 +86,7 @@ def _group_prox(v: jax.Array, keep: chex.Numeric, m: int, prox: Callable[..., An
   cut = jnp.take_along_axis(descending, jnp.broadcast_to(jnp.minimum(keep, m - 1), mags.shape[:-1])[..., None],
                             axis=-1)[..., 0]
   count = jnp.maximum(jnp.sum(kept), 1).astype(jnp.float32)
-  scale = jnp.sum(jnp.where(kept, mags, 0.0)) / count
+  scale = jnp.maximum(jnp.sum(jnp.where(kept, mags, 0.0)) / count, jnp.finfo(jnp.float32).tiny)
   step_shape = {**fixed_shape, **{name: factor * scale for name, factor in relative.items()}}
   log_tau = _numerics.bisect_increasing(lambda mid: threshold(jnp.exp(mid), **step_shape), cut,
                                         jnp.full(cut.shape, -60.0, jnp.float32), jnp.full(cut.shape, 20.0, jnp.float32),

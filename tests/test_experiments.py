@@ -142,10 +142,10 @@ def test_frontier_small_config_matches_sparsity_exactly_and_resumes(small_run):
   args = ["--workdir", str(tmp_path)] + frontier.small_config_args()
   runs = {r["method"]: r for r in out["runs"]}
   assert set(runs) == {"dense", "gmp", "one_shot", "random", "l1", "integrated_tl1", "tl1-norefit", "tl1+retrain",
-                       "tl1-auto", "rigl", "set", "ac_dc", "ste", "st3", "prox_ste-scad"}
+                       "tl1-auto", "rigl", "set", "ac_dc", "ste", "st3", "scad-ste"}
   assert runs["dense"]["sparsity"] < 0.01
   for method in ("gmp", "one_shot", "random", "l1", "integrated_tl1", "tl1-norefit", "tl1+retrain", "tl1-auto",
-                 "rigl", "ac_dc", "ste", "st3", "prox_ste-scad"):
+                 "rigl", "ac_dc", "ste", "st3", "scad-ste"):
     assert abs(runs[method]["sparsity"] - 0.9) <= 0.01 * 0.1, (method, runs[method]["sparsity"])  # +-1% of the count
   # SET's mask count is exact; a weight it grows from an always-zero pixel stays 0, so it may have more zeros
   assert 0.9 - 1e-3 <= runs["set"]["sparsity"] < 0.95

@@ -327,10 +327,11 @@ def test_ste_applies_the_gradient_at_the_sparse_point_to_the_dense_weights(make,
   assert sum(int((np.asarray(w) != 0).sum()) for w in _kernels(p)) == kept
 
 
+@pytest.mark.parametrize("shape_scale", ["cut", "mean"])
 @pytest.mark.parametrize("penalty", ["scad", "mcp", "tl1", "log_sum", "l1", "l0"])
-def test_prox_ste_forward_is_the_prox_at_the_count_keeping_strength(penalty):
+def test_prox_ste_forward_is_the_prox_at_the_count_keeping_strength(penalty, shape_scale):
   params = _params(9)
-  tx = ste.prox_ste(optax.sgd(0.0), penalty, 0.9, end_step=0)
+  tx = ste.prox_ste(optax.sgd(0.0), penalty, 0.9, end_step=0, shape_scale=shape_scale, rescale=False)
   state = tx.init(params)
   updates, state = tx.update(jax.tree.map(jnp.zeros_like, params), state, params)
   forward = optax.apply_updates(params, updates)
@@ -350,6 +351,26 @@ def test_prox_ste_forward_is_the_prox_at_the_count_keeping_strength(penalty):
   if penalty == "l0":
     np.testing.assert_array_equal(out[order[:keep]], kept_w)
   assert record.threshold is not None
+  if penalty == "scad" and shape_scale == "cut":
+    # lam = the cut at tau = 1: soft threshold by the cut up to twice it, identity beyond a * cut
+    cut = np.abs(dense[order[keep]])
+    small = np.abs(kept_w) <= 2 * cut
+    np.testing.assert_allclose(out[order[:keep]][small], np.sign(kept_w[small]) * (np.abs(kept_w[small]) - cut),
+                               rtol=1e-4, atol=1e-5)
+    large = np.abs(kept_w) > 3.7 * cut
+    np.testing.assert_allclose(out[order[:keep]][large], kept_w[large], rtol=1e-6)
+  # rescaled (the default): the same support, each leaf scaled to its kept dense weights' L2 norm
+  tx = ste.prox_ste(optax.sgd(0.0), penalty, 0.9, end_step=0, shape_scale=shape_scale)
+  updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+  rescaled = optax.apply_updates(params, updates)
+  for w, plain, scaled in zip(_kernels(params), _kernels(forward), _kernels(rescaled)):
+    w, plain, scaled = np.asarray(w), np.asarray(plain), np.asarray(scaled)
+    np.testing.assert_array_equal(scaled != 0, plain != 0)
+    if (plain != 0).any():
+      assert np.linalg.norm(scaled) == pytest.approx(np.linalg.norm(w[plain != 0]), rel=1e-5)
+      np.testing.assert_allclose(scaled, plain * (np.linalg.norm(scaled) / np.linalg.norm(plain)), rtol=1e-4, atol=1e-7)
+  with pytest.raises(ValueError, match="shape_scale must be"):
+    ste.prox_ste(optax.sgd(0.1), "scad", 0.9, end_step=0, shape_scale="median")
   with pytest.raises(ValueError, match="no scalar zero threshold"):
     ste.prox_ste(optax.sgd(0.1), "exclusive", 0.9, end_step=0)
 
@@ -419,7 +440,12 @@ def test_frontier_n_of_m_small_config(tmp_path):
   assert {r["method"] for r in out["runs"]} == {"gmp", "ste", "scad-auto"}
   for run in out["runs"]:
     assert run["sparsity"] == pytest.approx(0.5, abs=1e-9) and run["accuracy"] > 0.5
-  assert (tmp_path / "digits_mlp_2of4" / "table.md").exists()
+  table = (tmp_path / "digits_mlp_2of4" / "table.md").read_text()
+  assert "Paired difference to GMP" in table
+  rows = out["runs"]
+  diffs, ahead = frontier.paired_difference(rows, "ste", "gmp", 0.5)
+  by = {r["method"]: r["accuracy"] for r in rows}
+  assert diffs == [pytest.approx(100 * (by["ste"] - by["gmp"]))] and ahead == int(by["ste"] > by["gmp"])
   with pytest.raises(ValueError, match="disagrees with pattern"):
     frontier.main(["--workdir", str(tmp_path), "--pattern", "2:4", "--sparsities", "0.9", "--methods", "gmp"])
   with pytest.raises(ValueError, match="has no pattern option"):
@@ -512,3 +538,21 @@ def test_a_skipped_non_finite_step_leaves_masks_and_weights_alone():
   assert all((np.asarray(u) == 0).all() for u in jax.tree.leaves(updates))
   for a, b in zip(jax.tree.leaves(state.inner_state.mask), jax.tree.leaves(new_state.inner_state.mask)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_one_line_straight_through_call():
+  from sparsejax import optimizers
+  params = _params(14)
+  x = jax.random.normal(jax.random.key(2), (8, 32))
+  tx = optimizers.sgd(0.05, momentum=0.9, penalty="scad", sparsity=0.9, total_steps=20, straight_through=True)
+  state = tx.init(params)
+  for _ in range(20):
+    grads = jax.grad(_loss)(params, x)
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+  assert sum(int((np.asarray(k) != 0).sum()) for k in _kernels(params)) == round(0.1 * 640)
+  dense = ste.dense_params(state)
+  assert sum(int((np.asarray(k) != 0).sum()) for k in _kernels(dense)) == 640  # the dense weights behind them
+  for bad in (dict(strength=0.1), dict(sparsity=0.9), dict(sparsity=0.5, total_steps=10, pattern="2:4")):
+    with pytest.raises(ValueError, match="straight_through=True needs"):
+      optimizers.sgd(0.1, penalty="scad", straight_through=True, **bad)
