@@ -40,7 +40,7 @@ from sparsejax import _checks, masking, patterns
 from sparsejax.magnitudes import kth_largest_magnitude
 
 __all__ = [
-    "cubic_sparsity", "MaskState", "gradual_magnitude_pruning", "fixed_mask",
+    "cubic_sparsity", "MaskState", "gradual_magnitude_pruning", "SaliencyPruningState", "gradual_saliency_pruning", "fixed_mask",
     "one_shot_magnitude_mask", "one_shot_mask", "SCORES", "random_mask", "support_mask", "apply_mask", "mask_density",
     "schedule_total_steps", "TwoPhaseState", "sparsify_then_retrain",
 ]
@@ -66,6 +66,7 @@ def cubic_sparsity(step: chex.Numeric, target_sparsity: float, begin_step: int, 
     _checks.check_int("end_step", end_step, int(begin_step), f"an int >= begin_step={int(begin_step)}")
   span = jnp.maximum(jnp.asarray(end_step - begin_step, jnp.float32), 1.0)
   progress = jnp.clip((jnp.asarray(step, jnp.float32) - begin_step) / span, 0.0, 1.0)
+  progress = jnp.where(jnp.asarray(step) >= end_step, 1.0, progress)  # begin_step == end_step: the target at once
   return target_sparsity + (initial_sparsity - target_sparsity) * (1.0 - progress) ** 3
 
 
@@ -284,6 +285,14 @@ def gradual_magnitude_pruning(
   Returns:
     An optax transform with state `MaskState` (the current mask is `state.mask`).
   """
+  init_fn, update_fn = _gradual_pruning(target_sparsity, begin_step, end_step, frequency, initial_sparsity, scope, mask,
+                                        pattern, distribution)
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _gradual_pruning(target_sparsity, begin_step, end_step, frequency, initial_sparsity, scope, mask, pattern,
+                     distribution):
+  """GMP's (init_fn, update_fn); update_fn(updates, state, params, score_leaves=None) ranks by |p + u| or by the scores."""
   _checks.check_range("target_sparsity", target_sparsity, lower=0.0, upper=1.0, upper_inclusive=False)
   _checks.check_range("initial_sparsity", initial_sparsity, lower=0.0, upper=target_sparsity)
   _checks.check_int("begin_step", begin_step, 0)
@@ -305,8 +314,8 @@ def gradual_magnitude_pruning(
     return MaskState(jnp.zeros([], jnp.int32),
                      jax.tree.unflatten(jax.tree.structure(params), [jnp.ones(jnp.shape(l), bool) for l in leaves]))
 
-  def new_patterned_mask(proposal_leaves, mask_leaves_now, treedef, sparsity):
-    scores = [jnp.where(m, jnp.abs(p), -jnp.inf) for p, m in zip(proposal_leaves, mask_leaves_now)]
+  def new_patterned_mask(score_leaves, mask_leaves_now, treedef, sparsity):
+    scores = [jnp.where(m, s, -jnp.inf) for s, m in zip(score_leaves, mask_leaves_now)]
     scores_tree = jax.tree.unflatten(treedef, scores)
     target = jnp.asarray(target_sparsity, jnp.float32)  # an array under optax.inject_hyperparams
     fraction = jnp.where(target > 0, sparsity / jnp.maximum(target, 1e-12), 0.0)
@@ -325,7 +334,7 @@ def gradual_magnitude_pruning(
     kept = iter(kept)
     return [(next(kept) & m) if c else m for m, c in zip(mask_leaves_now, chosen)]
 
-  def update_fn(updates, state, params=None):
+  def update_fn(updates, state, params=None, score_leaves=None):
     _checks.require_params(params, "gradual_magnitude_pruning")
     leaves_p, treedef = jax.tree.flatten(params)
     leaves_u = treedef.flatten_up_to(updates)
@@ -336,13 +345,71 @@ def gradual_magnitude_pruning(
     in_window = (t >= begin_step) & (t <= end_step)
     due = in_window & (((t - begin_step) % frequency == 0) | (t == end_step))
     sparsity = cubic_sparsity(t, target_sparsity, begin_step, end_step, initial_sparsity)
-    if patterned:
-      leaves_m = lax.cond(due, lambda: new_patterned_mask(proposal, leaves_m, treedef, sparsity), lambda: list(leaves_m))
+    if score_leaves is not None or patterned:
+      scores = [jnp.abs(p) for p in proposal] if score_leaves is None else score_leaves
+      leaves_m = lax.cond(due, lambda: new_patterned_mask(scores, leaves_m, treedef, sparsity), lambda: list(leaves_m))
     else:
       leaves_m = lax.cond(due, lambda: new_mask(proposal, leaves_m, chosen, sparsity), lambda: list(leaves_m))
     binary_mask = jax.tree.unflatten(treedef, leaves_m)
     return (_masked_updates(updates, params, binary_mask),
             MaskState(optax.safe_increment(state.count), binary_mask))
+
+  return init_fn, update_fn
+
+
+class SaliencyPruningState(NamedTuple):
+  """State of `gradual_saliency_pruning`: the optimizer's state and GMP's `MaskState`."""
+  inner_state: Any
+  mask_state: MaskState
+
+
+def gradual_saliency_pruning(
+    optimizer: optax.GradientTransformation,
+    target_sparsity: float,
+    begin_step: int,
+    end_step: int,
+    frequency: int = 100,
+    *,
+    initial_sparsity: float = 0.0,
+    pattern: str = "unstructured",
+    distribution: str = "global",
+    mask: Mask = None,
+) -> optax.GradientTransformation:
+  """GMP ranked by saliency ``|w * g|`` instead of ``|w|``, around `optimizer` (it takes raw gradients).
+
+  The same schedule, window, patterns, distributions and held mask as
+  `gradual_magnitude_pruning`; on the steps that update the mask the weights kept are
+  those with the largest first-order saliency ``|w_t * g_t|`` (the loss change of
+  removing w to first order, Molchanov et al. 2017; g_t this step's gradient) among the
+  weights still kept, with exact counts (`patterns.select`). The saliency needs the
+  gradient, which a transform chained after the optimizer does not see, so this one
+  wraps the optimizer.
+
+  Returns:
+    A `GradientTransformation` with state `SaliencyPruningState`.
+  """
+  _checks.check_range("target_sparsity", target_sparsity, lower=0.0, upper=1.0, upper_inclusive=False)
+  _checks.check_range("initial_sparsity", initial_sparsity, lower=0.0, upper=target_sparsity)
+  _checks.check_int("begin_step", begin_step, 0)
+  _checks.check_int("end_step", end_step, begin_step)
+  _checks.check_int("frequency", frequency, 1)
+  if patterns.pattern_density(pattern) is not None:
+    patterns.check_sparsity(target_sparsity, pattern, "target_sparsity")
+  if distribution not in patterns.DISTRIBUTIONS:
+    raise ValueError(f"distribution must be one of {list(patterns.DISTRIBUTIONS)}; got {distribution!r}.")
+  mask_init, mask_update = _gradual_pruning(target_sparsity, begin_step, end_step, frequency, initial_sparsity,
+                                            "global", mask, pattern, distribution)
+
+  def init_fn(params):
+    return SaliencyPruningState(optimizer.init(params), mask_init(params))
+
+  def update_fn(grads, state, params=None):
+    _checks.require_params(params, "gradual_saliency_pruning")
+    updates, inner_state = optimizer.update(grads, state.inner_state, params)
+    treedef: Any = jax.tree.structure(params)
+    scores = [jnp.abs(p * g) for p, g in zip(jax.tree.leaves(params), treedef.flatten_up_to(grads))]
+    updates, mask_state = mask_update(updates, state.mask_state, params, scores)
+    return updates, SaliencyPruningState(inner_state, mask_state)
 
   return optax.GradientTransformation(init_fn, update_fn)
 

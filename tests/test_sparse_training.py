@@ -556,3 +556,36 @@ def test_one_line_straight_through_call():
   for bad in (dict(strength=0.1), dict(sparsity=0.9), dict(sparsity=0.5, total_steps=10, pattern="2:4")):
     with pytest.raises(ValueError, match="straight_through=True needs"):
       optimizers.sgd(0.1, penalty="scad", straight_through=True, **bad)
+
+
+def test_gradual_saliency_pruning_keeps_the_most_salient_weights():
+  params = _params(15)
+  tx = pruning.gradual_saliency_pruning(optax.sgd(0.05), 0.75, 0, 0, 1)  # one update, at step 0
+  state = tx.init(params)
+  grads = _grads(params, 0)
+  updates, state = tx.update(grads, state, params)
+  new = optax.apply_updates(params, updates)
+  keep = [np.asarray(m) for m in _kernels(dst.current_mask(state))]
+  scores = np.concatenate([np.abs(np.asarray(w) * np.asarray(g)).ravel() for w, g in zip(_kernels(params), _kernels(grads))])
+  chosen = np.concatenate([k.ravel() for k in keep])
+  assert chosen.sum() == round(0.25 * 640) and scores[chosen].min() >= scores[~chosen].max()
+  for w, m in zip(_kernels(new), keep):
+    assert (np.asarray(w)[~m] == 0).all()
+  # and it ramps like GMP, holding exact counts, under jit
+  tx = pruning.gradual_saliency_pruning(optax.sgd(0.05, momentum=0.9), 0.5, 2, 10, 2, pattern="2:4")
+
+  def check(t, p, state, _):
+    kept = [int(np.asarray(m).sum()) for m in _kernels(dst.current_mask(state))]
+    if t >= 10:
+      assert kept == [256, 64]
+
+  _run(tx, params, 12, check)
+
+
+def test_gmp_with_an_empty_window_prunes_at_once():
+  # begin_step == end_step: the whole target at that step (it used to stay at the initial sparsity)
+  params = _params(16)
+  assert float(pruning.cubic_sparsity(3, 0.75, 3, 3)) == 0.75 and float(pruning.cubic_sparsity(2, 0.75, 3, 3)) == 0.0
+  tx = optax.chain(optax.sgd(0.01), pruning.gradual_magnitude_pruning(0.75, 3, 3, 1))
+  final, _ = _run(tx, params, 5)
+  assert sum(int((np.asarray(k) != 0).sum()) for k in _kernels(final)) == round(0.25 * 640)
