@@ -589,3 +589,24 @@ def test_gmp_with_an_empty_window_prunes_at_once():
   tx = optax.chain(optax.sgd(0.01), pruning.gradual_magnitude_pruning(0.75, 3, 3, 1))
   final, _ = _run(tx, params, 5)
   assert sum(int((np.asarray(k) != 0).sum()) for k in _kernels(final)) == round(0.25 * 640)
+
+
+@pytest.mark.parametrize("make", [
+    lambda steps: dst.rigl(optax.sgd(0.1, momentum=0.9), 0.9, end_step=steps, update_every=7),
+    lambda steps: ste.for_run(optax.sgd(0.1, momentum=0.9), "scad", 0.9, steps),
+], ids=["rigl", "prox-ste"])
+def test_fit_checkpoint_and_resume_is_bit_identical(make, tmp_path):
+  from sparsejax import data, train
+  from sparsejax.models import MLP
+  x, y = data.load("digits", "train")
+  x, y = x[:512], y[:512]
+  config = train.TrainConfig(epochs=3, batch_size=64, seed=0, progress=False, checkpoint_every_steps=5)
+  steps = pruning.schedule_total_steps(3, len(x), 64)
+  full = train.fit(MLP((32, 10)), make(steps), (x, y), None, config, str(tmp_path / "full"))
+  workdir = str(tmp_path / "resumed")
+  import dataclasses
+  train.fit(MLP((32, 10)), make(steps), (x, y), None, dataclasses.replace(config, epochs=2), workdir)
+  resumed = train.fit(MLP((32, 10)), make(steps), (x, y), None, config, workdir, resume=True)
+  for a, b in zip(jax.tree.leaves((full.state.params, full.state.opt_state)),
+                  jax.tree.leaves((resumed.state.params, resumed.state.opt_state))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
