@@ -51,6 +51,7 @@ differs, and every sparse method ends at the target fraction of zero kernel weig
                    dense); NAME-auto is then the N:M regulariser (the one-line call with
                    pattern="N:M": `pattern_prox.nm_proximal`); sparsities must be 1 - N/M;
                    results go to <dataset>_<model>_NofM
+  --epochs E       above the default 10, results go to <dataset>_<model>_<E>epochs
 
   python -m experiments.frontier [--dataset fashion_mnist] [--model mlp] [--sparsities 0.9 0.95 0.98 0.99]
       [--seeds 0 1 2] [--epochs 10] [--methods ...] [--workdir results/frontier]
@@ -438,6 +439,8 @@ def main(argv=None) -> dict:
     train_xy = (train_xy[0][:config.train_examples], train_xy[1][:config.train_examples])
   pattern = patterns.parse_pattern(config.pattern)
   suffix = "" if pattern.kind == "unstructured" else "_" + str(pattern).replace(":", "of")
+  if config.epochs > Config.epochs:  # a longer budget than the default: its own folder
+    suffix += f"_{config.epochs}epochs"
   for s in config.sparsities:
     patterns.check_sparsity(s, pattern, "sparsities")
   out_dir = os.path.join(workdir, f"{config.dataset}_{config.model}{suffix}")

@@ -84,7 +84,7 @@ def check_range(
       host = np.asarray(leaf)
     except TypeError:
       raise ValueError(f"{name} must be numeric, got {leaf!r}.") from None
-    if not (np.issubdtype(host.dtype, np.number) or host.dtype == np.bool_):
+    if not (np.issubdtype(host.dtype, np.number) or host.dtype == np.bool_ or jnp.issubdtype(host.dtype, jnp.floating)):
       raise ValueError(f"{name} must be numeric, got {leaf!r}.")
     if np.iscomplexobj(host):
       raise ValueError(f"{name} must be real, got a complex value {leaf!r}.")

@@ -7,7 +7,8 @@ leaves (kernels by default) in its state. Every step:
      and Adam moments of removed weights are not fed);
   2. the optimizer proposes p + u;
   3. on the steps that change the mask, the new mask is chosen from the proposal;
-  4. params_new = (p + u) * mask, and weights that enter the mask start at exactly 0.
+  4. params_new = (p + u) * mask, and weights that enter the mask start at exactly 0,
+     with their optimizer state (momentum, Adam moments) zeroed.
 
 So the kept weights are exactly the mask's and the count of kept weights is exact at
 every step (per layer for "uniform"/"erk", over all layers for "global"). The wrapped
@@ -29,7 +30,9 @@ end_step=...)`` replaces the optimizer in any training loop (`train.fit`, an
   every weight train again, the removed ones from 0), and a final sparse phase to the
   end. Optionally the optimizer state is reset at every phase flip.
 
-The first forward pass sees the params as given (dense, unless the caller masks them:
+The wrappers take raw gradients; to change a hyperparameter during training inject it
+into the inner optimizer (``dst.rigl(optax.inject_hyperparams(optax.sgd)(learning_rate=0.1),
+...)``). The first forward pass sees the params as given (dense, unless the caller masks them:
 `pruning.apply_mask(params, dst.current_mask(opt_state))`); every later one is sparse.
 """
 
@@ -220,6 +223,11 @@ def dynamic_sparse(
     new_leaves = lax.cond(due, changed_mask, lambda: list(old))
     new_mask = jax.tree.unflatten(treedef, new_leaves)
     stayed = jax.tree.unflatten(treedef, [n & o for n, o in zip(new_leaves, old)])  # grown weights start at 0
+    grown = jax.tree.unflatten(treedef, [n & ~o for n, o in zip(new_leaves, old)])
+    # a grown weight starts from a fresh optimizer state too (momentum, Adam moments), as in RigL's reference code
+    inner_state = optax.tree_utils.tree_map_params(
+        optimizer, lambda s, g: jnp.where(g, jnp.zeros_like(s), s) if jnp.shape(s) == jnp.shape(g) else s,
+        inner_state, grown, transform_non_params=lambda s: s)
     return (_landing_updates(params, updates, new_mask, stayed, treedef),
             DynamicSparseState(optax.safe_increment(t), inner_state, new_mask, jax.random.key_data(key)))
 
@@ -253,11 +261,16 @@ def ac_dc_phase(step: chex.Numeric, warmup_steps: int, phase_steps: int, final_s
 
   Dense for t < warmup_steps; sparse for t >= total_steps - final_sparse_steps; between,
   phases of `phase_steps` alternate starting with a sparse one: sparse where
-  ((t - warmup_steps) // phase_steps) is even.
+  ((t - warmup_steps) // phase_steps) is even, except a sparse phase that would end at or
+  after the final phase's start, which is dense (at least one dense step comes before the
+  final sparse phase, whose mask is chosen at its first step).
   """
   t = jnp.asarray(step, jnp.int32)
-  alternating = ((t - warmup_steps) // phase_steps) % 2 == 0
-  return (t >= total_steps - final_sparse_steps) | ((t >= warmup_steps) & alternating)
+  final_start = total_steps - final_sparse_steps
+  phase = (t - warmup_steps) // phase_steps
+  # a sparse phase that would run into the final one is dense, so the final mask is chosen at its start
+  alternating = (phase % 2 == 0) & (warmup_steps + (phase + 1) * phase_steps < final_start)
+  return (t >= final_start) | ((t >= warmup_steps) & alternating)
 
 
 def ac_dc(

@@ -45,9 +45,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from sparsejax import _checks, masking
+from sparsejax.magnitudes import kth_largest_magnitude
 
 __all__ = ["Pattern", "parse_pattern", "DISTRIBUTIONS", "layer_sparsities", "top_k_mask", "n_of_m_mask",
-           "block_mask", "leaf_mask", "fitting", "check_sparsity", "select", "saliency", "pattern_density"]
+           "block_mask", "top_k_magnitude_masks", "leaf_mask", "fitting", "check_sparsity", "select", "saliency", "pattern_density"]
 
 DISTRIBUTIONS = ("global", "uniform", "erk")
 
@@ -214,6 +215,26 @@ def top_k_mask(scores: jax.Array, k: chex.Numeric) -> jax.Array:
   return keep.reshape(jnp.shape(scores))
 
 
+def top_k_magnitude_masks(leaves: list[jax.Array], k: chex.Numeric) -> list[jax.Array]:
+  """Masks keeping exactly min(k, n) largest ``|w|`` over all `leaves`, in linear time (no sort).
+
+  The k-th largest magnitude c comes from `magnitudes.kth_largest_magnitude`; every
+  ``|w| > c`` is kept, and of the entries tied at c the first ones in flatten order
+  (leaf by leaf) fill the count. `k` may be traced.
+  """
+  k = jnp.asarray(k, jnp.int32)
+  cut = kth_largest_magnitude(leaves, jnp.maximum(k, 1))
+  above = [jnp.abs(w) > cut.astype(w.dtype) for w in leaves]
+  need = k - sum((jnp.sum(a, dtype=jnp.int32) for a in above), jnp.zeros([], jnp.int32))
+  out, offset = [], jnp.zeros([], jnp.int32)
+  for w, a in zip(leaves, above):
+    tie = jnp.abs(w) == cut.astype(w.dtype)
+    rank = jnp.cumsum(tie.ravel(), dtype=jnp.int32).reshape(tie.shape) + offset
+    out.append((k > 0) & (a | (tie & (rank <= need))))
+    offset = offset + jnp.sum(tie, dtype=jnp.int32)
+  return out
+
+
 def _input_axis(ndim: int) -> int:
   return 0 if ndim < 2 else ndim - 2
 
@@ -227,6 +248,7 @@ def n_of_m_mask(scores: jax.Array, n: chex.Numeric, m: int, axis: int | None = N
     ValueError: m < 1, or an axis length that m does not divide.
   """
   _checks.check_int("m", m, 1)
+  _checks.check_range("n", n, lower=0, upper=m)
   x = _scores(scores)
   axis = _input_axis(x.ndim) if axis is None else axis % max(x.ndim, 1)
   length = x.shape[axis] if x.ndim else 1
@@ -281,11 +303,16 @@ def block_mask(scores: jax.Array, block: tuple[int, int], k_blocks: chex.Numeric
   Blocks tile the (fan_in, fan_out) view (all axes but the last, by the last); edge
   blocks are partial where R or C does not divide it.
   """
+  if len(block) != 2 or any(isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 1 for b in block):
+    raise ValueError(f"block must be two ints >= 1 (rows, cols); got {block!r}.")
   shape = tuple(jnp.shape(scores))
   return _expand_blocks(top_k_mask(_block_scores(scores, block), k_blocks), block, shape)
 
 
 def _kept_count(sparsity: chex.Numeric, size: int) -> jax.Array:
+  """round((1 - s) n): in Python (float64) for a concrete s, as `round` would; traced, in float32 (exact to 2^24)."""
+  if _checks.is_concrete(sparsity):
+    return jnp.asarray(int(round((1.0 - float(sparsity)) * size)), jnp.int32)
   return jnp.round((1.0 - jnp.asarray(sparsity, jnp.float32)) * size).astype(jnp.int32)
 
 
@@ -324,11 +351,16 @@ def select(scores: Any, sparsity: chex.Numeric, *, pattern: str | Pattern = "uns
   """
   parsed = parse_pattern(pattern)
   _check_distribution(distribution)
+  _checks.check_range("sparsity", sparsity, lower=0.0, upper=1.0)
+  _checks.check_range("fraction", fraction, lower=0.0, upper=1.0)
   leaves, treedef = jax.tree.flatten(scores)
   chosen = masking.mask_leaves(mask, scores)
   if not any(chosen):
     raise ValueError("select: the mask selects no leaf to sparsify.")
-  fraction = jnp.clip(jnp.asarray(fraction, jnp.float32), 0.0, 1.0)
+  if _checks.is_concrete(fraction) and _checks.is_concrete(sparsity):  # counts in Python, as `round` gives them
+    fraction, sparsity = min(max(float(fraction), 0.0), 1.0), float(sparsity)
+  else:
+    fraction = jnp.clip(jnp.asarray(fraction, jnp.float32), 0.0, 1.0)
   if parsed.kind == "n:m":
     keep_per_group = jnp.round(parsed.m - fraction * (parsed.m - parsed.n)).astype(jnp.int32)
     kept = iter([n_of_m_mask(leaf, keep_per_group, parsed.m) for leaf, c in zip(leaves, chosen) if c])

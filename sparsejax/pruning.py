@@ -112,13 +112,14 @@ def one_shot_mask(params: Any, sparsity: float, *, score: str = "magnitude", gra
 
   Args:
     params: the trained parameters.
-    sparsity: fraction of the regularised weights removed, in [0, 1] (for "N:M" it
-      must be 1 - N/M or omitted as 0: the pattern fixes it).
+    sparsity: fraction of the regularised weights removed, in [0, 1) (for "N:M" it
+      must be 1 - N/M or 0: the pattern fixes it).
     score: "magnitude" (``|w|``) or "saliency" (``|w * g|``, needs `grads`, e.g. the
       mean gradient over some calibration batches; Molchanov et al. 2017).
     grads: gradients like params (for "saliency").
     pattern: "unstructured", "N:M" (e.g. "2:4") or blocks "RxC" (`sparsejax.patterns`).
-    distribution: "global", "uniform" or "erk" (`patterns.layer_sparsities`).
+    distribution: "global", "uniform" or "erk" (`patterns.layer_sparsities`); N:M
+      keeps N of every M in every layer whatever the distribution.
     mask: which leaves are pruned (default: kernels); other leaves get True.
 
   Returns:
@@ -299,8 +300,8 @@ def _gradual_pruning(target_sparsity, begin_step, end_step, frequency, initial_s
   _checks.check_int("end_step", end_step, begin_step)
   _checks.check_int("frequency", frequency, 1)
   _check_scope(scope)
-  if patterns.pattern_density(pattern) is not None:
-    patterns.check_sparsity(target_sparsity, pattern, "target_sparsity")
+  if patterns.pattern_density(pattern) is not None:  # N:M fixes the sparsity (0: let the pattern decide)
+    target_sparsity = patterns.check_sparsity(target_sparsity, pattern, "target_sparsity")
   patterned = patterns.parse_pattern(pattern).kind != "unstructured" or distribution is not None
   distribution = distribution or ("global" if scope == "global" else "uniform")
   if distribution not in patterns.DISTRIBUTIONS:
@@ -393,8 +394,8 @@ def gradual_saliency_pruning(
   _checks.check_int("begin_step", begin_step, 0)
   _checks.check_int("end_step", end_step, begin_step)
   _checks.check_int("frequency", frequency, 1)
-  if patterns.pattern_density(pattern) is not None:
-    patterns.check_sparsity(target_sparsity, pattern, "target_sparsity")
+  if patterns.pattern_density(pattern) is not None:  # N:M fixes the sparsity (0: let the pattern decide)
+    target_sparsity = patterns.check_sparsity(target_sparsity, pattern, "target_sparsity")
   if distribution not in patterns.DISTRIBUTIONS:
     raise ValueError(f"distribution must be one of {list(patterns.DISTRIBUTIONS)}; got {distribution!r}.")
   mask_init, mask_update = _gradual_pruning(target_sparsity, begin_step, end_step, frequency, initial_sparsity,

@@ -1,5 +1,7 @@
 """Straight-through sparse training: the forward pass sees a sparsified copy of dense weights.
 
+The transforms wrap an optimizer and take raw gradients; hyperparameters to change during
+training belong to the inner optimizer (``optax.inject_hyperparams(optax.sgd)(...)``).
 The dense weights w live in the optimizer state; the params the model runs with are
 their sparse image s(w). Every step the gradient g = dL/dp at the sparse params
 p = s(w) is applied to the dense weights unchanged (the straight-through estimator,
@@ -17,8 +19,9 @@ from 0 at `begin_step` to the target at `end_step`):
   term (Zhou et al. 2021, "Learning N:M fine-grained structured sparse neural networks
   from scratch").
 * `prox_ste`: s(w) = prox_{P}(w, tau) for any registered penalty with a zero threshold
-  (SCAD, MCP, TL1, log-sum, l1, ...), tau chosen every step so that exactly the target
-  count survives: the (k+1)-th largest ``|w|`` is the penalty's zero threshold T(tau).
+  (SCAD, MCP, TL1, log-sum, l1, ...), tau chosen every step so that the target count
+  survives: the (k+1)-th largest ``|w|`` is the penalty's zero threshold T(tau) (at most
+  k nonzero when magnitudes tie at the cut, exactly k otherwise).
   The strength is the one the NNZ controller converges to, without its lag. Magnitude
   shape parameters (TL1's a, SCAD's lam, ...) not given are taken relative to the mean
   kept ``|w|``, as the controller's ``relative_shape`` does.
@@ -69,7 +72,8 @@ def straight_through(optimizer: optax.GradientTransformation, forward_fn: Forwar
 
   Returns:
     A `GradientTransformation` taking gradients at the forward params; its updates
-    land params on forward_fn(dense_new, t) exactly.
+    land params on forward_fn(dense_new, t) (zeros exactly; other entries up to the
+    rounding of p + (f - p)).
   """
   _checks.check_callable("forward_fn", forward_fn, "a callable (dense params, step) -> forward params")
   _checks.check_callable("gradient_fn", gradient_fn, "a callable (grads, dense, params) -> grads", optional=True)
@@ -113,9 +117,8 @@ def _groups(picked: list[int], distribution: str) -> list[list[int]]:
 
 
 def _unstructured_keep(leaves: list[jax.Array], group: list[int], keep: jax.Array) -> list[jax.Array]:
-  """Masks of the `keep` largest |w| over the group (linear-time threshold; ties at it kept)."""
-  cut = kth_largest_magnitude([leaves[i] for i in group], jnp.maximum(keep, 1))
-  return [jnp.where(keep > 0, jnp.abs(leaves[i]) >= cut.astype(leaves[i].dtype), False) for i in group]
+  """Masks of exactly the `keep` largest |w| over the group (linear time; ties at the cut by position)."""
+  return patterns.top_k_magnitude_masks([leaves[i] for i in group], keep)
 
 
 def _layer_targets(params: Any, sparsity: float, distribution: str, mask: masking.Mask) -> list:
@@ -203,9 +206,12 @@ def prox_ste(
   """Prox-STE: the forward is the exact prox of `penalty` at the strength that keeps the target count.
 
   For each group (all selected leaves for "global", each leaf otherwise) with kept
-  count k_t = round((1 - s_t) n): cut = the (k_t + 1)-th largest ``|w|``; tau solves
-  T(tau) = cut for the penalty's zero threshold T (bisection, the upper end, so ``|w|``
-  = cut is zeroed); forward = prox(w, tau) on the k_t kept weights, 0 elsewhere.
+  count k_t = round((1 - s_t) n): the support is exactly the k_t largest ``|w|`` (ties
+  by position); cut = the (k_t + 1)-th largest ``|w|``; tau solves T(tau) = cut for the
+  penalty's zero threshold T (bisection, the upper end); forward = prox(w, tau) on the
+  support, 0 elsewhere. A continuous map (l1, SCAD, MCP, ...) sends ``|w|`` = cut to 0,
+  so when weights tie across the cut the nonzero count is below k_t (at most k_t
+  always; exactly k_t unless the k_t-th and (k_t + 1)-th magnitudes are equal).
 
   Args:
     optimizer: the optax optimizer of the dense weights.
@@ -244,8 +250,8 @@ def prox_ste(
   record.check_shape(fixed_shape)
 
   def forward_group(leaves: list[jax.Array], keep: jax.Array) -> list[jax.Array]:
-    cut = kth_largest_magnitude(leaves, keep + 1).astype(jnp.float32)
-    kept_masks = [jnp.abs(w) > cut.astype(w.dtype) for w in leaves]
+    kept_masks = patterns.top_k_magnitude_masks(leaves, keep)  # exactly `keep` (ties by position)
+    cut = kth_largest_magnitude(leaves, keep + 1).astype(jnp.float32)  # T(tau) = cut: the prox zeroes |w| <= cut
     kept_sum = sum(jnp.sum(jnp.where(m, jnp.abs(w), 0.0)).astype(jnp.float32) for w, m in zip(leaves, kept_masks))
     scale = cut if shape_scale == "cut" else kept_sum / jnp.maximum(keep.astype(jnp.float32), 1.0)
     scale = jnp.maximum(scale, jnp.finfo(jnp.float32).tiny)  # a dense layer (cut 0) is returned as is below
@@ -254,7 +260,8 @@ def prox_ste(
                                       jnp.asarray(-60.0, jnp.float32), jnp.asarray(20.0, jnp.float32), 60, upper=True)
     out = []
     for w, m in zip(leaves, kept_masks):
-      shrunk = jnp.where(m, record.prox(w, jnp.exp(tau).astype(w.dtype), **step_shape), jnp.zeros_like(w))
+      shrunk = jnp.where(m, record.prox(w, jnp.exp(tau).astype(jnp.float32), **step_shape).astype(w.dtype),
+                         jnp.zeros_like(w))
       if rescale:
         ratio = jnp.linalg.norm(jnp.where(m, w, 0.0)) / jnp.maximum(jnp.linalg.norm(shrunk), 1e-30)
         shrunk = shrunk * ratio.astype(w.dtype)

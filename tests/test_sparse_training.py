@@ -610,3 +610,52 @@ def test_fit_checkpoint_and_resume_is_bit_identical(make, tmp_path):
   for a, b in zip(jax.tree.leaves((full.state.params, full.state.opt_state)),
                   jax.tree.leaves((resumed.state.params, resumed.state.opt_state))):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_grown_weights_start_from_a_fresh_optimizer_state():
+  params = _params(17)
+  tx = dst.sparse_evolutionary(optax.adam(1e-2), 0.8, end_step=12, update_every=2, initial_drop_fraction=0.9)
+  grown_seen = 0
+
+  def check(t, p, state, old):
+    nonlocal grown_seen
+    adam = state.inner_state[0]
+    for new, before, mu, nu in zip(_kernels(state.mask), _kernels(old.mask), _kernels(adam.mu), _kernels(adam.nu)):
+      grown = np.asarray(new) & ~np.asarray(before)
+      grown_seen += int(grown.sum())
+      assert (np.asarray(mu)[grown] == 0).all() and (np.asarray(nu)[grown] == 0).all()
+
+  _run(tx, params, 12, check)
+  assert grown_seen > 0
+
+
+def test_pattern_fixes_the_sparsity_when_given_zero_and_counts_are_exact_with_ties():
+  params = _params(18)
+  tx = optax.chain(optax.sgd(0.01), pruning.gradual_magnitude_pruning(0.0, 0, 4, 1, pattern="2:4"))
+  final, _ = _run(tx, params, 6)
+  assert sum(int((np.asarray(k) != 0).sum()) for k in _kernels(final)) == 320
+  tied = {"k": jnp.ones((8, 4))}
+  for tx in (ste.magnitude_ste(optax.sgd(0.0), 0.5, end_step=0),):
+    updates, _ = tx.update({"k": jnp.zeros((8, 4))}, tx.init(tied), tied)
+    assert int((optax.apply_updates(tied, updates)["k"] != 0).sum()) == 16
+  masks = patterns.top_k_magnitude_masks([jnp.asarray([1.0, 2.0, 2.0]), jnp.asarray([2.0, 0.5])], 2)
+  assert [np.asarray(m).tolist() for m in masks] == [[False, True, True], [False, False]]
+  assert int(patterns.select({"k": jnp.ones(5)}, 0.9, mask="all")["k"].sum()) == round(0.1 * 5)  # Python's round
+  with pytest.raises(ValueError, match="sparsity must satisfy"):
+    patterns.select({"k": jnp.ones(5)}, 1.5, mask="all")
+  with pytest.raises(ValueError, match="n must satisfy"):
+    patterns.n_of_m_mask(jnp.ones((8, 2)), 5, 4)
+  with pytest.raises(ValueError, match="block must be two ints"):
+    patterns.block_mask(jnp.ones((4, 4)), (0, 2), 1)
+
+
+def test_bfloat16_params_outside_jit():
+  params = {"k": jax.random.normal(jax.random.key(3), (16, 8)).astype(jnp.bfloat16)}
+  for tx in (ste.prox_ste(optax.sgd(0.1), "scad", 0.75, end_step=0),
+             optax.chain(optax.sgd(0.1), pattern_prox.nm_proximal("scad", "2:4", total_steps=4))):
+    state = tx.init(params)
+    p = params
+    for _ in range(4):
+      updates, state = tx.update(jax.tree.map(jnp.ones_like, p), state, p)
+      p = optax.apply_updates(p, updates)
+    assert p["k"].dtype == jnp.bfloat16 and int((p["k"] != 0).sum()) <= 64
