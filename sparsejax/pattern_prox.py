@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sparsejax import _checks, _numerics, controller, masking, patterns, pruning
+from sparsejax import _checks, _hyper, _numerics, controller, masking, patterns, pruning
 from sparsejax import registry as _registry
 
 __all__ = ["PatternProxState", "group_prox", "nm_proximal"]
@@ -97,6 +97,15 @@ def _group_prox(v: jax.Array, keep: chex.Numeric, m: int, prox: Callable[..., An
   return _ungroup(out, tuple(v.shape)).astype(v.dtype)
 
 
+def _fraction_of(fraction: float, total_steps: Any, rounded: bool = False) -> Any:
+  """int(fraction * T) (or round), as a Python int, or as a traced int32 under optax.inject_hyperparams."""
+  if _checks.is_concrete(total_steps):
+    value = fraction * int(total_steps)
+    return int(round(value)) if rounded else int(value)
+  value = fraction * jnp.asarray(total_steps, jnp.float32)
+  return (jnp.round(value) if rounded else jnp.floor(value)).astype(jnp.int32)
+
+
 def nm_proximal(penalty: str, pattern: str, *, total_steps: int, mask: masking.Mask = "weights_only",
                 **shape: Any) -> optax.GradientTransformation:
   """The N:M regulariser as a transform placed after the optimizer, on the controller's schedule.
@@ -120,11 +129,12 @@ def nm_proximal(penalty: str, pattern: str, *, total_steps: int, mask: masking.M
   if not isinstance(penalty, str):
     raise _checks.ArgumentTypeError(f"penalty must be a registered penalty name; got {penalty!r}.")
   record = _registry.get(penalty)
-  record.check_shape(dict(shape))
+  shape = _hyper.shape_kwargs(shape, "shape")  # also when optax.inject_hyperparams passed them
+  record.check_shape(shape)
   threshold = _numerics.threshold_or_raise(penalty, "an N:M prox needs a penalty whose prox zeroes |w| <= T(tau)")
   relative = {p.name: p.relative for p in record.shape_params if p.relative is not None and p.name not in shape}
-  begin, end = (int(f * total_steps) for f in controller.RAMP_FRACTIONS)
-  refit = int(round((1.0 - controller.REFIT_FRACTION) * total_steps))
+  begin, end = (_fraction_of(f, total_steps) for f in controller.RAMP_FRACTIONS)
+  refit = _fraction_of(1.0 - controller.REFIT_FRACTION, total_steps, rounded=True)
   n, m = parsed.n, parsed.m
 
   def init_fn(params):
@@ -140,7 +150,7 @@ def nm_proximal(penalty: str, pattern: str, *, total_steps: int, mask: masking.M
     treedef: Any = jax.tree.structure(params)
     t = state.count
     chosen = masking.mask_leaves(mask, params)
-    fraction = pruning.cubic_sparsity(t, 1.0, begin, end) if end > begin else jnp.where(t >= begin, 1.0, 0.0)
+    fraction = pruning.cubic_sparsity(t, 1.0, begin, end)
     keep = jnp.round(m - fraction * (m - n)).astype(jnp.int32)
     keep = jnp.where(t < begin, m, keep)
     proposal = [p + u for p, u in zip(jax.tree.leaves(params), treedef.flatten_up_to(updates))]

@@ -16,7 +16,7 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
-from sparsejax import controller, optimizers, pruning, rvsm, transforms
+from sparsejax import controller, optimizers, pattern_prox, pruning, rvsm, transforms
 
 LR = 0.1
 
@@ -58,6 +58,12 @@ FACTORIES = [
     ("nnz_controller_for", controller.nnz_controller_for, ("integrated_tl1", 20, LR), {"total_steps": 5, "a": 0.5},
      True),
     ("gmp", pruning.gradual_magnitude_pruning, (0.8, 0, 3), {"frequency": 2}, True),
+    ("gmp_blocks", pruning.gradual_magnitude_pruning, (0.5, 0, 3), {"frequency": 1, "pattern": "2x2",
+                                                                    "distribution": "uniform"}, True),
+    # the N:M regulariser on the first kernel (6 inputs: groups of 3), the one-line call's prox
+    ("nm_proximal", pattern_prox.nm_proximal, ("scad", "1:3"), {"total_steps": 5, "mask": _first_layer_mask()}, True),
+    ("optimizers.sgd_straight_through", optimizers.sgd, (LR,), {"penalty": "scad", "sparsity": 0.5, "total_steps": 5,
+                                                             "straight_through": True, "momentum": 0.9}, False),
     ("fixed_mask", pruning.fixed_mask, (), {"binary_mask": _support(_params())}, True),
     ("sparsify_then_retrain", pruning.sparsify_then_retrain,
      (transforms.l1(0.3, LR), optax.identity(), 2), {}, True),
@@ -192,6 +198,9 @@ def test_flax_nnx_optimizer_matches_the_functional_update(name, factory, args, k
   x = jnp.asarray(np.random.default_rng(1).normal(0, 1, (8, 6)), jnp.float32)
   if name == "fixed_mask":
     tx = _build(factory, (), {"binary_mask": _support(_as_pure(nnx.state(model, nnx.Param)))}, chain_sgd)
+  if name == "nm_proximal":  # the same first-layer mask, in the structure of the model's state
+    first = jax.tree.map(lambda p: jnp.shape(p) == (6, 5), _as_pure(nnx.state(model, nnx.Param)))
+    tx = _build(factory, args, {**kwargs, "mask": first}, chain_sgd)
   opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
   loss = lambda m: jnp.mean(m(x) ** 2)  # noqa: E731
   state = tx.init(_as_pure(nnx.state(model, nnx.Param)))
