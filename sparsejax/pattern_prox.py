@@ -100,10 +100,10 @@ def _group_prox(v: jax.Array, keep: chex.Numeric, m: int, prox: Callable[..., An
 def _fraction_of(fraction: float, total_steps: Any, rounded: bool = False) -> Any:
   """int(fraction * T) (or round), as a Python int, or as a traced int32 under optax.inject_hyperparams."""
   if _checks.is_concrete(total_steps):
-    value = fraction * int(total_steps)
-    return int(round(value)) if rounded else int(value)
-  value = fraction * jnp.asarray(total_steps, jnp.float32)
-  return (jnp.round(value) if rounded else jnp.floor(value)).astype(jnp.int32)
+    exact = fraction * int(total_steps)
+    return int(round(exact)) if rounded else int(exact)
+  traced = fraction * jnp.asarray(total_steps, jnp.float32)
+  return (jnp.round(traced) if rounded else jnp.floor(traced)).astype(jnp.int32)
 
 
 def nm_proximal(penalty: str, pattern: str, *, total_steps: int, mask: masking.Mask = "weights_only",

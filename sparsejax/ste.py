@@ -301,6 +301,8 @@ def for_run(optimizer: optax.GradientTransformation, penalty: str, sparsity: flo
             mask: masking.Mask = "weights_only", **shape: Any) -> optax.GradientTransformation:
   """`prox_ste` on the schedule of a run of `total_steps` steps: the cubic ramp over [0.1 T, 0.6 T]."""
   _checks.check_int("total_steps", total_steps, 1)
+  begin: Any
+  end: Any
   if _checks.is_concrete(total_steps):
     begin, end = (int(f * int(total_steps)) for f in RAMP_FRACTIONS)
   else:  # traced under optax.inject_hyperparams
