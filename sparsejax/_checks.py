@@ -269,6 +269,14 @@ def require_params(params: Any, transform: str) -> None:
     raise ValueError(NO_PARAMS_MSG.format(transform))
 
 
+def one_state(opt_state: Any, kinds: type | tuple[type, ...], what: str) -> Any:
+  """The one state of type `kinds` inside an optax (chain) state; ValueError naming `what` if not exactly one."""
+  found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda s: isinstance(s, kinds)) if isinstance(s, kinds)]
+  if len(found) != 1:
+    raise ValueError(f"expected one {what} in the optimizer state, found {len(found)}.")
+  return found[0]
+
+
 def moved_names(module: str, homes: dict[str, tuple[str, str]]) -> Callable[[str], Any]:
   """A module `__getattr__` serving names that moved to their home module, with a DeprecationWarning.
 

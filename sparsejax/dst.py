@@ -75,10 +75,7 @@ class ACDCState(NamedTuple):
 def current_mask(opt_state: Any) -> Any:
   """The mask held by the one `DynamicSparseState`/`ACDCState`/`pruning.MaskState` inside an optimizer state."""
   kinds = (DynamicSparseState, ACDCState, MaskState)
-  found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda s: isinstance(s, kinds)) if isinstance(s, kinds)]
-  if len(found) != 1:
-    raise ValueError(f"expected one mask-holding state in the optimizer state, found {len(found)}.")
-  return found[0].mask
+  return _checks.one_state(opt_state, kinds, "mask-holding state (DynamicSparseState, ACDCState or MaskState)").mask
 
 
 def drop_fraction(step: chex.Numeric, initial_fraction: float, begin_step: int, end_step: int,

@@ -115,11 +115,7 @@ def rvsm(
 
 def find_rvsm_state(opt_state: Any) -> RVSMState:
   """The `RVSMState` inside an optax (chain) state."""
-  found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda s: isinstance(s, RVSMState))
-           if isinstance(s, RVSMState)]
-  if len(found) != 1:
-    raise ValueError(f"expected one RVSMState in the optimizer state, found {len(found)}.")
-  return found[0]
+  return _checks.one_state(opt_state, RVSMState, "RVSMState")
 
 
 def sparse_params(opt_state: Any, params: Any) -> Any:

@@ -100,11 +100,7 @@ def straight_through(optimizer: optax.GradientTransformation, forward_fn: Forwar
 
 def dense_params(opt_state: Any) -> Any:
   """The dense weights held by the one `StraightThroughState` inside an optimizer state."""
-  found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda s: isinstance(s, StraightThroughState))
-           if isinstance(s, StraightThroughState)]
-  if len(found) != 1:
-    raise ValueError(f"expected one StraightThroughState in the optimizer state, found {len(found)}.")
-  return found[0].dense
+  return _checks.one_state(opt_state, StraightThroughState, "StraightThroughState").dense
 
 
 def _check_window(begin_step: int, end_step: int) -> None:
