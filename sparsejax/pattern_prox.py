@@ -81,10 +81,10 @@ def _group_prox(v: jax.Array, keep: chex.Numeric, m: int, prox: Callable[..., An
   keep = jnp.clip(jnp.asarray(keep, jnp.int32), 0, m)
   groups = _group_view(v, m)
   mags = jnp.abs(groups).astype(jnp.float32)
-  kept = patterns.n_of_m_mask(mags, keep, m, axis=-1)
-  descending = -jnp.sort(-mags, axis=-1)
-  cut = jnp.take_along_axis(descending, jnp.broadcast_to(jnp.minimum(keep, m - 1), mags.shape[:-1])[..., None],
-                            axis=-1)[..., 0]
+  ranks = patterns.group_ranks(mags)
+  kept = ranks < keep
+  # the (keep + 1)-th largest |v| of each group (the entry of rank `keep`; 0 when keep = m)
+  cut = jnp.sum(jnp.where(ranks == keep, mags, 0.0), axis=-1)
   count = jnp.maximum(jnp.sum(kept), 1).astype(jnp.float32)
   scale = jnp.maximum(jnp.sum(jnp.where(kept, mags, 0.0)) / count, jnp.finfo(jnp.float32).tiny)
   step_shape = {**fixed_shape, **{name: factor * scale for name, factor in relative.items()}}

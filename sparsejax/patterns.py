@@ -48,7 +48,7 @@ from sparsejax import _checks, masking
 from sparsejax.magnitudes import kth_largest_magnitude
 
 __all__ = ["Pattern", "parse_pattern", "DISTRIBUTIONS", "layer_sparsities", "top_k_mask", "n_of_m_mask",
-           "block_mask", "top_k_magnitude_masks", "leaf_mask", "fitting", "check_sparsity", "select", "saliency", "pattern_density"]
+           "block_mask", "group_ranks", "top_k_magnitude_masks", "leaf_mask", "fitting", "check_sparsity", "select", "saliency", "pattern_density"]
 
 DISTRIBUTIONS = ("global", "uniform", "erk")
 
@@ -239,6 +239,25 @@ def _input_axis(ndim: int) -> int:
   return 0 if ndim < 2 else ndim - 2
 
 
+# Up to this group size, ranks within a group come from m x m comparisons (elementwise,
+# fast on every backend); above it from a sort.
+_PAIRWISE_MAX_M = 32
+
+
+def group_ranks(groups: jax.Array) -> jax.Array:
+  """Rank of every entry within its group (last axis) by decreasing score, ties by position (0 = highest).
+
+  rank_i = #{j : s_j > s_i} + #{j < i : s_j = s_i}: the order of a stable descending
+  sort, by m x m comparisons for small groups (no sort of many short segments).
+  """
+  m = groups.shape[-1]
+  if m > _PAIRWISE_MAX_M:
+    return jnp.argsort(jnp.argsort(-groups, axis=-1, stable=True), axis=-1, stable=True).astype(jnp.int32)
+  mine, other = groups[..., :, None], groups[..., None, :]
+  before = jnp.arange(m)[None, :] < jnp.arange(m)[:, None]  # [i, j]: j comes before i
+  return jnp.sum((other > mine) | ((other == mine) & before), axis=-1, dtype=jnp.int32)
+
+
 def n_of_m_mask(scores: jax.Array, n: chex.Numeric, m: int, axis: int | None = None) -> jax.Array:
   """Keeps exactly n of every m consecutive entries along `axis` (default: the input axis, -2 of a kernel).
 
@@ -257,8 +276,7 @@ def n_of_m_mask(scores: jax.Array, n: chex.Numeric, m: int, axis: int | None = N
                      f"of M={m}; got length {length}. Choose M dividing {length} or leave this leaf out of the mask.")
   moved = jnp.moveaxis(x.reshape(x.shape or (1,)), axis, -1)
   groups = moved.reshape(moved.shape[:-1] + (length // m, m))
-  ranks = jnp.argsort(jnp.argsort(-groups, axis=-1, stable=True), axis=-1, stable=True)
-  keep = (ranks < jnp.asarray(n, jnp.int32)).reshape(moved.shape)
+  keep = (group_ranks(groups) < jnp.asarray(n, jnp.int32)).reshape(moved.shape)
   return jnp.moveaxis(keep, -1, axis).reshape(jnp.shape(scores))
 
 
