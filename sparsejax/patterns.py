@@ -48,7 +48,8 @@ from sparsejax import _checks, masking
 from sparsejax.magnitudes import kth_largest_magnitude
 
 __all__ = ["Pattern", "parse_pattern", "DISTRIBUTIONS", "layer_sparsities", "top_k_mask", "n_of_m_mask",
-           "block_mask", "group_ranks", "top_k_magnitude_masks", "leaf_mask", "fitting", "check_sparsity", "select", "saliency", "pattern_density"]
+           "block_mask", "group_ranks", "top_k_magnitude_masks", "leaf_mask", "fitting", "check_sparsity", "select",
+           "saliency", "pattern_density"]
 
 DISTRIBUTIONS = ("global", "uniform", "erk")
 
