@@ -418,6 +418,7 @@ def test_new_transforms_work_under_nnx_optimizer_and_multisteps():
     assert all(np.isfinite(k).all() for k in kernels)
 
 
+@pytest.mark.integration  # trains with train.fit (the integration tier)
 def test_rigl_trains_a_model_end_to_end_with_fit(tmp_path):
   from sparsejax import data, train
   from sparsejax.models import MLP
@@ -591,6 +592,7 @@ def test_gmp_with_an_empty_window_prunes_at_once():
   assert sum(int((np.asarray(k) != 0).sum()) for k in _kernels(final)) == round(0.25 * 640)
 
 
+@pytest.mark.integration  # trains with train.fit and orbax checkpoints (the integration tier)
 @pytest.mark.parametrize("make", [
     lambda steps: dst.rigl(optax.sgd(0.1, momentum=0.9), 0.9, end_step=steps, update_every=7),
     lambda steps: ste.for_run(optax.sgd(0.1, momentum=0.9), "scad", 0.9, steps),
