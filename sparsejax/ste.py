@@ -23,11 +23,12 @@ from 0 at `begin_step` to the target at `end_step`):
   survives: the (k+1)-th largest ``|w|`` is the penalty's zero threshold T(tau) (at most
   k nonzero when magnitudes tie at the cut, exactly k otherwise).
   The strength is the one the NNZ controller converges to, without its lag. Magnitude
-  shape parameters (TL1's a, SCAD's lam, ...) not given are taken relative to the mean
-  kept ``|w|``, as the controller's ``relative_shape`` does.
+  shape parameters (TL1's a, SCAD's lam, ...) not given are tied to the cut (SCAD: lam
+  = the cut at tau = 1, a continuous map), and each layer is rescaled so its kept
+  weights keep their dense L2 norm (both defaults measured, docs/sparse_training.md).
 * `soft_threshold_ste`: ST-3 (Vanderschueren & De Vleeschouwer 2023): `prox_ste` with
-  l1, i.e. s(w) = sign(w) (|w| - tau)_+ at the k-th magnitude, optionally rescaled per
-  layer so the L2 norm of the kept weights is that of their dense values.
+  l1, i.e. s(w) = sign(w) (``|w|`` - tau)_+ at the k-th magnitude, rescaled per layer so
+  the L2 norm of the kept weights is that of their dense values.
 """
 
 from __future__ import annotations
@@ -216,8 +217,8 @@ def prox_ste(
     sparsity: final fraction removed, in [0, 1).
     end_step, begin_step: the cubic ramp's window.
     distribution: "global", "uniform" or "erk".
-    rescale: multiply each leaf's forward by ||w_kept||_2 / ||forward||_2 (ST-3's
-      rescaling: the kept weights keep their dense norm). On by default: without it the
+    rescale: multiply each leaf's forward by the L2 norm of its kept dense weights over
+      the L2 norm of the forward (ST-3's rescaling: the kept weights keep their dense norm). On by default: without it the
       shrinkage costs 0.7 (90 %) to 1.5 (99 %) points with SCAD on the Fashion-MNIST
       MLP (docs/sparse_training.md).
     mask: which leaves are sparsified (default: kernels, ndim >= 2).
