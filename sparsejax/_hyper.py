@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import chex
+import jax.numpy as jnp
 from optax import ScalarOrSchedule  # noqa: F401  (the type alias optax uses: float, array or schedule)
 
 from sparsejax import _checks
@@ -40,3 +41,12 @@ def shape_kwargs(kwargs: dict[str, Any], name: str = "prox_kwargs") -> dict[str,
   if set(kwargs) == {name} and isinstance(kwargs[name], dict):
     return dict(kwargs[name])
   return dict(kwargs)
+
+
+def steps_of_run(fraction: float, total_steps: Any, rounded: bool = False) -> Any:
+  """int(fraction * T) (or round), a Python int, or a traced int32 when T is traced (optax.inject_hyperparams)."""
+  if _checks.is_concrete(total_steps):
+    exact = fraction * int(total_steps)
+    return int(round(exact)) if rounded else int(exact)
+  traced = fraction * jnp.asarray(total_steps, jnp.float32)
+  return (jnp.round(traced) if rounded else jnp.floor(traced)).astype(jnp.int32)

@@ -97,15 +97,6 @@ def _group_prox(v: jax.Array, keep: chex.Numeric, m: int, prox: Callable[..., An
   return _ungroup(out, tuple(v.shape)).astype(v.dtype)
 
 
-def _fraction_of(fraction: float, total_steps: Any, rounded: bool = False) -> Any:
-  """int(fraction * T) (or round), as a Python int, or as a traced int32 under optax.inject_hyperparams."""
-  if _checks.is_concrete(total_steps):
-    exact = fraction * int(total_steps)
-    return int(round(exact)) if rounded else int(exact)
-  traced = fraction * jnp.asarray(total_steps, jnp.float32)
-  return (jnp.round(traced) if rounded else jnp.floor(traced)).astype(jnp.int32)
-
-
 def nm_proximal(penalty: str, pattern: str, *, total_steps: int, mask: masking.Mask = "weights_only",
                 **shape: Any) -> optax.GradientTransformation:
   """The N:M regulariser as a transform placed after the optimizer, on the controller's schedule.
@@ -133,8 +124,8 @@ def nm_proximal(penalty: str, pattern: str, *, total_steps: int, mask: masking.M
   record.check_shape(shape)
   threshold = _numerics.threshold_or_raise(penalty, "an N:M prox needs a penalty whose prox zeroes |w| <= T(tau)")
   relative = {p.name: p.relative for p in record.shape_params if p.relative is not None and p.name not in shape}
-  begin, end = (_fraction_of(f, total_steps) for f in controller.RAMP_FRACTIONS)
-  refit = _fraction_of(1.0 - controller.REFIT_FRACTION, total_steps, rounded=True)
+  begin, end = (_hyper.steps_of_run(f, total_steps) for f in controller.RAMP_FRACTIONS)
+  refit = _hyper.steps_of_run(1.0 - controller.REFIT_FRACTION, total_steps, rounded=True)
   n, m = parsed.n, parsed.m
 
   def init_fn(params):

@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sparsejax import _checks, _numerics, masking, patterns
+from sparsejax import _checks, _hyper, _numerics, masking, patterns
 from sparsejax import registry as _registry
 from sparsejax.magnitudes import kth_largest_magnitude
 from sparsejax.pruning import cubic_sparsity
@@ -298,10 +298,5 @@ def for_run(optimizer: optax.GradientTransformation, penalty: str, sparsity: flo
             mask: masking.Mask = "weights_only", **shape: Any) -> optax.GradientTransformation:
   """`prox_ste` on the schedule of a run of `total_steps` steps: the cubic ramp over [0.1 T, 0.6 T]."""
   _checks.check_int("total_steps", total_steps, 1)
-  begin: Any
-  end: Any
-  if _checks.is_concrete(total_steps):
-    begin, end = (int(f * int(total_steps)) for f in RAMP_FRACTIONS)
-  else:  # traced under optax.inject_hyperparams
-    begin, end = (jnp.floor(f * jnp.asarray(total_steps, jnp.float32)).astype(jnp.int32) for f in RAMP_FRACTIONS)
+  begin, end = (_hyper.steps_of_run(f, total_steps) for f in RAMP_FRACTIONS)
   return prox_ste(optimizer, penalty, sparsity, begin_step=begin, end_step=end, mask=mask, **shape)
